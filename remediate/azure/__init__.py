@@ -1,0 +1,1 @@
+"""Azure clients and the operations the product performs through them."""

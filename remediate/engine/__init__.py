@@ -1,0 +1,1 @@
+"""The per-VM remediation workflow, its steps and the safety policy."""

@@ -1,0 +1,1 @@
+"""Turning triggers (alerts, runbook calls, sweeps) into per-VM remediation requests."""

@@ -1,0 +1,262 @@
+"""The product's vocabulary: VM ids, remediation requests, step results, outcomes and error classes.
+
+Nothing here talks to Azure; every other module may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- Errors --------------------------------------------------------------------------------------------
+
+
+class RemediationError(Exception):
+    """Base of the product's errors. `reason` is a sentence an admin can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PermanentError(RemediationError):
+    """Retrying will not help: bad input, out of scope, not Windows, a script that failed."""
+
+
+class TransientError(RemediationError):
+    """Worth retrying with backoff: throttling, 5xx, Run Command in progress, agent not ready."""
+
+
+class ConfigurationError(PermanentError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class InvalidResourceId(PermanentError):
+    """A string that is not the ARM id of a virtual machine."""
+
+
+# --- VM ids --------------------------------------------------------------------------------------------
+
+_VM_ID = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+    r"/providers/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)$",
+    re.IGNORECASE,
+)
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+# Azure VM names: 1-64 characters (Windows computer names are shorter, but the resource name is not).
+_VM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_RG_NAME = re.compile(r"^[-\w._()]{1,90}$")
+
+
+@dataclass(frozen=True, order=True)
+class VmId:
+    """A virtual machine's ARM id, normalised so that ids differing only in case compare equal.
+
+    Azure treats resource ids case-insensitively and alerts often lower-case them; we keep the
+    subscription as a lower-case GUID and compare group and name case-insensitively, while `str()`
+    keeps the spelling we were first given (ARM accepts it either way).
+    """
+
+    subscription: str
+    resource_group: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: object) -> VmId:
+        if not isinstance(text, str):
+            raise InvalidResourceId(f"expected a VM resource id string, got {type(text).__name__}")
+        candidate = text.strip().rstrip("/")
+        match = _VM_ID.match(candidate)
+        if match is None:
+            raise InvalidResourceId(
+                f"{_clip(text)!r} is not a virtual machine resource id "
+                "(/subscriptions/GUID/resourceGroups/NAME/providers/Microsoft.Compute/virtualMachines/NAME)"
+            )
+        sub, rg, name = match.group("sub"), match.group("rg"), match.group("name")
+        if not _GUID.match(sub):
+            raise InvalidResourceId(f"subscription {_clip(sub)!r} in {_clip(text)!r} is not a GUID")
+        if not _RG_NAME.match(rg) or rg.endswith("."):
+            raise InvalidResourceId(f"resource group {_clip(rg)!r} in {_clip(text)!r} is not a valid name")
+        if not _VM_NAME.match(name):
+            raise InvalidResourceId(f"VM name {_clip(name)!r} in {_clip(text)!r} is not a valid name")
+        return cls(sub.lower(), rg, name)
+
+    @classmethod
+    def is_vm_id(cls, text: object) -> bool:
+        try:
+            cls.parse(text)
+        except InvalidResourceId:
+            return False
+        return True
+
+    @property
+    def key(self) -> str:
+        """Case-folded id: use it for dedup, locks and comparisons."""
+        return str(self).lower()
+
+    @property
+    def resource_group_id(self) -> str:
+        return f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+
+    def in_scope(self, scopes: tuple[str, ...]) -> bool:
+        """True when a scope (lower-cased subscription or resource-group id) contains this VM."""
+        sub = f"/subscriptions/{self.subscription}"
+        rg = self.resource_group_id.lower()
+        return any(scope in (sub, rg) for scope in scopes)
+
+    def __str__(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{self.name}"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VmId) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _clip(text: object, limit: int = 200) -> str:
+    value = str(text)
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+# --- Requests and outcomes -----------------------------------------------------------------------------
+
+
+class Plan(enum.StrEnum):
+    AUTO = "auto"  # diagnose, least disruptive repairs for the findings, escalate if still broken
+    FULL = "full"  # MachineKeys rename + certificate renewal regardless of findings
+    RENEW_ONLY = "renew-only"  # proactive renewal from the sweep: certificate only, no reboot
+
+
+class Outcome(enum.StrEnum):
+    REMEDIATED = "remediated"  # repaired and verified from outside and inside
+    HEALTHY = "healthy"  # nothing to do
+    SKIPPED = "skipped"  # not touched, with a reason
+    FAILED = "failed"  # a step failed, with the step and the reason
+    UNVERIFIED = "unverified"  # repaired, in-guest check passed, no network path for the probe
+    PLANNED = "planned"  # dry run: what would have happened
+
+    @property
+    def succeeded(self) -> bool:
+        return self in (Outcome.REMEDIATED, Outcome.HEALTHY)
+
+
+class Trigger(enum.StrEnum):
+    ALERT = "alert"
+    RUNBOOK = "runbook"
+    SWEEP = "sweep"
+    CLI = "cli"
+
+
+@dataclass(frozen=True)
+class RemediationOptions:
+    plan: Plan = Plan.AUTO
+    dry_run: bool = False
+    diagnose_only: bool = False
+    force: bool = False  # remediate a VM that looks healthy; restart services despite active sessions
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.value,
+            "dryRun": self.dry_run,
+            "diagnoseOnly": self.diagnose_only,
+            "force": self.force,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RemediationOptions:
+        return cls(
+            Plan(data.get("plan", "auto")),
+            bool(data.get("dryRun", False)),
+            bool(data.get("diagnoseOnly", False)),
+            bool(data.get("force", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RemediationRequest:
+    """One VM to look at, why, and how: the unit the queue carries and the ledger records."""
+
+    vm: VmId
+    trigger: Trigger
+    reason: str
+    options: RemediationOptions = RemediationOptions()
+    dedup_key: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    SCHEMA_VERSION = 1
+
+    def to_message(self) -> dict[str, Any]:
+        """The queue message body (versioned)."""
+        return {
+            "schema": self.SCHEMA_VERSION,
+            "requestId": self.request_id,
+            "vm": str(self.vm),
+            "trigger": self.trigger.value,
+            "reason": self.reason,
+            "options": self.options.to_json(),
+            "dedupKey": self.dedup_key,
+        }
+
+    @classmethod
+    def from_message(cls, data: object) -> RemediationRequest:
+        """Parse a queue message; anything unexpected is a PermanentError naming the field."""
+        if not isinstance(data, dict):
+            raise PermanentError("queue message is not a JSON object")
+        if data.get("schema") != cls.SCHEMA_VERSION:
+            raise PermanentError(f"queue message schema {data.get('schema')!r} is not {cls.SCHEMA_VERSION}")
+        try:
+            options = RemediationOptions.from_json(dict(data.get("options") or {}))
+            trigger = Trigger(data["trigger"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentError(f"queue message has a bad trigger or options: {exc}") from None
+        request_id = data.get("requestId")
+        if not isinstance(request_id, str) or not request_id:
+            raise PermanentError("queue message has no requestId")
+        return cls(
+            VmId.parse(data.get("vm")),
+            trigger,
+            str(data.get("reason", "")),
+            options,
+            data.get("dedupKey"),
+            request_id,
+        )
+
+
+@dataclass
+class StepResult:
+    """One step of a workflow as the ledger records it."""
+
+    name: str
+    status: str  # "started" | "ok" | "skipped" | "failed"
+    started_at: float
+    finished_at: float | None = None
+    detail: str = ""
+    summary: dict[str, Any] | None = None  # a guest script's JSON summary, when the step ran one
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "detail": self.detail,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepResult:
+        return cls(
+            data["name"],
+            data["status"],
+            data["startedAt"],
+            data.get("finishedAt"),
+            data.get("detail", ""),
+            data.get("summary"),
+        )

@@ -1,0 +1,468 @@
+"""Every setting rdp-remediate reads, parsed once from the environment.
+
+`SPECS` is the single source of truth: the README's configuration table, the Bicep app settings check and
+`Settings.from_env` all read it. Add a setting here (name, default, meaning) and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlparse
+
+from remediate.model import ConfigurationError
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One environment variable: its name, its default as text, and what it means."""
+
+    env: str
+    attr: str
+    default: str
+    meaning: str
+    parse: Callable[[str], Any] = str
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 100:
+        raise ValueError(f"expected a percentage in (0, 100], got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a ratio in (0, 1], got {text!r}")
+    return value
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _scopes(text: str) -> tuple[str, ...]:
+    scopes = []
+    for part in _csv(text):
+        pieces = part.strip("/").split("/")
+        if (
+            len(pieces) not in (2, 4)
+            or pieces[0].lower() != "subscriptions"
+            or (len(pieces) == 4 and pieces[2].lower() != "resourcegroups")
+        ):
+            raise ValueError(
+                f"scope {part!r} is neither /subscriptions/ID nor /subscriptions/ID/resourceGroups/NAME"
+            )
+        scopes.append("/" + "/".join(pieces).lower())
+    return tuple(scopes)
+
+
+def _tag(text: str) -> tuple[str, str] | None:
+    """`name=value`, or `name` alone (any value), or empty (no tag)."""
+    text = text.strip()
+    if not text:
+        return None
+    name, _, value = text.partition("=")
+    if not name.strip():
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _https_url(text: str) -> str:
+    parsed = urlparse(text.strip())
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise ValueError(f"expected an https:// URL, got {text!r}")
+    return text.strip().rstrip("/")
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    # --- Where it acts -----------------------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_SCOPES",
+        "scopes",
+        "",
+        "Comma-separated subscriptions (`/subscriptions/ID`) and resource groups "
+        "(`/subscriptions/ID/resourceGroups/NAME`) the product may act on. Empty means nothing is in "
+        "scope: every request is skipped with that reason.",
+        _scopes,
+    ),
+    SettingSpec(
+        "RDPR_OPT_OUT_TAG",
+        "opt_out_tag",
+        "rdp-remediate=off",
+        "A VM carrying this tag (`NAME=VALUE`, or `NAME` for any value) is never touched.",
+        _tag,
+    ),
+    SettingSpec(
+        "RDPR_OPT_IN_TAG",
+        "opt_in_tag",
+        "rdp-remediate=on",
+        "The tag a VM must carry when `RDPR_REQUIRE_OPT_IN` is true.",
+        _tag,
+    ),
+    SettingSpec(
+        "RDPR_REQUIRE_OPT_IN",
+        "require_opt_in",
+        "false",
+        "When true, only VMs carrying `RDPR_OPT_IN_TAG` are remediated.",
+        _bool,
+    ),
+    # --- How careful it is -------------------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_DRY_RUN",
+        "dry_run",
+        "false",
+        "When true, every remediation only plans: no Run Command, no restart.",
+        _bool,
+    ),
+    SettingSpec(
+        "RDPR_COOLDOWN_MINUTES",
+        "cooldown_minutes",
+        "60",
+        "Minimum time between two remediations of the same VM.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_MAX_ATTEMPTS",
+        "max_attempts",
+        "3",
+        "Remediations of one VM allowed within `RDPR_ATTEMPT_WINDOW_HOURS` (no reboot loops).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_ATTEMPT_WINDOW_HOURS",
+        "attempt_window_hours",
+        "24",
+        "The window over which `RDPR_MAX_ATTEMPTS` counts.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_MAX_CONCURRENT",
+        "max_concurrent",
+        "10",
+        "Remediations one worker process runs at the same time.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_REBOOT_POLICY",
+        "reboot_policy",
+        "always",
+        "`always`: reboot after any change; `when-required`: only when a script says so.",
+        _choice("always", "when-required"),
+    ),
+    SettingSpec(
+        "RDPR_LOCK_MINUTES",
+        "lock_minutes",
+        "45",
+        "How long a per-VM lock holds before another worker may take it over.",
+        _positive_int,
+    ),
+    # --- Time limits -------------------------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_WORKFLOW_DEADLINE_MINUTES",
+        "workflow_deadline_minutes",
+        "25",
+        "Deadline for one VM's whole workflow (below the Function timeout).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_BOOT_TIMEOUT_MINUTES",
+        "boot_timeout_minutes",
+        "10",
+        "How long to wait for a rebooted VM to be running with its agent ready.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_RETRY_AFTER_CAP_SECONDS",
+        "retry_after_cap_seconds",
+        "30",
+        "Longest `Retry-After` the Azure clients will sleep before retrying.",
+        _non_negative_float,
+    ),
+    # --- RDP probe ---------------------------------------------------------------------------------------
+    SettingSpec("RDPR_RDP_PORT", "rdp_port", "3389", "Port the RDP probe connects to.", _positive_int),
+    SettingSpec(
+        "RDPR_PROBE_TIMEOUT_SECONDS",
+        "probe_timeout_seconds",
+        "5",
+        "Overall deadline of one RDP probe.",
+        _non_negative_float,
+    ),
+    SettingSpec(
+        "RDPR_EXPIRY_WARNING_DAYS",
+        "expiry_warning_days",
+        "14",
+        "A certificate with fewer days left is `expiring-soon` (proactive renewal).",
+        _positive_int,
+    ),
+    # --- Sweep -------------------------------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_SWEEP_SCHEDULE",
+        "sweep_schedule",
+        "0 0 */6 * * *",
+        "NCRONTAB schedule of the sweep (six fields, seconds first).",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_MODE",
+        "sweep_mode",
+        "report",
+        "`report`: record findings only; `remediate`: enqueue remediations.",
+        _choice("report", "remediate"),
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_PROBE",
+        "sweep_probe",
+        "true",
+        "Probe every running Windows VM during the sweep (needs a network path to port 3389).",
+        _bool,
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_MAX_VMS",
+        "sweep_max_vms",
+        "20",
+        "Blast radius: most VMs one sweep may enqueue.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_MAX_PERCENT",
+        "sweep_max_percent",
+        "10",
+        "Blast radius: most VMs one sweep may enqueue, as a percentage of the Windows fleet in scope.",
+        _percent,
+    ),
+    SettingSpec(
+        "RDPR_CIRCUIT_FAILURE_RATIO",
+        "circuit_failure_ratio",
+        "0.5",
+        "Stop enqueuing when this share of the recent outcomes failed.",
+        _ratio,
+    ),
+    SettingSpec(
+        "RDPR_CIRCUIT_MIN_OUTCOMES",
+        "circuit_min_outcomes",
+        "5",
+        "Recent outcomes needed before the circuit breaker may open.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_CIRCUIT_WINDOW_HOURS",
+        "circuit_window_hours",
+        "6",
+        "How far back the circuit breaker looks.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_LOG_WORKSPACE_ID",
+        "log_workspace_id",
+        "",
+        "Log Analytics workspace (customer id GUID) queried for events 1057/1058/36870/36871. "
+        "Empty: no log evidence.",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_EVIDENCE_HOURS",
+        "evidence_hours",
+        "24",
+        "How far back the log evidence query looks.",
+        _positive_int,
+    ),
+    # --- Storage -----------------------------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_STORAGE_CONNECTION",
+        "storage_connection",
+        "",
+        "Storage connection string for the ledger and queue. Empty: use the account of "
+        "`AzureWebJobsStorage__accountName` with the managed identity.",
+        str,
+    ),
+    SettingSpec(
+        "AzureWebJobsStorage__accountName",
+        "storage_account",
+        "",
+        "Storage account of the host and the ledger (identity-based access).",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_QUEUE_NAME",
+        "queue_name",
+        "remediation-requests",
+        "Queue of per-VM remediation requests (its poison queue is `<name>-poison`).",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_TABLE_PREFIX",
+        "table_prefix",
+        "rdpr",
+        "Prefix of the ledger's tables (letters and digits).",
+        str,
+    ),
+    # --- Azure endpoints and identity --------------------------------------------------------------------
+    SettingSpec(
+        "RDPR_ARM_URL",
+        "arm_url",
+        "https://management.azure.com",
+        "Azure Resource Manager endpoint.",
+        _https_url,
+    ),
+    SettingSpec(
+        "RDPR_LOGS_URL",
+        "logs_url",
+        "https://api.loganalytics.io/v1",
+        "Log Analytics query endpoint.",
+        _https_url,
+    ),
+    SettingSpec(
+        "AZURE_CLIENT_ID",
+        "managed_identity_client_id",
+        "",
+        "Client id of the user-assigned managed identity (read by azure-identity as well).",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_EMULATOR",
+        "emulator",
+        "false",
+        "Talk to the local emulator: static token, the emulator's CA. Refused unless both URLs are "
+        "loopback addresses.",
+        _bool,
+    ),
+    SettingSpec(
+        "RDPR_EMULATOR_CA_CERT",
+        "emulator_ca_cert",
+        "",
+        "PEM file of the emulator's certificate (emulator mode only).",
+        str,
+    ),
+    SettingSpec(
+        "RDPR_POLL_INTERVAL_SECONDS",
+        "poll_interval_seconds",
+        "",
+        "Long-running-operation poll interval when Azure sends no `Retry-After`. Empty: the SDK's.",
+        lambda text: _non_negative_float(text) if text.strip() else None,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of `SPECS`; build it with `Settings.from_env()` (`from_env({})` gives the defaults)."""
+
+    scopes: tuple[str, ...]
+    opt_out_tag: tuple[str, str] | None
+    opt_in_tag: tuple[str, str] | None
+    require_opt_in: bool
+    dry_run: bool
+    cooldown_minutes: int
+    max_attempts: int
+    attempt_window_hours: int
+    max_concurrent: int
+    reboot_policy: str
+    lock_minutes: int
+    workflow_deadline_minutes: int
+    boot_timeout_minutes: int
+    retry_after_cap_seconds: float
+    rdp_port: int
+    probe_timeout_seconds: float
+    expiry_warning_days: int
+    sweep_schedule: str
+    sweep_mode: str
+    sweep_probe: bool
+    sweep_max_vms: int
+    sweep_max_percent: float
+    circuit_failure_ratio: float
+    circuit_min_outcomes: int
+    circuit_window_hours: int
+    log_workspace_id: str
+    evidence_hours: int
+    storage_connection: str
+    storage_account: str
+    queue_name: str
+    table_prefix: str
+    arm_url: str
+    logs_url: str
+    managed_identity_client_id: str
+    emulator: bool
+    emulator_ca_cert: str
+    poll_interval_seconds: float | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Parse every setting; a bad value raises ConfigurationError naming the variable."""
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            text = source.get(spec.env, spec.default)
+            try:
+                values[spec.attr] = spec.parse(text)
+            except ValueError as exc:
+                raise ConfigurationError(f"{spec.env}: {exc}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-setting rules that one value alone cannot express."""
+        if not self.table_prefix.isalnum():
+            raise ConfigurationError("RDPR_TABLE_PREFIX: letters and digits only")
+        if self.emulator:
+            for name, url in (("RDPR_ARM_URL", self.arm_url), ("RDPR_LOGS_URL", self.logs_url)):
+                host = urlparse(url).hostname or ""
+                if not _is_loopback(host):
+                    raise ConfigurationError(
+                        f"RDPR_EMULATOR is true but {name} points at {host!r}: the emulator's static token "
+                        "is only ever sent to a loopback address"
+                    )
+        elif self.emulator_ca_cert:
+            raise ConfigurationError("RDPR_EMULATOR_CA_CERT is set but RDPR_EMULATOR is false")
+
+    @property
+    def workflow_deadline_seconds(self) -> float:
+        return self.workflow_deadline_minutes * 60.0
+
+
+def _is_loopback(host: str) -> bool:
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()

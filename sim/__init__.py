@@ -1,0 +1,1 @@
+"""Local Azure emulator for tests, the demo and benchmarks. Never imported by `remediate`."""
