@@ -87,8 +87,12 @@ def _key_pem() -> bytes:
     )
 
 
+@cache
 def server_certificate(hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")) -> tuple[bytes, bytes]:
-    """(cert_pem, key_pem) for the emulator's HTTPS endpoint, valid for the loopback names given."""
+    """(cert_pem, key_pem) for the emulator's HTTPS endpoints, valid for the loopback names given.
+
+    Made once per process, so that the ARM emulator and Azurite are trusted through one CA file.
+    """
     key = shared_key()
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdp-remediate emulator")])
