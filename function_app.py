@@ -1,5 +1,106 @@
-"""Azure Functions entry point (Python v2 model): triggers only; the work is in `remediate`."""
+"""Azure Functions entry point (Python v2 model): triggers only; the work is in `remediate`.
+
+* POST /api/alerts                   Azure Monitor action group, common alert schema
+* POST /api/remediations             runbook / operator: VM ids or a subscription/group/tag selector
+* GET  /api/remediations/{id}        a request's state, steps and outcome
+* timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
+* queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
+
+Every HTTP route needs a function key (`?code=` or `x-functions-key`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
 
 import azure.functions as func
 
+from remediate.intake.app import get_app
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+log = logging.getLogger("rdp_remediate")
+
+
+def _json(status: int, body: Any) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")
+
+
+@app.function_name("alerts")
+@app.route(route="alerts", methods=["POST"])
+def alerts(req: func.HttpRequest) -> func.HttpResponse:
+    answer = get_app().alerts.handle(req.get_body())
+    return _json(answer.status, answer.body)
+
+
+@app.function_name("remediations")
+@app.route(route="remediations", methods=["POST"])
+def remediations(req: func.HttpRequest) -> func.HttpResponse:
+    caller = req.headers.get("x-ms-client-principal-name") or req.headers.get("user-agent")
+    answer = get_app().runbook.handle(req.get_body(), caller)
+    return _json(answer.status, answer.body)
+
+
+@app.function_name("remediation_status")
+@app.route(route="remediations/{request_id}", methods=["GET"])
+def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
+    request_id = req.route_params.get("request_id", "")
+    if not request_id or len(request_id) > 64 or not request_id.isalnum():
+        return _json(
+            400,
+            {
+                "error": {
+                    "code": "InvalidRequestId",
+                    "field": "request_id",
+                    "message": "request_id: expected the id returned when the request was accepted",
+                }
+            },
+        )
+    record = get_app().ledger.get(request_id)
+    if record is None:
+        return _json(
+            404,
+            {
+                "error": {
+                    "code": "NotFound",
+                    "field": "request_id",
+                    "message": f"request_id: no request {request_id} in the ledger",
+                }
+            },
+        )
+    return _json(200, record.to_json())
+
+
+@app.function_name("sweep")
+@app.timer_trigger(schedule="%RDPR_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def sweep(timer: func.TimerRequest) -> None:
+    from remediate.intake.sweep import run_sweep
+
+    current = get_app()
+    report = run_sweep(current.settings, current.clients, current.queue, current.ledger)
+    log.info(
+        "sweep finished",
+        extra={
+            "mode": report.mode,
+            "findings": len(report.findings),
+            "enqueued": len(report.enqueued),
+            "stopped": report.stopped,
+            "past_due": timer.past_due,
+        },
+    )
+
+
+@app.function_name("worker")
+@app.queue_trigger(arg_name="msg", queue_name="%RDPR_QUEUE_NAME%", connection="AzureWebJobsStorage")
+def worker(msg: func.QueueMessage) -> None:
+    from remediate.intake.worker import handle_message
+
+    current = get_app()
+    handle_message(
+        msg.get_body().decode("utf-8", errors="replace"),
+        msg.dequeue_count or 1,
+        current.settings,
+        current.ledger,
+        current.clients,
+    )

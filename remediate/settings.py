@@ -203,11 +203,11 @@ SPECS: tuple[SettingSpec, ...] = (
         _positive_int,
     ),
     SettingSpec(
-        "RDPR_BOOT_TIMEOUT_MINUTES",
-        "boot_timeout_minutes",
-        "10",
-        "How long to wait for a rebooted VM to be running with its agent ready.",
-        _positive_int,
+        "RDPR_BOOT_TIMEOUT_SECONDS",
+        "boot_timeout_seconds",
+        "600",
+        "How long to wait for a rebooted VM to be running with its agent ready, and for RDP to answer after.",
+        _non_negative_float,
     ),
     SettingSpec(
         "RDPR_RETRY_AFTER_CAP_SECONDS",
@@ -328,6 +328,14 @@ SPECS: tuple[SettingSpec, ...] = (
         str,
     ),
     SettingSpec(
+        "RDPR_MAX_DEQUEUE_COUNT",
+        "max_dequeue_count",
+        "5",
+        "Deliveries of a queue message before it goes to the poison queue; must equal host.json "
+        "`extensions.queues.maxDequeueCount` (the last delivery records the failure first).",
+        _positive_int,
+    ),
+    SettingSpec(
         "RDPR_TABLE_PREFIX",
         "table_prefix",
         "rdpr",
@@ -397,7 +405,7 @@ class Settings:
     reboot_policy: str
     lock_minutes: int
     workflow_deadline_minutes: int
-    boot_timeout_minutes: int
+    boot_timeout_seconds: float
     retry_after_cap_seconds: float
     rdp_port: int
     probe_timeout_seconds: float
@@ -415,6 +423,7 @@ class Settings:
     storage_connection: str
     storage_account: str
     queue_name: str
+    max_dequeue_count: int
     table_prefix: str
     arm_url: str
     logs_url: str
@@ -466,3 +475,16 @@ def _is_loopback(host: str) -> bool:
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings.from_env()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so that it can never drift from `SPECS`."""
+    lines = ["| Setting | Default | Meaning |", "|---|---|---|"]
+    for spec in SPECS:
+        default = f"`{spec.default}`" if spec.default else "(empty)"
+        lines.append(f"| `{spec.env}` | {default} | {spec.meaning} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())  # noqa: T201 - `python -m remediate.settings` prints the README table

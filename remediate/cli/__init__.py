@@ -17,6 +17,11 @@ from remediate.model import ConfigurationError, RemediationError
 # name -> (module, one-line help). Keep in step with the README.
 COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("remediate.cli.probe", "check RDP at the protocol level (X.224 + TLS + certificate)"),
+    "alert": ("remediate.cli.alert", "what the alert endpoint would do with an alert payload (no enqueuing)"),
+    "run": ("remediate.cli.run", "remediate one VM now: diagnose, repair, reboot, verify"),
+    "history": ("remediate.cli.history", "the recent remediations of one VM"),
+    "status": ("remediate.cli.status", "one request's state, steps and outcome"),
+    "demo": ("remediate.cli.demo", "the whole product on the local Azure emulator (no Azure needed)"),
 }
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2

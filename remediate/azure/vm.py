@@ -1,0 +1,117 @@
+"""The VM operations the engine performs: read state, find the private IP, restart, wait until ready."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remediate.azure.errors import azure_errors
+from remediate.model import PermanentError, TransientError, VmId
+
+if TYPE_CHECKING:
+    from remediate.azure.clients import AzureClients
+
+
+@dataclass(frozen=True)
+class VmView:
+    """What the engine needs to know about a VM, from one GET with the instance view expanded."""
+
+    vm: VmId
+    os_type: str | None
+    power_state: str | None  # "running", "deallocated", "starting", ... (None when Azure reports none)
+    agent_ready: bool
+    computer_name: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    nic_ids: tuple[str, ...] = ()
+
+    @property
+    def is_windows(self) -> bool:
+        return (self.os_type or "").lower() == "windows"
+
+    @property
+    def running(self) -> bool:
+        return self.power_state == "running"
+
+    @property
+    def ready(self) -> bool:
+        return self.running and self.agent_ready
+
+
+def get_vm(clients: AzureClients, vm: VmId) -> VmView:
+    with azure_errors(f"reading VM {vm.name}"):
+        model = clients.compute(vm.subscription).virtual_machines.get(vm.resource_group, vm.name, expand="instanceView")
+    return _view(vm, model)
+
+
+def _view(vm: VmId, model: Any) -> VmView:
+    props_os = (
+        model.storage_profile.os_disk.os_type if model.storage_profile and model.storage_profile.os_disk else None
+    )
+    view = model.instance_view
+    power = None
+    agent_ready = False
+    if view is not None:
+        for status in view.statuses or []:
+            if (status.code or "").startswith("PowerState/"):
+                power = status.code.split("/", 1)[1]
+        agent = view.vm_agent
+        if agent is not None and agent.statuses:
+            agent_ready = (agent.statuses[0].display_status or "").lower() == "ready"
+    nics = tuple(nic.id for nic in (model.network_profile.network_interfaces or [])) if model.network_profile else ()
+    computer = model.os_profile.computer_name if model.os_profile else None
+    return VmView(vm, str(props_os) if props_os else None, power, agent_ready, computer, dict(model.tags or {}), nics)
+
+
+def private_ip(clients: AzureClients, view: VmView) -> str | None:
+    """The primary private IP of the VM's first NIC (where the probe connects), or None."""
+    if not view.nic_ids:
+        return None
+    nic_id = view.nic_ids[0]
+    parts = nic_id.strip("/").split("/")
+    if len(parts) != 8 or parts[6].lower() != "networkinterfaces":
+        raise PermanentError(f"VM {view.vm.name} has a NIC id that is not a network interface: {nic_id}")
+    with azure_errors(f"reading the NIC of {view.vm.name}"):
+        nic = clients.network(parts[1]).network_interfaces.get(parts[3], parts[7])
+    configs = nic.ip_configurations or []
+    primary = next((c for c in configs if c.primary), configs[0] if configs else None)
+    return primary.private_ip_address if primary is not None else None
+
+
+def restart(clients: AzureClients, vm: VmId, timeout: float) -> None:
+    """Restart and wait for Azure to report the operation done (the VM may still be booting after)."""
+    with azure_errors(f"restarting {vm.name}"):
+        poller = clients.compute(vm.subscription).virtual_machines.begin_restart(vm.resource_group, vm.name)
+        poller.result(timeout=max(timeout, 1.0))
+        if not poller.done():
+            raise TransientError(f"restart of {vm.name} did not complete within {timeout:.0f} s")
+
+
+def wait_until_ready(
+    clients: AzureClients,
+    vm: VmId,
+    timeout: float,
+    *,
+    poll_seconds: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> VmView:
+    """Poll the instance view until the VM runs with its agent ready; PermanentError after `timeout`.
+
+    Resource Graph lags by about a minute, so readiness is read from the VM itself, never from the graph.
+    """
+    deadline = clock() + timeout
+    view = get_vm(clients, vm)
+    while not view.ready:
+        if clock() >= deadline:
+            raise PermanentError(
+                f"{vm.name} did not come back within {timeout:.0f} s after the restart "
+                f"(power state {view.power_state or 'unknown'}, agent {'ready' if view.agent_ready else 'not ready'})"
+            )
+        sleep(min(poll_seconds, max(deadline - clock(), 0.0)))
+        try:
+            view = get_vm(clients, vm)
+        except TransientError:
+            continue  # a throttled read while waiting is not a reason to give up
+    return view

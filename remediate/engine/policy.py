@@ -1,0 +1,103 @@
+"""The safety rules, in one place. Each check returns None (allowed) or the reason a human reads.
+
+Nothing here talks to Azure: the callers pass in what they read, so every rule is testable on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from remediate.azure.vm import VmView
+from remediate.ledger import VmState
+from remediate.model import Outcome, RemediationRequest, VmId
+from remediate.settings import Settings
+
+
+def scope_refusal(settings: Settings, vm: VmId) -> str | None:
+    """Checked before any Azure call: an out-of-scope VM is never even read."""
+    if not settings.scopes:
+        return "nothing is in scope: RDPR_SCOPES is empty (set the subscriptions or resource groups to act on)"
+    if not vm.in_scope(settings.scopes):
+        return f"outside the configured scope ({', '.join(settings.scopes)})"
+    return None
+
+
+def vm_refusal(settings: Settings, view: VmView) -> str | None:
+    """Facts about the VM that make remediation impossible or unwanted."""
+    if not view.is_windows:
+        return f"not a Windows VM (OS type {view.os_type or 'unknown'})"
+    if _has_tag(view.tags, settings.opt_out_tag):
+        return f"opted out by tag {_tag_text(settings.opt_out_tag)}"
+    if settings.require_opt_in and not _has_tag(view.tags, settings.opt_in_tag):
+        return f"not opted in: RDPR_REQUIRE_OPT_IN is true and the VM lacks tag {_tag_text(settings.opt_in_tag)}"
+    if not view.running:
+        return (
+            f"VM is {view.power_state or 'in an unknown power state'}: Run Command needs a running VM "
+            "(start it first; rdp-remediate never starts VMs)"
+        )
+    if not view.agent_ready:
+        return "the VM guest agent is not ready, so Run Command cannot run (check the agent / boot diagnostics)"
+    return None
+
+
+def history_refusal(settings: Settings, state: VmState, request: RemediationRequest, now: dt.datetime) -> str | None:
+    """Cooldown and attempt limit: no reboot loops on a VM that keeps breaking.
+
+    A redelivered request that already counted its attempt is let through, so it can finish.
+    """
+    if request.request_id in state.attempts:
+        return None
+    if state.last_finished is not None:
+        since = now - state.last_finished
+        cooldown = dt.timedelta(minutes=settings.cooldown_minutes)
+        if since < cooldown:
+            minutes = int(since.total_seconds() // 60)
+            return (
+                f"cooldown: the last remediation of this VM finished {minutes} min ago "
+                f"(RDPR_COOLDOWN_MINUTES={settings.cooldown_minutes})"
+            )
+    window_start = now - dt.timedelta(hours=settings.attempt_window_hours)
+    attempts = state.attempts_since(window_start)
+    if attempts >= settings.max_attempts:
+        return (
+            f"attempt limit: {attempts} remediations in the last {settings.attempt_window_hours} h "
+            f"(RDPR_MAX_ATTEMPTS={settings.max_attempts}); a VM that keeps breaking needs a human"
+        )
+    return None
+
+
+def blast_radius(settings: Settings, fleet_size: int) -> int:
+    """Most VMs one sweep may enqueue: the smaller of the count and the percentage of the fleet (at least 1)."""
+    by_percent = math.floor(fleet_size * settings.sweep_max_percent / 100)
+    return max(1, min(settings.sweep_max_vms, by_percent)) if fleet_size else 0
+
+
+def circuit_refusal(settings: Settings, recent_outcomes: list[str]) -> str | None:
+    """Stop new work while recent outcomes are mostly failures: something systemic is wrong."""
+    decided = [o for o in recent_outcomes if o in (Outcome.REMEDIATED, Outcome.FAILED, Outcome.UNVERIFIED)]
+    if len(decided) < settings.circuit_min_outcomes:
+        return None
+    failures = sum(1 for o in decided if o == Outcome.FAILED)
+    if failures / len(decided) >= settings.circuit_failure_ratio:
+        return (
+            f"circuit breaker open: {failures} of the last {len(decided)} remediations failed in "
+            f"{settings.circuit_window_hours} h (RDPR_CIRCUIT_FAILURE_RATIO={settings.circuit_failure_ratio})"
+        )
+    return None
+
+
+def _has_tag(tags: dict[str, str], wanted: tuple[str, str] | None) -> bool:
+    if wanted is None:
+        return False
+    name, value = wanted
+    lowered = {k.lower(): v for k, v in tags.items()}
+    if name.lower() not in lowered:
+        return False
+    return not value or lowered[name.lower()].lower() == value.lower()
+
+
+def _tag_text(tag: tuple[str, str] | None) -> str:
+    if tag is None:
+        return "(none)"
+    return f"{tag[0]}={tag[1]}" if tag[1] else tag[0]

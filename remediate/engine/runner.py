@@ -1,0 +1,49 @@
+"""Run workflows: one request, or many with bounded concurrency (the CLI and the demo use it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from remediate.engine.workflow import Progress, Workflow, WorkflowResult
+from remediate.ledger import Ledger
+from remediate.model import RemediationRequest
+from remediate.settings import Settings
+
+if TYPE_CHECKING:
+    from remediate.azure.clients import AzureClients
+
+
+def remediate(
+    request: RemediationRequest,
+    settings: Settings,
+    ledger: Ledger,
+    clients: AzureClients,
+    *,
+    progress: Progress | None = None,
+    retry_later: bool = False,
+) -> WorkflowResult:
+    return Workflow(
+        request, settings=settings, ledger=ledger, clients=clients, progress=progress, retry_later=retry_later
+    ).run()
+
+
+def remediate_many(
+    requests: Sequence[RemediationRequest],
+    settings: Settings,
+    ledger: Ledger,
+    clients: AzureClients,
+    *,
+    concurrency: int | None = None,
+    progress: Callable[[RemediationRequest, str, str], None] | None = None,
+) -> list[WorkflowResult]:
+    """Results in input order; at most `concurrency` (default RDPR_MAX_CONCURRENT) VMs at a time."""
+    limit = max(1, concurrency or settings.max_concurrent)
+
+    def one(request: RemediationRequest) -> WorkflowResult:
+        report = (lambda step, detail: progress(request, step, detail)) if progress else None
+        return remediate(request, settings, ledger, clients, progress=report)
+
+    with ThreadPoolExecutor(max_workers=min(limit, max(1, len(requests)))) as pool:
+        return list(pool.map(one, requests))

@@ -1,0 +1,458 @@
+"""One VM's remediation: preflight, lock, diagnose, repair, reboot, wait, verify, record, unlock.
+
+Every step goes through `Workflow._step`, which writes it to the journal before and after it runs. A
+redelivered request therefore resumes after its last finished step, and a reboot whose start was recorded
+is never requested twice, even if the worker died before learning whether Azure accepted it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remediate.azure import vm as azure_vm
+from remediate.engine import plans, policy
+from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
+from remediate.ledger import Ledger
+from remediate.model import (
+    Outcome,
+    PermanentError,
+    Plan,
+    RemediationError,
+    RemediationRequest,
+    StepResult,
+    TransientError,
+)
+from remediate.settings import Settings
+
+if TYPE_CHECKING:
+    from remediate.azure.clients import AzureClients
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class WorkflowResult:
+    """The verdict on one request: what the CLI prints, the demo tabulates and the ledger stores."""
+
+    request_id: str
+    vm: str
+    outcome: Outcome
+    reason: str
+    failed_step: str | None = None
+    rebooted: bool = False
+    findings: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    verification: str | None = None
+    duration_seconds: float = 0.0
+    steps: list[StepResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requestId": self.request_id,
+            "vm": self.vm,
+            "outcome": self.outcome.value,
+            "reason": self.reason,
+            "failedStep": self.failed_step,
+            "rebooted": self.rebooted,
+            "findings": self.findings,
+            "actions": self.actions,
+            "verification": self.verification,
+            "durationSeconds": round(self.duration_seconds, 3),
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+class _Stop(Exception):
+    # Control flow, not an error: ends the workflow early with an outcome.
+    def __init__(self, outcome: Outcome, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome, self.reason = outcome, reason
+
+
+class Workflow:
+    def __init__(
+        self,
+        request: RemediationRequest,
+        *,
+        settings: Settings,
+        ledger: Ledger,
+        clients: AzureClients,
+        retry_later: bool = False,
+        progress: Progress | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.request = request
+        self.settings = settings
+        self.ledger = ledger
+        self.clients = clients
+        # In a queue worker with deliveries left, a transient failure is re-raised so the message comes back.
+        self.retry_later = retry_later
+        self._progress = progress or _no_progress
+        self._monotonic, self._sleep, self._now = monotonic, sleep, now
+        self._deadline = 0.0
+        self._journal: Journal | None = None
+        self._current_step: str | None = None
+        self.rebooted = False
+        self.findings: list[str] = []
+        self.actions: list[str] = []
+        self.verification: str | None = None
+        self._changed = False
+        self._last_failure = ""
+
+    # --- the public entry point -----------------------------------------------------------------------
+
+    def run(self) -> WorkflowResult:
+        started = self._monotonic()
+        self._deadline = started + self.settings.workflow_deadline_seconds
+        if self.ledger.get(self.request.request_id) is None:
+            self.ledger.record_accepted(self.request)
+        self.ledger.mark_running(self.request.request_id)
+        self._journal = Journal(self.ledger, self.request.request_id)
+        outcome, reason = self._run_guarded()
+        return self._record(outcome, reason, self._monotonic() - started)
+
+    def _run_guarded(self) -> tuple[Outcome, str]:
+        vm = self.request.vm
+        try:
+            refusal = policy.scope_refusal(self.settings, vm)
+            if refusal:  # checked before any Azure call: an out-of-scope VM is never touched, not even read
+                return Outcome.SKIPPED, refusal
+            view = self._preflight()
+            self._lock()
+            return self._remediate(view)
+        except _Stop as stop:
+            return stop.outcome, stop.reason
+        except TransientError as exc:
+            if self.retry_later:
+                raise
+            return Outcome.FAILED, f"gave up after retries: {exc.reason}"
+        except RemediationError as exc:
+            return Outcome.FAILED, exc.reason
+        except Exception as exc:  # a bug must still end in a recorded outcome, never a lost request
+            log.exception("unexpected error in workflow", extra=self._log_fields())
+            return Outcome.FAILED, f"internal error ({type(exc).__name__}: {exc}); see the function logs"
+
+    # --- steps ------------------------------------------------------------------------------------------
+
+    def _step(self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]]) -> StepResult:
+        """Run `action` as the named step, or replay it if the journal says it already finished."""
+        journal = self._require_journal()
+        self._current_step = name
+        previous = journal.find(name)
+        if previous is not None and previous.status in (OK, SKIPPED):
+            self._progress(name, "already done (resumed)")
+            return previous
+        if previous is not None and previous.status == STARTED and name.startswith("reboot"):
+            # The restart may have reached Azure before the last worker died: never request it twice.
+            self.rebooted = True
+            return journal.finish(previous, OK, "resumed: the restart had already been requested; not repeated")
+        self._check_deadline(name)
+        self._progress(name, "started")
+        step = journal.start(name)
+        try:
+            detail, data = action()
+        except _Stop as stop:
+            journal.finish(step, SKIPPED if stop.outcome is Outcome.SKIPPED else FAILED, stop.reason)
+            self._progress(name, stop.reason)
+            raise
+        except RemediationError as exc:
+            journal.finish(step, FAILED, exc.reason)
+            self._progress(name, f"failed: {exc.reason}")
+            raise
+        journal.finish(step, OK, detail, data)
+        self._progress(name, detail)
+        log.info("step finished", extra={**self._log_fields(), "step": name, "detail": detail})
+        return step
+
+    def _preflight(self) -> azure_vm.VmView:
+        holder: list[azure_vm.VmView] = []
+
+        def check() -> tuple[str, dict[str, Any] | None]:
+            try:
+                view = azure_vm.get_vm(self.clients, self.request.vm)
+            except PermanentError as exc:
+                raise _Stop(Outcome.SKIPPED, exc.reason) from exc
+            refusal = policy.vm_refusal(self.settings, view) or policy.history_refusal(
+                self.settings, self.ledger.vm_state(self.request.vm), self.request, self._now()
+            )
+            if refusal:
+                raise _Stop(Outcome.SKIPPED, refusal)
+            holder.append(view)
+            return "Windows, running, agent ready, in scope, no cooldown", {"computerName": view.computer_name}
+
+        self._fresh_step("preflight", check)
+        return holder[0]
+
+    def _lock(self) -> None:
+        taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
+        if not taken:
+            expires = state.lock_expires.isoformat() if state.lock_expires else "?"
+            raise _Stop(Outcome.SKIPPED, f"locked: request {state.owner} is remediating this VM (until {expires})")
+
+    def _remediate(self, view: azure_vm.VmView) -> tuple[Outcome, str]:
+        ip = self._locate(view)
+        before = self._probe("probe", ip, wait=False)
+        options = self.request.options
+        if options.dry_run or self.settings.dry_run:
+            return Outcome.PLANNED, "dry run: would " + ", then ".join(plans.describe_plan(options.plan))
+        if options.plan is Plan.RENEW_ONLY:
+            return self._proactive_renewal(ip)
+        diagnosis = self._script("diagnose")
+        recommended = list(diagnosis["findings"]["recommended"])
+        self.findings = _findings(before, recommended)
+        repairs = plans.repairs_for(options.plan, recommended, before, options.force)
+        if options.diagnose_only or not repairs:
+            return self._without_repairs(before, repairs)
+        self.ledger.record_attempt(self.request.vm, self.request.request_id)
+        verdict = self._round(1, repairs, ip)
+        if verdict is not None:
+            return verdict
+        return self._escalate(ip)
+
+    def _locate(self, view: azure_vm.VmView) -> str | None:
+        step = self._step("locate", lambda: self._located(view))
+        summary = step.summary or {}
+        return summary.get("ip")
+
+    def _located(self, view: azure_vm.VmView) -> tuple[str, dict[str, Any] | None]:
+        ip = azure_vm.private_ip(self.clients, view)
+        return (f"private IP {ip}" if ip else "no private IP found"), {"ip": ip}
+
+    def _without_repairs(self, before: str, repairs: list[str]) -> tuple[Outcome, str]:
+        """The verdict when nothing will be changed: diagnose-only, or nothing found to repair."""
+        if repairs:
+            return Outcome.PLANNED, "diagnose only: would run " + ", ".join(repairs)
+        if self.request.options.diagnose_only:
+            return Outcome.HEALTHY, "diagnose only: nothing to repair"
+        if before in plans.PROBE_OK:
+            return Outcome.HEALTHY, "RDP works (probe healthy) and the in-guest check found nothing to repair"
+        if before in plans.PROBE_NO_PATH:
+            return Outcome.HEALTHY, (
+                "the in-guest check found nothing to repair (the probe has no network path "
+                "to the VM, so RDP was not tested from outside)"
+            )
+        return Outcome.FAILED, (
+            f"the probe says {before} but the in-guest check found nothing it can repair: "
+            "check NSGs, the RDP listener configuration and the client side"
+        )
+
+    def _round(self, number: int, repairs: list[str], ip: str | None) -> tuple[Outcome, str] | None:
+        """Repairs, reboot, wait, verify. None: still broken, worth escalating."""
+        suffix = "" if number == 1 else f"-{number}"
+        summaries = [self._script(name, step_name=f"{name}{suffix}") for name in repairs]
+        self._changed = self._changed or any(s["changed"] for s in summaries)
+        if self._should_reboot(summaries):
+            self._step(f"reboot{suffix}", self._reboot)
+            self._step(f"wait{suffix}", self._wait)
+        after = self._probe(f"verify{suffix}", ip, wait=True)
+        guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
+        remaining = list(guest["findings"]["recommended"])
+        self.verification = after
+        guest_clean = not remaining
+        if after in plans.PROBE_OK and guest_clean:
+            return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
+        if after in plans.PROBE_NO_PATH and guest_clean:
+            return Outcome.UNVERIFIED, (
+                f"repaired and the in-guest check is clean, but the probe cannot reach the "
+                f"VM ({after}): give the function a network path (VNet integration) to "
+                "verify from outside"
+            )
+        self._last_failure = (
+            f"still broken after {', '.join(repairs)}: probe {after}; "
+            f"in-guest check recommends {', '.join(remaining) or 'nothing'}"
+        )
+        return None
+
+    def _escalate(self, ip: str | None) -> tuple[Outcome, str]:
+        reason = self._last_failure
+        if self.request.options.plan is not Plan.AUTO:
+            return Outcome.FAILED, reason
+        state = self.ledger.vm_state(self.request.vm)
+        window_start = self._now() - dt.timedelta(hours=self.settings.attempt_window_hours)
+        if state.attempts_since(window_start) >= self.settings.max_attempts:
+            return Outcome.FAILED, f"{reason}; no attempts left for the MachineKeys reset (RDPR_MAX_ATTEMPTS)"
+        self.ledger.record_attempt(self.request.vm, f"{self.request.request_id}#escalation")
+        verdict = self._round(2, list(plans.ESCALATION), ip)
+        return verdict if verdict is not None else (Outcome.FAILED, self._last_failure)
+
+    def _proactive_renewal(self, ip: str | None) -> tuple[Outcome, str]:
+        summary = self._script("renew-certificate")
+        if not summary["changed"]:
+            return Outcome.HEALTHY, "the certificate did not need renewal"
+        self.verification = self._probe("verify", ip, wait=True)
+        if self.verification in plans.PROBE_OK | plans.PROBE_NO_PATH:
+            return Outcome.REMEDIATED, f"certificate renewed without a reboot (probe {self.verification})"
+        return Outcome.FAILED, f"certificate renewed but the probe now says {self.verification}"
+
+    # --- the actions behind the steps ---------------------------------------------------------------------
+
+    def _script(self, name: str, step_name: str | None = None) -> dict[str, Any]:
+        from remediate.azure.runcommand import run_script
+
+        holder: list[dict[str, Any]] = []
+
+        def run() -> tuple[str, dict[str, Any] | None]:
+            summary = run_script(self.clients, self.request.vm, name, self._parameters(name), self._deadline)
+            _refuse_if_users_connected(name, summary, self.request.options.plan)
+            holder.append(summary)
+            return _describe(summary), summary
+
+        step = self._step(step_name or name, run)
+        summary = holder[0] if holder else dict(step.summary or {})
+        if name != "diagnose" and summary.get("changed"):
+            self.actions.extend(a for a in summary.get("actions", []) if a not in self.actions)
+        return summary
+
+    def _parameters(self, script: str) -> dict[str, str]:
+        parameters = (
+            {"ExpiryWarningDays": str(self.settings.expiry_warning_days)}
+            if script in ("diagnose", "renew-certificate")
+            else {}
+        )
+        if script == "renew-certificate" and self.request.options.force:
+            parameters["Force"] = "true"
+        return parameters
+
+    def _should_reboot(self, summaries: list[dict[str, Any]]) -> bool:
+        if self.settings.reboot_policy == "always":
+            return any(s["changed"] for s in summaries)
+        return any(s["reboot_required"] for s in summaries)
+
+    def _reboot(self) -> tuple[str, dict[str, Any] | None]:
+        self.rebooted = True
+        azure_vm.restart(self.clients, self.request.vm, self._remaining())
+        return "restart completed", None
+
+    def _wait(self) -> tuple[str, dict[str, Any] | None]:
+        timeout = min(self.settings.boot_timeout_seconds, self._remaining())
+        view = azure_vm.wait_until_ready(
+            self.clients,
+            self.request.vm,
+            timeout,
+            poll_seconds=self._poll_seconds(),
+            clock=self._monotonic,
+            sleep=self._sleep,
+        )
+        return "running, agent ready", {"powerState": view.power_state}
+
+    def _probe(self, step_name: str, ip: str | None, *, wait: bool) -> str:
+        step = self._step(step_name, lambda: self._probe_action(ip, wait))
+        return str((step.summary or {}).get("status", "unknown"))
+
+    def _probe_action(self, ip: str | None, wait: bool) -> tuple[str, dict[str, Any] | None]:
+        from remediate.probe import probe
+
+        if ip is None:
+            return "no private IP to probe", {"status": "no-address"}
+        window = min(self.settings.boot_timeout_seconds, self._remaining()) if wait else 0.0
+        give_up = self._monotonic() + window
+        while True:
+            result = probe(
+                ip,
+                self.settings.rdp_port,
+                timeout=self.settings.probe_timeout_seconds,
+                expiry_warning_days=self.settings.expiry_warning_days,
+            )
+            # A VM that just booted may take a while to start its listener: retry until the window closes.
+            if result.status in plans.PROBE_OK or self._monotonic() >= give_up:
+                return result.detail, result.to_json()
+            self._sleep(self._poll_seconds())
+
+    # --- bookkeeping --------------------------------------------------------------------------------------
+
+    def _record(self, outcome: Outcome, reason: str, duration: float) -> WorkflowResult:
+        failed_step = self._current_step if outcome is Outcome.FAILED else None
+        self.ledger.record_outcome(
+            self.request.request_id, outcome, reason, failed_step=failed_step, rebooted=self.rebooted
+        )
+        if outcome is not Outcome.SKIPPED or not reason.startswith("locked"):
+            self.ledger.record_finished(self.request.vm, outcome, changed=self._changed)
+            self.ledger.release(self.request.vm, self.request.request_id)
+        log.info("remediation finished", extra={**self._log_fields(), "outcome": outcome.value, "reason": reason})
+        journal = self._require_journal()
+        return WorkflowResult(
+            self.request.request_id,
+            str(self.request.vm),
+            outcome,
+            reason,
+            failed_step,
+            self.rebooted,
+            self.findings,
+            self.actions,
+            self.verification,
+            duration,
+            journal.steps,
+        )
+
+    def _fresh_step(self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]]) -> None:
+        """A step that is always re-run on redelivery (preflight reads current state)."""
+        journal = self._require_journal()
+        self._current_step = name
+        step = journal.start(name)
+        try:
+            detail, data = action()
+        except _Stop as stop:
+            journal.finish(step, SKIPPED, stop.reason)
+            raise
+        except RemediationError as exc:
+            journal.finish(step, FAILED, exc.reason)
+            raise
+        journal.finish(step, OK, detail, data)
+        self._progress(name, detail)
+
+    def _check_deadline(self, step: str) -> None:
+        if self._monotonic() >= self._deadline:
+            raise PermanentError(
+                f"workflow deadline ({self.settings.workflow_deadline_minutes} min) reached before step {step}"
+            )
+
+    def _remaining(self) -> float:
+        return max(self._deadline - self._monotonic(), 0.0)
+
+    def _poll_seconds(self) -> float:
+        return self.settings.poll_interval_seconds if self.settings.poll_interval_seconds is not None else 10.0
+
+    def _require_journal(self) -> Journal:
+        assert self._journal is not None, "run() creates the journal"
+        return self._journal
+
+    def _log_fields(self) -> dict[str, Any]:
+        return {"vm": str(self.request.vm), "request_id": self.request.request_id, "step": self._current_step}
+
+
+def _refuse_if_users_connected(script: str, summary: dict[str, Any], plan: Plan) -> None:
+    """renew-certificate refuses to restart Remote Desktop services under connected users; so do we."""
+    if script != "renew-certificate":
+        return
+    findings = summary["findings"]
+    if findings.get("active_sessions", 0) > 0 and not findings.get("services_restarted"):
+        reason = (
+            f"{findings['active_sessions']} user session(s) connected: restarting Remote Desktop services "
+            "would drop them (rerun with force to proceed)"
+        )
+        raise _Stop(Outcome.SKIPPED if plan is Plan.RENEW_ONLY else Outcome.FAILED, reason)
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    if summary["errors"]:
+        return "; ".join(summary["errors"])[:500]
+    if summary["actions"]:
+        return "; ".join(summary["actions"])[:500]
+    return "no change needed" if not summary["detect_only"] else "detect only"
+
+
+def _findings(probe_status: str, recommended: list[str]) -> list[str]:
+    return [f"probe: {probe_status}", *(f"needs {name}" for name in recommended)]
+
+
+def _no_progress(step: str, detail: str) -> None:
+    """Default progress sink: the ledger and the logs already record every step."""

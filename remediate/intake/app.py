@@ -1,0 +1,104 @@
+"""The Function's composition root: settings, ledger, queue, clients and intakes, built once per process.
+
+Everything is created on first use, so a cold start that only answers an alert never imports the
+Compute SDK; `function_app.py` stays a thin map from triggers to these objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from remediate.model import VmId
+from remediate.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from remediate.azure.clients import AzureClients
+    from remediate.intake.queue import RequestQueue
+    from remediate.intake.requests import Selector
+    from remediate.intake.service import AlertIntake, RunbookIntake
+    from remediate.ledger import Ledger
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def clients(self) -> AzureClients:
+        from remediate.azure.clients import get_clients
+
+        return get_clients(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        from remediate.ledger import Ledger
+
+        ledger = Ledger.from_settings(self.settings)
+        if self.settings.emulator:
+            ledger.create_tables()  # in Azure the Bicep creates them; the identity needs no table-create right
+        return ledger
+
+    @cached_property
+    def queue(self) -> RequestQueue:
+        from remediate.intake.queue import RequestQueue
+
+        queue = RequestQueue.from_settings(self.settings, self.ledger)
+        if self.settings.emulator:
+            queue.create()
+        return queue
+
+    @cached_property
+    def alerts(self) -> AlertIntake:
+        from remediate.intake.service import AlertIntake
+
+        return AlertIntake(self.queue, self.settings, self.resolve_computers)
+
+    @cached_property
+    def runbook(self) -> RunbookIntake:
+        from remediate.intake.service import RunbookIntake
+
+        return RunbookIntake(self.queue, self.settings, self.expand_selector)
+
+    def resolve_computers(self, computers: list[str], scopes: tuple[str, ...]) -> dict[str, list[VmId]]:
+        from remediate.azure.inventory import find_vms_by_computer_name
+
+        return find_vms_by_computer_name(self.clients, computers, scopes)
+
+    def expand_selector(self, selector: Selector) -> list[VmId]:
+        """The Windows VMs a runbook selector names, limited to the configured scope."""
+        from remediate.azure.inventory import list_windows_vms
+
+        scope = selector.scope_id.lower()
+        in_scope = tuple(s for s in self.settings.scopes if scope.startswith(s) or s.startswith(scope))
+        records = list_windows_vms(self.clients, in_scope)
+        return [r.vm for r in records if r.vm.in_scope((scope,)) and _tag_matches(r.tags, selector)]
+
+
+def _tag_matches(tags: dict[str, str], selector: Selector) -> bool:
+    if selector.tag_name is None:
+        return True
+    lowered = {k.lower(): v for k, v in tags.items()}
+    value = lowered.get(selector.tag_name.lower())
+    return value is not None and (selector.tag_value is None or value.lower() == selector.tag_value.lower())
+
+
+_lock = threading.Lock()
+_app: App | None = None
+
+
+def get_app() -> App:
+    global _app  # noqa: PLW0603 - one composition root per process, as the Functions host expects
+    with _lock:
+        if _app is None:
+            _app = App(get_settings())
+        return _app
+
+
+def reset_app(settings: Settings | None = None) -> App:
+    """Replace the process-wide app (tests and the demo point it at the emulator)."""
+    global _app  # noqa: PLW0603
+    with _lock:
+        _app = App(settings or get_settings())
+        return _app

@@ -1,0 +1,323 @@
+"""The demo: the whole product on the local emulator, through the real Function handlers and queue.
+
+Starts the Azure emulator (one VM per scenario, with live RDP listeners) and Azurite, then delivers
+an Azure Monitor alert, a runbook request and a sweep to the decorated functions in `function_app`, lets a
+local stand-in for the Functions host drain the queue (Azurite) through the queue-trigger function, and
+prints what happened to every VM. `python -m sim.demo` or `rdp-remediate demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+SCENARIO_ORDER = (
+    "expired-certificate",
+    "expiring-soon",
+    "keystore-acl",
+    "keystore-corrupt",
+    "firewall-closed",
+    "tls12-disabled",
+    "healthy",
+    "linux",
+    "deallocated",
+    "agent-not-ready",
+    "opted-out",
+    "out-of-scope",
+    "never-returns",
+)
+# The alert names one VM, the sweep finds the expiring certificate, the runbook asks for the rest.
+ALERTED = "expired-certificate"
+SWEPT = "expiring-soon"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rdp-remediate demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=0.02,
+        help="simulated Azure operation times as a fraction of real ones (default 0.02)",
+    )
+    parser.add_argument("--report", default="demo-report.json", help="where to write the JSON report")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    from sim.azurite import Azurite
+    from sim.fleet import demo_fleet
+    from sim.server import Emulator
+
+    say("starting the Azure emulator (13 VMs, one per scenario) and Azurite ...")
+    fleet = demo_fleet()
+    with Azurite() as azurite, Emulator(fleet, time_scale=args.time_scale, rdp_port=_free_rdp_port()) as emulator:
+        _configure(emulator, azurite)
+        report = _run(fleet)
+    Path(args.report).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    _print_table(report)
+    say(f"\nreport written to {args.report}; demo took {time.monotonic() - started:.1f} s")
+    expected_ok = all(entry["outcome"] == entry["expected"] for entry in report)
+    return 0 if expected_ok else 1
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _free_rdp_port() -> int:
+    from sim.azurite import free_port
+
+    return free_port("127.0.0.2")
+
+
+def _configure(emulator: Any, azurite: Any) -> None:
+    """Point the product at the emulators exactly as an operator would: environment variables."""
+    env = emulator.settings_env()
+    env.update(
+        {
+            "RDPR_STORAGE_CONNECTION": azurite.connection_string,
+            "RDPR_QUEUE_NAME": "remediation-requests",
+            "RDPR_SWEEP_MODE": "remediate",
+            "RDPR_BOOT_TIMEOUT_SECONDS": "15",
+            "RDPR_PROBE_TIMEOUT_SECONDS": "2",
+            "RDPR_SWEEP_MAX_VMS": "5",
+            "RDPR_SWEEP_MAX_PERCENT": "50",
+            "RDPR_CIRCUIT_MIN_OUTCOMES": "50",
+        }
+    )
+    os.environ.update(env)
+    from remediate.intake.app import reset_app
+    from remediate.settings import Settings, get_settings
+
+    get_settings.cache_clear()
+    reset_app(Settings.from_env(os.environ))
+
+
+def _run(fleet: Any) -> list[dict[str, Any]]:
+    import azure.functions as func
+
+    import function_app
+    from remediate.intake.app import get_app
+    from sim.host import LocalQueueHost
+
+    app = get_app()
+    vms = {vm.scenario: vm for vm in fleet}
+    host = LocalQueueHost(
+        function_app.worker,
+        app.queue.queue,
+        _poison(app),
+        batch_size=8,
+        max_dequeue_count=app.settings.max_dequeue_count,
+    )
+
+    say(f"\n1. Azure Monitor fires a log alert for {vms[ALERTED].name} (event 1058: certificate not replaced)")
+    alert = _post(func, function_app.alerts, "/api/alerts", _alert_payload(vms[ALERTED].resource_id))
+    say(f"   -> HTTP {alert.status_code}: {alert.get_body().decode()[:160]}")
+
+    runbook_vms = [vms[s].resource_id for s in SCENARIO_ORDER if s not in (ALERTED, SWEPT)]
+    say(f"\n2. An operator's runbook asks for {len(runbook_vms)} more VMs")
+    body = {"vms": runbook_vms, "reason": "demo: reported by the service desk"}
+    runbook = _post(func, function_app.remediations, "/api/remediations", body)
+    say(f"   -> HTTP {runbook.status_code}: {len(json.loads(runbook.get_body()).get('requestIds', []))} requests")
+
+    say("\n3. The queue-trigger workers remediate (Run Command, restart, verify) ...")
+    stats = host.drain(timeout=240)
+    say(f"   -> {stats.invocations} deliveries, {stats.succeeded} completed, {len(stats.poisoned)} poisoned")
+
+    say("\n4. The scheduled sweep (remediate mode) probes every running Windows VM in scope")
+    function_app.sweep(func.TimerRequest(past_due=False))
+    stats = host.drain(timeout=120)
+    say(f"   -> queue drained again ({stats.invocations} deliveries in all)")
+    return _report(app.ledger, fleet)
+
+
+def _post(func: Any, handler: Any, route: str, body: dict[str, Any]) -> Any:
+    request = func.HttpRequest(
+        "POST",
+        f"https://localhost{route}",
+        headers={"content-type": "application/json"},
+        params={},
+        route_params={},
+        body=json.dumps(body).encode(),
+    )
+    return handler(request)
+
+
+def _poison(app: Any) -> Any:
+    from remediate.intake.queue import queue_client
+
+    return queue_client(app.settings, f"{app.settings.queue_name}-poison")
+
+
+def _alert_payload(vm_id: str) -> dict[str, Any]:
+    """A Log Alerts V2 payload (common alert schema) from a workspace-scoped rule split by _ResourceId."""
+    workspace = (
+        "/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg-monitor/providers/"
+        "Microsoft.OperationalInsights/workspaces/law-rdp"
+    )
+    fired = dt.datetime.now(dt.UTC).isoformat()
+    return {
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {
+            "essentials": {
+                "alertId": f"/subscriptions/00000000-0000-4000-8000-000000000001/providers/Microsoft.AlertsManagement/"
+                f"alerts/{uuid.uuid4()}",
+                "alertRule": "rdp-certificate-events",
+                "severity": "Sev2",
+                "signalType": "Log",
+                "monitorCondition": "Fired",
+                "monitoringService": "Log Alerts V2",
+                "alertTargetIDs": [workspace.lower()],
+                "configurationItems": [vm_id.lower()],
+                "originAlertId": str(uuid.uuid4()),
+                "firedDateTime": fired,
+                "description": "RDP TLS failures",
+                "essentialsVersion": "1.0",
+                "alertContextVersion": "1.0",
+            },
+            "alertContext": {
+                "properties": None,
+                "conditionType": "LogQueryCriteria",
+                "condition": {
+                    "windowSize": "PT15M",
+                    "windowStartTime": fired,
+                    "windowEndTime": fired,
+                    "allOf": [
+                        {
+                            "searchQuery": "Event | where EventID in (1057, 1058, 36870)",
+                            "metricMeasureColumn": None,
+                            "targetResourceTypes": "['Microsoft.OperationalInsights/workspaces']",
+                            "operator": "GreaterThan",
+                            "threshold": "0",
+                            "timeAggregation": "Count",
+                            "dimensions": [{"name": "_ResourceId", "value": vm_id.lower()}],
+                            "metricValue": 1.0,
+                            "failingPeriods": {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1},
+                        }
+                    ],
+                },
+            },
+            "customProperties": None,
+        },
+    }
+
+
+EXPECTED = {
+    "expired-certificate": "remediated",
+    "expiring-soon": "remediated",
+    "keystore-acl": "remediated",
+    "keystore-corrupt": "remediated",
+    "firewall-closed": "remediated",
+    "tls12-disabled": "remediated",
+    "healthy": "healthy",
+    "linux": "skipped",
+    "deallocated": "skipped",
+    "agent-not-ready": "skipped",
+    "opted-out": "skipped",
+    "out-of-scope": "skipped",
+    "never-returns": "failed",
+}
+
+
+def _report(ledger: Any, fleet: Any) -> list[dict[str, Any]]:
+    from remediate.model import VmId
+
+    entries = []
+    for scenario in SCENARIO_ORDER:
+        vm = next(v for v in fleet if v.scenario == scenario)
+        records = ledger.history(VmId.parse(vm.resource_id))
+        finished = [r for r in records if r.outcome is not None]
+        # The most telling record: the newest that was not skipped (a later sweep may only hit a cooldown).
+        record = next((r for r in finished if r.outcome != "skipped"), finished[0] if finished else None)
+        entries.append(_entry(vm, scenario, record))
+    return entries
+
+
+def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
+    if record is None:
+        return {
+            "vm": vm.name,
+            "scenario": scenario,
+            "expected": EXPECTED[scenario],
+            "outcome": "not requested",
+            "finding": "",
+            "actions": [],
+            "rebooted": False,
+            "verification": None,
+            "duration_s": None,
+            "trigger": None,
+            "reason": "",
+        }
+    steps = {step.name: step for step in record.steps}
+    finding = _finding(steps)
+    verify = next((steps[name] for name in ("verify-2", "verify") if name in steps), None)
+    actions = [
+        a
+        for name, step in steps.items()
+        if step.summary and step.summary.get("changed") and not name.startswith(("diagnose", "verify"))
+        for a in step.summary.get("actions", [])
+    ]
+    duration = (record.finished_at - record.accepted_at).total_seconds() if record.finished_at else None
+    return {
+        "vm": vm.name,
+        "scenario": scenario,
+        "expected": EXPECTED[scenario],
+        "outcome": record.outcome,
+        "trigger": record.trigger,
+        "finding": finding,
+        "actions": actions,
+        "rebooted": record.rebooted,
+        "verification": (verify.summary or {}).get("status") if verify else None,
+        "duration_s": round(duration, 1) if duration is not None else None,
+        "reason": record.outcome_reason,
+        "request_id": record.request_id,
+    }
+
+
+def _finding(steps: dict[str, Any]) -> str:
+    probe = steps.get("probe")
+    status = (probe.summary or {}).get("status") if probe else None
+    diagnose = steps.get("diagnose")
+    recommended = (diagnose.summary or {}).get("findings", {}).get("recommended", []) if diagnose else []
+    parts = [f"probe {status}"] if status else []
+    if recommended:
+        parts.append("needs " + "+".join(recommended))
+    return ", ".join(parts) or (steps["preflight"].detail if "preflight" in steps else "")
+
+
+def _print_table(report: list[dict[str, Any]]) -> None:
+    header = ("VM", "scenario", "finding", "actions", "rebooted", "verification", "outcome", "duration")
+    rows = [
+        (
+            e["vm"],
+            e["scenario"],
+            _clip(e["finding"] or e["reason"], 44),
+            str(len(e["actions"])) + " change(s)",
+            "yes" if e["rebooted"] else "no",
+            e["verification"] or "-",
+            e["outcome"] + ("" if e["outcome"] == e["expected"] else f" (expected {e['expected']})"),
+            f"{e['duration_s']:.1f} s" if e["duration_s"] is not None else "-",
+        )
+        for e in report
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    say("")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        say("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    say("")
+    for e in report:
+        if e["reason"]:
+            say(f"{e['vm']}: {e['outcome']}: {e['reason']}")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
