@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("remediate.cli.run", "remediate one VM now: diagnose, repair, reboot, verify"),
     "history": ("remediate.cli.history", "the recent remediations of one VM"),
     "status": ("remediate.cli.status", "one request's state, steps and outcome"),
+    "sweep": ("remediate.cli.sweep", "run the sweep once: find broken or expiring RDP certificates in scope"),
     "demo": ("remediate.cli.demo", "the whole product on the local Azure emulator (no Azure needed)"),
 }
 

@@ -1,0 +1,1 @@
+"""Intake: alert and runbook bodies to remediation requests."""
