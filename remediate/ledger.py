@@ -146,6 +146,11 @@ class Ledger:
             return False
         return True
 
+    def unclaim(self, dedup_key: str) -> None:
+        """Give a key back (its request could not be queued), so the sender's retry is not a duplicate."""
+        with _storage_errors("release a dedup key"):
+            self.dedup.delete_entity("dedup", hashlib.sha256(dedup_key.encode()).hexdigest())
+
     # --- requests and steps --------------------------------------------------------------------------
 
     def record_accepted(self, request: RemediationRequest) -> None:

@@ -46,22 +46,24 @@ def get_vm(clients: AzureClients, vm: VmId) -> VmView:
 
 
 def _view(vm: VmId, model: Any) -> VmView:
-    props_os = (
-        model.storage_profile.os_disk.os_type if model.storage_profile and model.storage_profile.os_disk else None
-    )
-    view = model.instance_view
-    power = None
-    agent_ready = False
-    if view is not None:
-        for status in view.statuses or []:
-            if (status.code or "").startswith("PowerState/"):
-                power = status.code.split("/", 1)[1]
-        agent = view.vm_agent
-        if agent is not None and agent.statuses:
-            agent_ready = (agent.statuses[0].display_status or "").lower() == "ready"
+    os_disk = model.storage_profile.os_disk if model.storage_profile else None
+    # The SDK gives an OperatingSystemTypes enum (a str subclass whose str() is its class-qualified name).
+    os_type = getattr(os_disk.os_type, "value", os_disk.os_type) if os_disk and os_disk.os_type else None
+    power, agent_ready = _power_and_agent(model.instance_view)
     nics = tuple(nic.id for nic in (model.network_profile.network_interfaces or [])) if model.network_profile else ()
     computer = model.os_profile.computer_name if model.os_profile else None
-    return VmView(vm, str(props_os) if props_os else None, power, agent_ready, computer, dict(model.tags or {}), nics)
+    return VmView(vm, os_type, power, agent_ready, computer, dict(model.tags or {}), nics)
+
+
+def _power_and_agent(view: Any) -> tuple[str | None, bool]:
+    if view is None:
+        return None, False
+    power = next(
+        (s.code.split("/", 1)[1] for s in view.statuses or [] if (s.code or "").startswith("PowerState/")), None
+    )
+    agent = view.vm_agent
+    ready = bool(agent and agent.statuses and (agent.statuses[0].display_status or "").lower() == "ready")
+    return power, ready
 
 
 def private_ip(clients: AzureClients, view: VmView) -> str | None:

@@ -23,14 +23,26 @@ def scope_refusal(settings: Settings, vm: VmId) -> str | None:
     return None
 
 
-def vm_refusal(settings: Settings, view: VmView) -> str | None:
-    """Facts about the VM that make remediation impossible or unwanted."""
+def vm_refusal(settings: Settings, view: VmView, *, require_ready: bool = True) -> str | None:
+    """Facts about the VM that make remediation impossible or unwanted.
+
+    `require_ready=False` when resuming a request whose reboot already happened: the VM may still be booting,
+    and the workflow's wait step is what waits for it.
+    """
     if not view.is_windows:
         return f"not a Windows VM (OS type {view.os_type or 'unknown'})"
-    if _has_tag(view.tags, settings.opt_out_tag):
+    return _tag_refusal(settings, view.tags) or (_readiness_refusal(view) if require_ready else None)
+
+
+def _tag_refusal(settings: Settings, tags: dict[str, str]) -> str | None:
+    if _has_tag(tags, settings.opt_out_tag):
         return f"opted out by tag {_tag_text(settings.opt_out_tag)}"
-    if settings.require_opt_in and not _has_tag(view.tags, settings.opt_in_tag):
+    if settings.require_opt_in and not _has_tag(tags, settings.opt_in_tag):
         return f"not opted in: RDPR_REQUIRE_OPT_IN is true and the VM lacks tag {_tag_text(settings.opt_in_tag)}"
+    return None
+
+
+def _readiness_refusal(view: VmView) -> str | None:
     if not view.running:
         return (
             f"VM is {view.power_state or 'in an unknown power state'}: Run Command needs a running VM "

@@ -181,7 +181,8 @@ class Workflow:
                 view = azure_vm.get_vm(self.clients, self.request.vm)
             except PermanentError as exc:
                 raise _Stop(Outcome.SKIPPED, exc.reason) from exc
-            refusal = policy.vm_refusal(self.settings, view) or policy.history_refusal(
+            rebooting = any(step.name.startswith("reboot") for step in self._require_journal().steps)
+            refusal = policy.vm_refusal(self.settings, view, require_ready=not rebooting) or policy.history_refusal(
                 self.settings, self.ledger.vm_state(self.request.vm), self.request, self._now()
             )
             if refusal:
@@ -397,6 +398,7 @@ class Workflow:
         """A step that is always re-run on redelivery (preflight reads current state)."""
         journal = self._require_journal()
         self._current_step = name
+        self._progress(name, "started")
         step = journal.start(name)
         try:
             detail, data = action()

@@ -27,9 +27,11 @@ class App:
 
     @cached_property
     def clients(self) -> AzureClients:
-        from remediate.azure.clients import get_clients
+        # The App is the process's composition root, so it owns its clients: replacing the App (a settings
+        # reload, a test) replaces them too.
+        from remediate.azure.clients import AzureClients
 
-        return get_clients(self.settings)
+        return AzureClients(self.settings)
 
     @cached_property
     def ledger(self) -> Ledger:

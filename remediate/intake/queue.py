@@ -50,8 +50,8 @@ class RequestQueue:
     def enqueue(self, request: RemediationRequest) -> None:
         """The ledger row first, then the message: a request is never queued without an audit record.
 
-        If the message cannot be sent, the record is closed as failed, so the caller's retry starts clean
-        and nothing stays `queued` forever.
+        If the message cannot be sent, the record is closed as failed and the dedup key (if any) is given
+        back, so the caller's retry starts clean and nothing stays `queued` forever.
         """
         from azure.core.exceptions import AzureError
 
@@ -60,6 +60,8 @@ class RequestQueue:
             self.queue.send_message(json.dumps(request.to_message()))
         except AzureError as exc:
             self.ledger.record_outcome(request.request_id, Outcome.FAILED, f"could not be queued: {exc}")
+            if request.dedup_key:
+                self.ledger.unclaim(request.dedup_key)
             raise TransientError(f"the request queue is unavailable: {exc}") from exc
         log.info(
             "request queued",

@@ -58,11 +58,7 @@ class Engine:
 
 
 @pytest.fixture
-def engine(emulator: Emulator, storage_env: dict[str, str]) -> Engine:
-    storage = {k: storage_env[k] for k in ("RDPR_STORAGE_CONNECTION", "RDPR_TABLE_PREFIX", "RDPR_QUEUE_NAME")}
-    # Both emulators are trusted through the same certificate (sim.certs makes one per process).
-    env = {**emulator.settings_env(), **storage, "RDPR_BOOT_TIMEOUT_SECONDS": "4", "RDPR_PROBE_TIMEOUT_SECONDS": "1"}
-    settings = Settings.from_env(env)
-    ledger = Ledger.from_settings(settings)
-    ledger.create_tables()
-    return Engine(emulator, settings, ledger, AzureClients(settings))
+def engine(
+    emulator: Emulator, product_settings: Settings, product_ledger: Ledger, product_clients: AzureClients
+) -> Engine:
+    return Engine(emulator, product_settings, product_ledger, product_clients)

@@ -1,0 +1,85 @@
+"""The decorated Function handlers, called the way the Functions host calls them, on the emulator and Azurite."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from remediate.intake.app import App, reset_app
+from remediate.settings import Settings
+from sim.host import LocalQueueHost
+from sim.server import Emulator
+
+
+@pytest.fixture(scope="session")
+def function_app_module() -> ModuleType:
+    import function_app
+
+    return function_app
+
+
+@pytest.fixture(scope="session")
+def declared_functions(function_app_module: ModuleType) -> dict[str, Any]:
+    # get_functions() may be called only once per FunctionApp object: once per session.
+    return {f.get_function_name(): f for f in function_app_module.app.get_functions()}
+
+
+@dataclasses.dataclass
+class Functions:
+    module: ModuleType
+    app: App
+    emulator: Emulator
+    host: LocalQueueHost
+
+    def post(self, route: str, body: bytes | dict[str, Any] | list[Any]) -> func.HttpResponse:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        handler = self.module.alerts if route == "alerts" else self.module.remediations
+        request = func.HttpRequest(
+            "POST", f"https://localhost/api/{route}", headers={}, params={}, route_params={}, body=data
+        )
+        response: func.HttpResponse = handler(request)
+        return response
+
+    def get_status(self, request_id: str) -> func.HttpResponse:
+        request = func.HttpRequest(
+            "GET",
+            f"https://localhost/api/remediations/{request_id}",
+            headers={},
+            params={},
+            route_params={"request_id": request_id},
+            body=b"",
+        )
+        response: func.HttpResponse = self.module.remediation_status(request)
+        return response
+
+    def sweep(self) -> None:
+        self.module.sweep(func.TimerRequest(past_due=False))
+
+    def queued(self) -> int:
+        props = self.app.queue.queue.get_queue_properties()
+        return int(props.approximate_message_count or 0)
+
+
+def body(response: func.HttpResponse) -> Any:
+    return json.loads(response.get_body())
+
+
+@pytest.fixture
+def functions(function_app_module: ModuleType, emulator: Emulator, product_settings: Settings) -> Iterator[Functions]:
+    app = reset_app(product_settings)
+    app.queue.create()
+    host = LocalQueueHost(
+        function_app_module.worker,
+        app.queue.queue,
+        app.queue.poison,  # type: ignore[arg-type]
+        max_dequeue_count=product_settings.max_dequeue_count,
+        retry_visibility_seconds=0,
+    )
+    yield Functions(function_app_module, app, emulator, host)
+    app.clients.close()
