@@ -100,6 +100,7 @@ def _configure(emulator: Any, azurite: Any) -> None:
 
 def _run(fleet: Any) -> list[dict[str, Any]]:
     import azure.functions as func
+    from azure.functions.timer import TimerRequest
 
     import function_app
     from remediate.intake.app import get_app
@@ -130,7 +131,7 @@ def _run(fleet: Any) -> list[dict[str, Any]]:
     say(f"   -> {stats.invocations} deliveries, {stats.succeeded} completed, {len(stats.poisoned)} poisoned")
 
     say("\n4. The scheduled sweep (remediate mode) probes every running Windows VM in scope")
-    function_app.sweep(func.TimerRequest(past_due=False))
+    function_app.sweep(TimerRequest(past_due=False))
     stats = host.drain(timeout=120)
     say(f"   -> queue drained again ({stats.invocations} deliveries in all)")
     return _report(app.ledger, fleet)

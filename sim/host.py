@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import azure.functions as func
+from azure.functions.queue import QueueMessage as TriggerMessage
 from azure.storage.queue import QueueClient, QueueMessage
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class LocalQueueHost:
         with ThreadPoolExecutor(max_workers=self._batch) as pool:
             in_flight: set[Future[None]] = set()
             while time.monotonic() < deadline:
+                for done in [f for f in in_flight if f.done()]:
+                    done.result()  # a failure of this stand-in itself must surface, not vanish in a future
                 in_flight = {f for f in in_flight if not f.done()}
                 free = self._batch - len(in_flight)
                 messages = (
@@ -77,7 +80,8 @@ class LocalQueueHost:
 
     def _deliver(self, message: QueueMessage) -> None:
         body = message.content if isinstance(message.content, bytes) else str(message.content).encode()
-        trigger_message = func.QueueMessage(
+        # The class the host itself passes to a queue-triggered function: it carries dequeue_count.
+        trigger_message = TriggerMessage(
             id=message.id, body=body, dequeue_count=message.dequeue_count, pop_receipt=message.pop_receipt
         )
         with self._lock:
@@ -85,7 +89,11 @@ class LocalQueueHost:
         try:
             self._function(trigger_message)
         except Exception:
-            log.info("delivery failed", extra={"message_id": message.id, "dequeue_count": message.dequeue_count})
+            log.warning(
+                "delivery failed",
+                exc_info=True,
+                extra={"message_id": message.id, "dequeue_count": message.dequeue_count},
+            )
             self._after_failure(message)
             return
         self._queue.delete_message(message)

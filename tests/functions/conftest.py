@@ -10,6 +10,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.functions.timer import TimerRequest
 
 from remediate.intake.app import App, reset_app
 from remediate.settings import Settings
@@ -59,7 +60,7 @@ class Functions:
         return response
 
     def sweep(self) -> None:
-        self.module.sweep(func.TimerRequest(past_due=False))
+        self.module.sweep(TimerRequest(past_due=False))
 
     def queued(self) -> int:
         props = self.app.queue.queue.get_queue_properties()
