@@ -248,6 +248,7 @@ def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
             "outcome": "not requested",
             "finding": "",
             "actions": [],
+            "action_details": [],
             "rebooted": False,
             "verification": None,
             "duration_s": None,
@@ -257,12 +258,13 @@ def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
     steps = {step.name: step for step in record.steps}
     finding = _finding(steps)
     verify = next((steps[name] for name in ("verify-2", "verify") if name in steps), None)
-    actions = [
-        a
+    # The repair steps that changed the VM, by name; their own words go into action_details.
+    changed = [
+        name
         for name, step in steps.items()
         if step.summary and step.summary.get("changed") and not name.startswith(("diagnose", "verify"))
-        for a in step.summary.get("actions", [])
     ]
+    details = [action for name in changed for action in (steps[name].summary or {}).get("actions", [])]
     duration = (record.finished_at - record.accepted_at).total_seconds() if record.finished_at else None
     return {
         "vm": vm.name,
@@ -271,7 +273,8 @@ def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
         "outcome": record.outcome,
         "trigger": record.trigger,
         "finding": finding,
-        "actions": actions,
+        "actions": changed,
+        "action_details": details,
         "rebooted": record.rebooted,
         "verification": (verify.summary or {}).get("status") if verify else None,
         "duration_s": round(duration, 1) if duration is not None else None,
@@ -298,7 +301,7 @@ def _print_table(report: list[dict[str, Any]]) -> None:
             e["vm"],
             e["scenario"],
             _clip(e["finding"] or e["reason"], 44),
-            str(len(e["actions"])) + " change(s)",
+            ", ".join(e["actions"]) or "-",
             "yes" if e["rebooted"] else "no",
             e["verification"] or "-",
             e["outcome"] + ("" if e["outcome"] == e["expected"] else f" (expected {e['expected']})"),
