@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from remediate.azure.clients import AzureClients  # noqa: E402
-from remediate.engine.runner import remediate_many  # noqa: E402
-from remediate.ledger import Ledger  # noqa: E402
-from remediate.model import RemediationRequest, Trigger, VmId  # noqa: E402
-from remediate.settings import Settings  # noqa: E402
-from sim.azurite import Azurite, free_port  # noqa: E402
-from sim.fleet import Fleet, make_vm  # noqa: E402
-from sim.operations import Latencies  # noqa: E402
-from sim.server import Emulator  # noqa: E402
+from remediate.azure.clients import AzureClients
+from remediate.engine.runner import remediate_many
+from remediate.ledger import Ledger
+from remediate.model import RemediationRequest, Trigger, VmId
+from remediate.settings import Settings
+from sim.azurite import Azurite, free_port
+from sim.fleet import Fleet, make_vm
+from sim.operations import Latencies
+from sim.server import Emulator
 
 RUN_COMMANDS_PER_VM = 3  # diagnose, renew-certificate, verify-guest (diagnose again)
 
@@ -41,9 +41,13 @@ def simulated_seconds(scale: float) -> float:
 def run_once(count: int, concurrency: int, scale: float, poll: float, azurite: Azurite) -> float:
     fleet = Fleet([make_vm("expired-certificate", i, name=f"vm{i:04d}") for i in range(count)])
     with Emulator(fleet, time_scale=scale, rdp_port=free_port("127.0.0.2")) as emulator:
-        env = {**emulator.settings_env(), "RDPR_STORAGE_CONNECTION": azurite.connection_string,
-               "RDPR_TABLE_PREFIX": f"b{time.monotonic_ns() % 10**9}", "RDPR_POLL_INTERVAL_SECONDS": f"{poll:g}",
-               "RDPR_PROBE_TIMEOUT_SECONDS": "2"}
+        env = {
+            **emulator.settings_env(),
+            "RDPR_STORAGE_CONNECTION": azurite.connection_string,
+            "RDPR_TABLE_PREFIX": f"b{time.monotonic_ns() % 10**9}",
+            "RDPR_POLL_INTERVAL_SECONDS": f"{poll:g}",
+            "RDPR_PROBE_TIMEOUT_SECONDS": "2",
+        }
         settings = Settings.from_env(env)
         ledger = Ledger.from_settings(settings)
         ledger.create_tables()
@@ -75,11 +79,18 @@ def main() -> None:
     one, many = statistics.median(single), statistics.median(fleet)
     rows = [
         ("1 VM", 1, simulated, one, f"overhead {100 * (one - simulated) / simulated:.2f} %"),
-        (f"{args.vms} VMs", args.concurrency, waves * simulated, many,
-         f"parallel efficiency {100 * waves * simulated / many:.1f} %"),
+        (
+            f"{args.vms} VMs",
+            args.concurrency,
+            waves * simulated,
+            many,
+            f"parallel efficiency {100 * waves * simulated / many:.1f} %",
+        ),
     ]
-    print(f"time scale {args.time_scale}, LRO poll {poll} s, median of {args.repeat} runs, "
-          f"simulated Azure time per VM {simulated:.2f} s")
+    print(
+        f"time scale {args.time_scale}, LRO poll {poll} s, median of {args.repeat} runs, "
+        f"simulated Azure time per VM {simulated:.2f} s"
+    )
     print(f"{'case':<10} {'concurrency':>11} {'simulated s':>12} {'wall s':>9}  result")
     for name, conc, sim_s, wall_s, verdict in rows:
         print(f"{name:<10} {conc:>11} {sim_s:>12.2f} {wall_s:>9.2f}  {verdict}")

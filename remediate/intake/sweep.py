@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.engine import plans, policy
-from remediate.model import Plan, RemediationOptions, RemediationRequest, Trigger, VmId
+from remediate.model import ConfigurationError, Plan, RemediationOptions, RemediationRequest, Trigger, VmId
 from remediate.settings import Settings
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def run_sweep(
     settings: Settings,
     clients: AzureClients,
     sink: IntakeSink,
-    ledger: Ledger,
+    ledger: Ledger | None,
     *,
     mode: str | None = None,
     probe_many: ProbeMany | None = None,
@@ -92,6 +92,8 @@ def run_sweep(
     report.findings = [f for record in eligible if (f := _finding(record, events, probes)) is not None]
     log.info("sweep found", extra={"windows_vms": report.windows_vms, "findings": len(report.findings)})
     if report.mode == "remediate":
+        if ledger is None:
+            raise ConfigurationError("the sweep's remediate mode needs the ledger (circuit breaker, dedup)")
         _enqueue(settings, sink, ledger, report, (now or (lambda: dt.datetime.now(dt.UTC)))())
     return report
 
