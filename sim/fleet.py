@@ -92,11 +92,17 @@ class Guest:
     pending_keystore_reset: bool = False
     machinekeys_backups: list[str] = field(default_factory=list)
     events: list[tuple[int, dt.datetime]] = field(default_factory=list)  # (event id, time)
+    # The certificate's private key is gone (MachineKeys was reset): Windows replaces it at the next start.
+    key_missing: bool = False
+    # A "corrupt" key store whose ACLs were already repaired: only the MachineKeys reset helps now.
+    acl_repaired: bool = False
+    # An admin pinned the listener to this certificate (SSLCertificateSHA1Hash); the repair leaves a valid pin.
+    certificate_pinned: bool = False
 
     @property
     def key_usable(self) -> bool:
         """The listener can use its certificate's private key."""
-        return self.certificate is not None and self.key_store == "ok"
+        return self.certificate is not None and self.key_store == "ok" and not self.key_missing
 
     @property
     def firewall_open(self) -> bool:
@@ -105,9 +111,9 @@ class Guest:
 
     def new_certificate(self, now: dt.datetime, days: int = 180) -> SimCertificate:
         """What TermService does when it starts without a usable certificate and the key store works."""
-        self.certificate = rdp_certificate(
-            self.computer_name, now - dt.timedelta(minutes=1), now + days * DAY
-        )
+        self.certificate = rdp_certificate(self.computer_name, now - dt.timedelta(minutes=1), now + days * DAY)
+        self.key_missing = False
+        self.certificate_pinned = False
         return self.certificate
 
 
@@ -224,12 +230,8 @@ def make_vm(
     now = now or utcnow()
     name = name or f"vm{index:05d}"
     computer = name.upper()[:15]
-    guest = Guest(
-        computer_name=computer, certificate=rdp_certificate(computer, now - 160 * DAY, now + 200 * DAY)
-    )
-    vm = VirtualMachine(
-        subscription_id, resource_group, name, scenario, "Windows", guest, loopback_address(index)
-    )
+    guest = Guest(computer_name=computer, certificate=rdp_certificate(computer, now - 160 * DAY, now + 200 * DAY))
+    vm = VirtualMachine(subscription_id, resource_group, name, scenario, "Windows", guest, loopback_address(index))
     _apply_scenario(vm, scenario, now)
     return vm
 
@@ -269,9 +271,7 @@ def _apply_scenario(vm: VirtualMachine, scenario: str, now: dt.datetime) -> None
 
 def demo_fleet(now: dt.datetime | None = None) -> Fleet:
     """One VM per scenario, named after it (the demo and most integration tests)."""
-    return Fleet(
-        [make_vm(scenario, i, name=f"vm-{scenario}", now=now) for i, scenario in enumerate(SCENARIOS)]
-    )
+    return Fleet([make_vm(scenario, i, name=f"vm-{scenario}", now=now) for i, scenario in enumerate(SCENARIOS)])
 
 
 def generated_fleet(

@@ -1,0 +1,177 @@
+"""Run Command against the emulator with the real SDK: the script and its parameters go through, transient
+refusals are retried within the deadline, and everything else becomes a permanent error quoting the output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from azure.mgmt.compute.models import RunCommandInput, RunCommandInputParameter
+
+from remediate.azure.clients import AzureClients
+from remediate.azure.runcommand import run_script
+from remediate.guest.contract import GuestOutputError, script_text
+from remediate.model import PermanentError, TransientError, VmId
+from sim.fleet import VirtualMachine
+from sim.server import Emulator
+
+pytestmark = pytest.mark.emulator
+
+
+class Sleeps:
+    """A stand-in for time.sleep that records the waits and can act during them (like time passing)."""
+
+    def __init__(self, during: Callable[[], None] | None = None) -> None:
+        self.waits: list[float] = []
+        self._during = during
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self._during is not None:
+            self._during()
+
+
+def the_vm(emulator: Emulator, scenario: str) -> tuple[VirtualMachine, VmId]:
+    vm = emulator.fleet.by_scenario(scenario)[0]
+    return vm, VmId.parse(vm.resource_id)
+
+
+def run_commands(emulator: Emulator) -> list[int]:
+    """The status of each Run Command POST the emulator answered, in order."""
+    return [entry.status for entry in emulator.log.entries() if entry.operation == "runCommand"]
+
+
+def within(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
+def test_diagnose_returns_the_validated_summary(emulator: Emulator, azure_clients: AzureClients) -> None:
+    _, vm = the_vm(emulator, "expired-certificate")
+    summary = run_script(azure_clients, vm, "diagnose", {"ExpiryWarningDays": "30"}, within(30))
+    assert summary["script"] == "diagnose"
+    assert summary["findings"]["listener_certificate"]["expired"] is True
+    assert summary["findings"]["recommended"] == ["renew-certificate"]
+    assert run_commands(emulator) == [202]
+
+
+def test_a_repair_changes_the_guest(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "expired-certificate")
+    summary = run_script(azure_clients, vm, "renew-certificate", {}, within(30))
+    assert summary["changed"] is True
+    with emulator.fleet.lock:
+        assert guest_vm.guest.certificate is not None
+        assert summary["findings"]["new_certificate"]["thumbprint"] == guest_vm.guest.certificate.thumbprint
+
+
+def test_detect_only_reaches_the_script_and_changes_nothing(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "expired-certificate")
+    with emulator.fleet.lock:
+        before = guest_vm.guest.certificate
+    summary = run_script(azure_clients, vm, "renew-certificate", {"DetectOnly": "true"}, within(30))
+    assert summary["detect_only"] is True and summary["changed"] is False
+    assert any(action.startswith("would remove") for action in summary["actions"])
+    with emulator.fleet.lock:
+        assert guest_vm.guest.certificate is before
+
+
+def test_a_run_command_in_progress_is_waited_out(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "healthy")
+    with emulator.fleet.lock:
+        guest_vm.run_command_busy = True
+
+    def the_other_command_ends() -> None:
+        with emulator.fleet.lock:
+            guest_vm.run_command_busy = False
+
+    sleeps = Sleeps(the_other_command_ends)
+    summary = run_script(azure_clients, vm, "diagnose", {}, within(60), sleep=sleeps)
+    assert summary["findings"]["recommended"] == []
+    assert run_commands(emulator) == [409, 202]
+    assert len(sleeps.waits) == 1
+
+
+def test_an_agent_that_is_not_ready_yet_is_waited_for(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "agent-not-ready", 2, guest_vm.resource_id)
+    sleeps = Sleeps()
+    summary = run_script(azure_clients, vm, "diagnose", {}, within(60), sleep=sleeps)
+    assert summary["script"] == "diagnose"
+    assert run_commands(emulator) == [409, 409, 202]
+    assert len(sleeps.waits) == 2
+    assert sleeps.waits[1] <= 10  # exponential: at most 5 s * 2 on the second wait
+
+
+def test_retries_stop_at_the_deadline(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "agent-not-ready", 1000, guest_vm.resource_id)
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(TransientError, match="agent"):
+        run_script(azure_clients, vm, "diagnose", {}, 120.0, clock=clock, sleep=sleep)
+    assert now[0] < 120.0, "no wait may end past the deadline"
+    assert 2 <= len(run_commands(emulator)) < 20
+
+
+def test_a_failed_operation_is_permanent(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "lro-failed", 1, guest_vm.resource_id)
+    sleeps = Sleeps()
+    with pytest.raises(PermanentError, match=r"failed \(InternalExecutionError") as caught:
+        run_script(azure_clients, vm, "diagnose", {}, within(60), sleep=sleeps)
+    assert not isinstance(caught.value, TransientError)
+    assert sleeps.waits == []
+    assert run_commands(emulator) == [202]
+
+
+def test_garbage_output_is_permanent_and_quoted(emulator: Emulator, azure_clients: AzureClients) -> None:
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "garbage-output", 1, guest_vm.resource_id)
+    with pytest.raises(GuestOutputError) as caught:
+        run_script(azure_clients, vm, "diagnose", {}, within(60))
+    assert "printed no JSON summary" in caught.value.reason
+    assert "StdOut ends:" in caught.value.reason and "powershell.exe" in caught.value.reason
+
+
+def test_oversized_output_cut_to_its_tail_still_yields_the_summary(
+    emulator: Emulator, azure_clients: AzureClients
+) -> None:
+    guest_vm, vm = the_vm(emulator, "firewall-closed")
+    emulator.faults.add("runCommand", "oversized-output", 2, guest_vm.resource_id)
+    # What Azure returns: only the last 4096 bytes, the first line cut.
+    compute = azure_clients.compute(vm.subscription)
+    command = RunCommandInput(
+        command_id="RunPowerShellScript",
+        script=script_text("diagnose").splitlines(),
+        parameters=[RunCommandInputParameter(name="DetectOnly", value="true")],
+    )
+    raw = compute.virtual_machines.begin_run_command(vm.resource_group, vm.name, command).result()
+    stdout = str((raw.value or [])[0].message)
+    assert len(stdout.encode("utf-8")) == 4096
+    assert not stdout.startswith("progress: checking item 0000")
+    summary = run_script(azure_clients, vm, "diagnose", {}, within(60))
+    assert summary["findings"]["recommended"] == ["enable-firewall-rule"]
+
+
+def test_a_script_parameter_it_does_not_take_is_refused_before_any_call(
+    emulator: Emulator, azure_clients: AzureClients
+) -> None:
+    _, vm = the_vm(emulator, "healthy")
+    with pytest.raises(PermanentError, match="takes no parameter Force"):
+        run_script(azure_clients, vm, "enable-tls12", {"Force": "true"}, within(30))
+    assert run_commands(emulator) == []
+
+
+def test_a_deallocated_vm_is_a_permanent_refusal(emulator: Emulator, azure_clients: AzureClients) -> None:
+    _, vm = the_vm(emulator, "deallocated")
+    sleeps = Sleeps()
+    with pytest.raises(PermanentError, match="OperationNotAllowed") as caught:
+        run_script(azure_clients, vm, "diagnose", {}, within(30), sleep=sleeps)
+    assert not isinstance(caught.value, TransientError)
+    assert sleeps.waits == []
