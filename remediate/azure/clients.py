@@ -1,0 +1,279 @@
+"""The one place that builds the Azure credential and the service clients, once per process, lazily.
+
+Importing this module costs nothing: every Azure SDK import happens inside the function that first needs it,
+because a Function's cold start pays for each one (about 1.4 s for all of them).
+
+Real mode: `DefaultAzureCredential` (the managed identity in the Function) against `RDPR_ARM_URL` /
+`RDPR_LOGS_URL`. Emulator mode (`RDPR_EMULATOR=true`): a static token, the emulator's CA certificate, and a
+pipeline policy that refuses to send anything to a host that is not a loopback address, so the static token
+can never leave the machine even if a URL or a `nextLink` points elsewhere.
+
+Every client retries with azure-core's policy, except that a `Retry-After` longer than
+`RDPR_RETRY_AFTER_CAP_SECONDS` is cut to the cap: a worker must never sleep past its own deadline because the
+service asked it to wait an hour.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+from remediate.model import ConfigurationError
+from remediate.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential, TokenRequestOptions
+    from azure.core.pipeline import PipelineRequest
+    from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
+    from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.network import NetworkManagementClient
+    from azure.mgmt.resourcegraph import ResourceGraphClient
+    from azure.monitor.query import LogsQueryClient
+
+log = logging.getLogger(__name__)
+
+PUBLIC_LOGS_URL = "https://api.loganalytics.io/v1"
+LOGS_AUDIENCE = "https://api.loganalytics.io"
+EMULATOR_TOKEN = "rdp-remediate-emulator-token"  # noqa: S105 - a placeholder only the emulator accepts
+
+_T = TypeVar("_T")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and literal loopback addresses only (a name like `127.example.com` is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_loopback(name: str, url: str) -> None:
+    host = urlparse(url).hostname or ""
+    if not is_loopback_host(host):
+        raise ConfigurationError(
+            f"emulator mode refuses {name}={url!r}: the static emulator token is only sent to loopback addresses"
+        )
+
+
+class StaticTokenCredential:
+    """The emulator's credential: the same opaque token for every scope, never expiring soon."""
+
+    def __init__(self, token: str = EMULATOR_TOKEN, lifetime_seconds: int = 3600) -> None:
+        self._token = token
+        self._lifetime = lifetime_seconds
+
+    def get_token(
+        self,
+        *scopes: str,
+        claims: str | None = None,
+        tenant_id: str | None = None,
+        enable_cae: bool = False,
+        **kwargs: Any,
+    ) -> AccessToken:
+        from azure.core.credentials import AccessToken  # lazy: cold start
+
+        del scopes, claims, tenant_id, enable_cae, kwargs  # the emulator accepts any bearer token
+        return AccessToken(self._token, int(time.time()) + self._lifetime)
+
+    def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
+        from azure.core.credentials import AccessTokenInfo  # lazy: cold start
+
+        del scopes, options
+        return AccessTokenInfo(self._token, int(time.time()) + self._lifetime)
+
+    def close(self) -> None:
+        """Nothing to release; present so callers can treat every credential alike."""
+
+
+@functools.cache
+def _capped_retry_policy_class() -> Callable[..., RetryPolicy[Any, Any]]:
+    from azure.core.pipeline.policies import RetryPolicy  # lazy: cold start
+
+    class CappedRetryPolicy(RetryPolicy[Any, Any]):
+        """azure-core's retry policy, but a `Retry-After` never makes it sleep longer than `cap` seconds."""
+
+        def __init__(self, cap: float, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.retry_after_cap = cap
+
+        def get_retry_after(self, response: Any) -> float | None:
+            retry_after = super().get_retry_after(response)
+            if retry_after is None:
+                return None
+            if retry_after > self.retry_after_cap:
+                log.info(
+                    "Retry-After capped",
+                    extra={"retry_after": retry_after, "cap": self.retry_after_cap},
+                )
+            return min(retry_after, self.retry_after_cap)
+
+    return CappedRetryPolicy
+
+
+def capped_retry_policy(cap_seconds: float, **kwargs: Any) -> RetryPolicy[Any, Any]:
+    """A retry policy whose `Retry-After` sleeps are at most `cap_seconds` (0 falls back to backoff)."""
+    return _capped_retry_policy_class()(cap_seconds, **kwargs)
+
+
+@functools.cache
+def _loopback_only_policy_class() -> type[SansIOHTTPPolicy[Any, Any]]:
+    from azure.core.pipeline.policies import SansIOHTTPPolicy  # lazy: cold start
+
+    class LoopbackOnlyPolicy(SansIOHTTPPolicy[Any, Any]):
+        """Runs before authentication on every try: no request with the static token leaves loopback."""
+
+        def on_request(self, request: PipelineRequest[Any]) -> None:
+            host = urlparse(request.http_request.url).hostname or ""
+            if not is_loopback_host(host):
+                raise ConfigurationError(
+                    f"emulator mode refused a request to {host!r}: only loopback addresses are allowed"
+                )
+
+    return LoopbackOnlyPolicy
+
+
+class AzureClients:
+    """Credential and clients for one `Settings`; each built on first use, then shared (thread-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.emulator:
+            _require_loopback("RDPR_ARM_URL", settings.arm_url)
+            _require_loopback("RDPR_LOGS_URL", settings.logs_url)
+            if not settings.emulator_ca_cert:
+                raise ConfigurationError("RDPR_EMULATOR_CA_CERT is required when RDPR_EMULATOR is true")
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._credential: TokenCredential | None = None
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    # --- Credential --------------------------------------------------------------------------------------
+
+    @property
+    def credential(self) -> TokenCredential:
+        with self._lock:
+            if self._credential is None:
+                self._credential = self._build_credential()
+            return self._credential
+
+    def _build_credential(self) -> TokenCredential:
+        if self.settings.emulator:
+            log.info("using the emulator's static credential", extra={"arm_url": self.settings.arm_url})
+            return StaticTokenCredential()
+        from azure.identity import DefaultAzureCredential  # lazy: cold start
+
+        client_id = self.settings.managed_identity_client_id or None
+        return DefaultAzureCredential(managed_identity_client_id=client_id)
+
+    # --- Clients -----------------------------------------------------------------------------------------
+
+    def compute(self, subscription_id: str) -> ComputeManagementClient:
+        def build() -> ComputeManagementClient:
+            from azure.mgmt.compute import ComputeManagementClient  # lazy: cold start
+
+            return ComputeManagementClient(self.credential, subscription_id, **self._arm_options())
+
+        return self._cached("compute", subscription_id.lower(), build)
+
+    def network(self, subscription_id: str) -> NetworkManagementClient:
+        def build() -> NetworkManagementClient:
+            from azure.mgmt.network import NetworkManagementClient  # lazy: cold start
+
+            return NetworkManagementClient(self.credential, subscription_id, **self._arm_options())
+
+        return self._cached("network", subscription_id.lower(), build)
+
+    def resource_graph(self) -> ResourceGraphClient:
+        def build() -> ResourceGraphClient:
+            from azure.mgmt.resourcegraph import ResourceGraphClient  # lazy: cold start
+
+            return ResourceGraphClient(self.credential, **self._arm_options())
+
+        return self._cached("resourcegraph", "", build)
+
+    def logs(self) -> LogsQueryClient:
+        def build() -> LogsQueryClient:
+            from azure.monitor.query import LogsQueryClient  # lazy: cold start
+
+            options = self._common_options()
+            options.pop("polling_interval", None)  # queries are not long-running operations
+            if not self.settings.emulator and self.settings.logs_url.rstrip("/") != PUBLIC_LOGS_URL:
+                # The client derives its token scope from the endpoint; a custom endpoint still needs
+                # tokens for Log Analytics itself.
+                options["audience"] = LOGS_AUDIENCE
+            return LogsQueryClient(self.credential, endpoint=self.settings.logs_url, **options)
+
+        return self._cached("logs", "", build)
+
+    def _cached(self, kind: str, key: str, build: Callable[[], _T]) -> _T:
+        with self._lock:
+            client = self._clients.get((kind, key))
+            if client is None:
+                client = build()
+                self._clients[kind, key] = client
+                log.debug("built Azure client", extra={"client": kind, "subscription": key or None})
+            return client
+
+    def _arm_options(self) -> dict[str, Any]:
+        options = self._common_options()
+        options["base_url"] = self.settings.arm_url
+        if not self.settings.emulator:
+            # Sovereign clouds: the token audience follows the ARM endpoint.
+            options["credential_scopes"] = [f"{self.settings.arm_url}/.default"]
+        return options
+
+    def _common_options(self) -> dict[str, Any]:
+        settings = self.settings
+        options: dict[str, Any] = {"retry_policy": capped_retry_policy(settings.retry_after_cap_seconds)}
+        if settings.poll_interval_seconds is not None:
+            options["polling_interval"] = settings.poll_interval_seconds
+        if settings.emulator:
+            options["connection_verify"] = settings.emulator_ca_cert
+            options["per_retry_policies"] = [_loopback_only_policy_class()()]
+        return options
+
+    # --- Lifecycle ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every client's connection pool and the credential (tests and the CLI call this)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+            credential, self._credential = self._credential, None
+        for client in clients:
+            client.close()
+        close = getattr(credential, "close", None)
+        if callable(close):
+            close()
+
+
+_instance: AzureClients | None = None
+_instance_lock = threading.Lock()
+
+
+def get_clients(settings: Settings | None = None) -> AzureClients:
+    """The process-wide clients, built from `settings` (default: the environment's) on first use."""
+    global _instance  # noqa: PLW0603 - one set of clients per process is the point
+    with _instance_lock:
+        if _instance is None:
+            _instance = AzureClients(settings or get_settings())
+        elif settings is not None and settings != _instance.settings:
+            raise ConfigurationError(
+                "the process-wide Azure clients were built for other settings; call reset_clients() first"
+            )
+        return _instance
+
+
+def reset_clients() -> None:
+    """Close and forget the process-wide clients (tests, or a settings reload)."""
+    global _instance
+    with _instance_lock:
+        instance, _instance = _instance, None
+    if instance is not None:
+        instance.close()

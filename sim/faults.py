@@ -1,0 +1,106 @@
+"""Fault injection for the emulator: the failures Azure produces that the product must survive.
+
+A fault is armed for one operation (optionally one VM) and fires `count` times, then disappears. HTTP-level
+faults (throttling, server errors, dropped connections) apply to any operation and are taken before the
+request is served; behavioural faults apply only to the operations where Azure shows them (a failed
+long-running operation, an agent that is not ready, a script whose output is junk, a VM that never comes back).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+OPERATIONS = frozenset(
+    {
+        "getVm",
+        "instanceView",
+        "listVms",
+        "runCommand",
+        "restart",
+        "getNic",
+        "resourceGraph",
+        "logsQuery",
+        "operationStatus",
+    }
+)
+
+# Answered instead of the real response, whatever the operation. "409" is the Conflict Azure answers while
+# another caller's operation holds the resource (for runCommand: another Run Command is executing).
+HTTP_KINDS = frozenset({"409", "429", "500", "503", "reset"})
+
+# Change what the operation does; each only makes sense where Azure can show it.
+BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
+    "lro-failed": frozenset({"runCommand", "restart"}),
+    "agent-not-ready": frozenset({"runCommand"}),
+    "garbage-output": frozenset({"runCommand"}),
+    "oversized-output": frozenset({"runCommand"}),
+    "never-returns": frozenset({"restart"}),
+}
+
+KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()
+
+
+@dataclass
+class Fault:
+    operation: str
+    kind: str
+    remaining: int
+    vm: str | None  # lower-cased VM resource id, or None for any VM
+    retry_after: int
+
+    def matches(self, operation: str, vm: str | None) -> bool:
+        return self.operation == operation and (self.vm is None or self.vm == vm)
+
+
+class Faults:
+    """The armed faults of one emulator; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, operation: str, kind: str, count: int = 1, vm: str | None = None, retry_after: int = 1) -> None:
+        """Arm a fault; raises ValueError for a combination Azure cannot produce."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; known: {', '.join(sorted(OPERATIONS))}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        if kind in BEHAVIOUR_KINDS and operation not in BEHAVIOUR_KINDS[kind]:
+            allowed = ", ".join(sorted(BEHAVIOUR_KINDS[kind]))
+            raise ValueError(f"fault {kind!r} applies only to {allowed}, not {operation!r}")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        # Retry-After is whole seconds: azure-core crashes on a fraction and treats 0 as absent.
+        if retry_after < 1:
+            raise ValueError(f"retry_after must be a whole number of seconds >= 1, got {retry_after}")
+        key = vm.lower().rstrip("/") if vm else None
+        with self._lock:
+            self._faults.append(Fault(operation, kind, count, key, retry_after))
+
+    def take_http(self, operation: str, vm: str | None) -> Fault | None:
+        """Consume the first armed HTTP-level fault for this request, if any."""
+        return self._take(operation, vm, HTTP_KINDS)
+
+    def take(self, operation: str, kind: str, vm: str | None) -> bool:
+        """Consume one firing of a behavioural fault; True when it fires."""
+        return self._take(operation, vm, frozenset({kind})) is not None
+
+    def _take(self, operation: str, vm: str | None, kinds: frozenset[str]) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind in kinds and fault.matches(operation, vm):
+                    fault.remaining -= 1
+                    if fault.remaining == 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(fault) for fault in self._faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
