@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,9 +78,7 @@ def _scopes(text: str) -> tuple[str, ...]:
             or pieces[0].lower() != "subscriptions"
             or (len(pieces) == 4 and pieces[2].lower() != "resourcegroups")
         ):
-            raise ValueError(
-                f"scope {part!r} is neither /subscriptions/ID nor /subscriptions/ID/resourceGroups/NAME"
-            )
+            raise ValueError(f"scope {part!r} is neither /subscriptions/ID nor /subscriptions/ID/resourceGroups/NAME")
         scopes.append("/" + "/".join(pieces).lower())
     return tuple(scopes)
 
@@ -216,6 +215,20 @@ SPECS: tuple[SettingSpec, ...] = (
         "Longest `Retry-After` the Azure clients will sleep before retrying.",
         _non_negative_float,
     ),
+    SettingSpec(
+        "RDPR_RETRY_TOTAL",
+        "retry_total",
+        "6",
+        "Retries of a throttled or failed Azure call (429, 5xx, connection errors) before the step gives up.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_RETRY_BACKOFF_SECONDS",
+        "retry_backoff_seconds",
+        "0.8",
+        "Base of the exponential backoff between those retries (capped at 60 s a wait).",
+        _non_negative_float,
+    ),
     # --- RDP probe ---------------------------------------------------------------------------------------
     SettingSpec("RDPR_RDP_PORT", "rdp_port", "3389", "Port the RDP probe connects to.", _positive_int),
     SettingSpec(
@@ -293,8 +306,7 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_LOG_WORKSPACE_ID",
         "log_workspace_id",
         "",
-        "Log Analytics workspace (customer id GUID) queried for events 1057/1058/36870/36871. "
-        "Empty: no log evidence.",
+        "Log Analytics workspace (customer id GUID) queried for events 1057/1058/36870/36871. Empty: no log evidence.",
         str,
     ),
     SettingSpec(
@@ -368,8 +380,7 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_EMULATOR",
         "emulator",
         "false",
-        "Talk to the local emulator: static token, the emulator's CA. Refused unless both URLs are "
-        "loopback addresses.",
+        "Talk to the local emulator: static token, the emulator's CA. Refused unless both URLs are loopback addresses.",
         _bool,
     ),
     SettingSpec(
@@ -407,6 +418,8 @@ class Settings:
     workflow_deadline_minutes: int
     boot_timeout_seconds: float
     retry_after_cap_seconds: float
+    retry_total: int
+    retry_backoff_seconds: float
     rdp_port: int
     probe_timeout_seconds: float
     expiry_warning_days: int
@@ -454,7 +467,7 @@ class Settings:
         if self.emulator:
             for name, url in (("RDPR_ARM_URL", self.arm_url), ("RDPR_LOGS_URL", self.logs_url)):
                 host = urlparse(url).hostname or ""
-                if not _is_loopback(host):
+                if not is_loopback_host(host):
                     raise ConfigurationError(
                         f"RDPR_EMULATOR is true but {name} points at {host!r}: the emulator's static token "
                         "is only ever sent to a loopback address"
@@ -467,8 +480,14 @@ class Settings:
         return self.workflow_deadline_minutes * 60.0
 
 
-def _is_loopback(host: str) -> bool:
-    return host in {"localhost", "::1"} or host.startswith("127.")
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and literal loopback addresses only (a name like `127.0.0.1.example.com` is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import importlib
 import ipaddress
@@ -626,6 +627,8 @@ class Emulator:
         if lowered == "/_sim/faults" and call.method == "DELETE":
             self.faults.clear()
             return json_response(200, {"faults": []})
+        if lowered == "/_sim/requests" and call.method == "GET":
+            return json_response(200, [dataclasses.asdict(entry) for entry in self.log.entries()])
         if lowered == "/_sim/state" and call.method == "GET":
             return json_response(200, self.state(call.query.get("vm")))
         raise ArmError(404, "NotFound", f"No admin endpoint {call.method} {call.path}.")

@@ -16,7 +16,6 @@ service asked it to wait an hour.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from remediate.model import ConfigurationError
-from remediate.settings import Settings, get_settings
+from remediate.settings import Settings, get_settings, is_loopback_host
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential, TokenRequestOptions
@@ -43,16 +42,6 @@ LOGS_AUDIENCE = "https://api.loganalytics.io"
 EMULATOR_TOKEN = "rdp-remediate-emulator-token"  # noqa: S105 - a placeholder only the emulator accepts
 
 _T = TypeVar("_T")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for `localhost` and literal loopback addresses only (a name like `127.example.com` is not)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _require_loopback(name: str, url: str) -> None:
@@ -231,7 +220,14 @@ class AzureClients:
 
     def _common_options(self) -> dict[str, Any]:
         settings = self.settings
-        options: dict[str, Any] = {"retry_policy": capped_retry_policy(settings.retry_after_cap_seconds)}
+        options: dict[str, Any] = {
+            "retry_policy": capped_retry_policy(
+                settings.retry_after_cap_seconds,
+                retry_total=settings.retry_total,
+                retry_backoff_factor=settings.retry_backoff_seconds,
+                retry_backoff_max=60,
+            )
+        }
         if settings.poll_interval_seconds is not None:
             options["polling_interval"] = settings.poll_interval_seconds
         if settings.emulator:

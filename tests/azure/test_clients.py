@@ -21,11 +21,10 @@ from remediate.azure.clients import (
     StaticTokenCredential,
     capped_retry_policy,
     get_clients,
-    is_loopback_host,
     reset_clients,
 )
 from remediate.model import ConfigurationError
-from remediate.settings import Settings
+from remediate.settings import Settings, is_loopback_host
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION
 from sim.server import Emulator
 
