@@ -19,6 +19,8 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_WORKFLOW_DEADLINE_MINUTES": "25 minutes stays below the Flex Consumption function timeout (30 min)",
     "RDPR_BOOT_TIMEOUT_SECONDS": _SAFETY,
     "RDPR_RETRY_AFTER_CAP_SECONDS": "bounds throttling sleeps inside the workflow deadline; nothing Azure-specific",
+    "RDPR_RETRY_TOTAL": "azure-core's retry count, trimmed so a persistent failure ends within the workflow deadline",
+    "RDPR_RETRY_BACKOFF_SECONDS": "azure-core's default backoff base; nothing deployment-specific",
     "RDPR_RDP_PORT": "VMs listen on 3389 unless an admin moved RDP; change per deployment when they did",
     "RDPR_PROBE_TIMEOUT_SECONDS": "protocol constant: a healthy listener answers well within 5 s",
     "RDPR_EXPIRY_WARNING_DAYS": "policy constant for proactive renewal",
