@@ -1,0 +1,37 @@
+"""The README's first command, end to end: every VM of the demo ends as its scenario says it should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
+    report_path = tmp_path / "demo-report.json"
+    finished = subprocess.run(
+        [sys.executable, "-m", "sim.demo", "--time-scale", "0.01", "--report", str(report_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert len(report) == 13
+    assert {e["scenario"]: e["outcome"] for e in report} == {e["scenario"]: e["expected"] for e in report}
+    for entry in report:
+        assert {"vm", "scenario", "outcome", "actions", "rebooted", "verification"} <= set(entry)
+    by_scenario = {e["scenario"]: e for e in report}
+    assert by_scenario["healthy"]["rebooted"] is False
+    assert by_scenario["expiring-soon"]["rebooted"] is False and by_scenario["expiring-soon"]["trigger"] == "sweep"
+    assert by_scenario["expired-certificate"]["trigger"] == "alert"
+    assert "reset-machinekeys-2" in by_scenario["keystore-corrupt"]["actions"]
+    assert "VM " in finished.stdout and "outcome" in finished.stdout  # the table was printed
