@@ -81,7 +81,7 @@ class LocalQueueHost:
     def _deliver(self, message: QueueMessage) -> None:
         body = message.content if isinstance(message.content, bytes) else str(message.content).encode()
         # The class the host itself passes to a queue-triggered function: it carries dequeue_count.
-        trigger_message = TriggerMessage(
+        trigger_message = TriggerMessage(  # type: ignore[no-untyped-call]  # the library leaves it untyped
             id=message.id, body=body, dequeue_count=message.dequeue_count, pop_receipt=message.pop_receipt
         )
         with self._lock:

@@ -11,6 +11,8 @@ from remediate.azure.errors import azure_errors
 from remediate.model import PermanentError, TransientError, VmId
 
 if TYPE_CHECKING:
+    from azure.core.polling import LROPoller
+
     from remediate.azure.clients import AzureClients
 
 
@@ -81,13 +83,26 @@ def private_ip(clients: AzureClients, view: VmView) -> str | None:
     return primary.private_ip_address if primary is not None else None
 
 
-def restart(clients: AzureClients, vm: VmId, timeout: float) -> None:
-    """Restart and wait for Azure to report the operation done (the VM may still be booting after)."""
+def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
+    """Ask Azure to restart the VM; returns once Azure has accepted (the poller's token survives a crash)."""
     with azure_errors(f"restarting {vm.name}"):
-        poller = clients.compute(vm.subscription).virtual_machines.begin_restart(vm.resource_group, vm.name)
+        return clients.compute(vm.subscription).virtual_machines.begin_restart(vm.resource_group, vm.name)
+
+
+def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> LROPoller[None]:
+    """The poller of a restart accepted earlier, perhaps by another worker: polls, never sends the POST again."""
+    with azure_errors(f"resuming the restart of {vm.name}"):
+        return clients.compute(vm.subscription).virtual_machines.begin_restart(
+            vm.resource_group, vm.name, continuation_token=continuation_token
+        )
+
+
+def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
+    """Wait for Azure to report the restart done (the VM may still be booting after)."""
+    with azure_errors(f"restarting {vm.name}"):
         poller.result(timeout=max(timeout, 1.0))
-        if not poller.done():
-            raise TransientError(f"restart of {vm.name} did not complete within {timeout:.0f} s")
+    if not poller.done():
+        raise TransientError(f"restart of {vm.name} did not complete within {timeout:.0f} s")
 
 
 def wait_until_ready(

@@ -30,6 +30,8 @@ from remediate.model import (
 from remediate.settings import Settings
 
 if TYPE_CHECKING:
+    from azure.core.polling import LROPoller
+
     from remediate.azure.clients import AzureClients
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ class Workflow:
         self.verification: str | None = None
         self._changed = False
         self._last_failure = ""
+        self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -253,7 +256,7 @@ class Workflow:
         self._changed = self._changed or any(s["changed"] for s in summaries)
         if self._should_reboot(summaries):
             self._step(f"reboot{suffix}", self._reboot)
-            self._step(f"wait{suffix}", self._wait)
+            self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         remaining = list(guest["findings"]["recommended"])
@@ -329,12 +332,22 @@ class Workflow:
         return any(s["reboot_required"] for s in summaries)
 
     def _reboot(self) -> tuple[str, dict[str, Any] | None]:
+        """Finishes as soon as Azure accepts: the step then holds the operation's continuation token, so a
+        failure while polling (or a dead worker) is resumed by the wait step without a second restart."""
         self.rebooted = True
-        azure_vm.restart(self.clients, self.request.vm, self._remaining())
-        return "restart completed", None
+        self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
+        return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
 
-    def _wait(self) -> tuple[str, dict[str, Any] | None]:
+    def _wait(self, reboot_step: str) -> tuple[str, dict[str, Any] | None]:
         timeout = min(self.settings.boot_timeout_seconds, self._remaining())
+        poller = self._restart_poller
+        reboot = self._require_journal().find(reboot_step)
+        token = (reboot.summary or {}).get("continuationToken") if reboot is not None else None
+        if poller is None and token:
+            poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
+        if poller is not None:
+            azure_vm.finish_restart(poller, self.request.vm, timeout)
+        self._restart_poller = None
         view = azure_vm.wait_until_ready(
             self.clients,
             self.request.vm,

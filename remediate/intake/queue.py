@@ -70,12 +70,19 @@ class RequestQueue:
 
 
 def queue_client(settings: Settings, name: str) -> QueueClient:
+    """A queue client speaking base64, the encoding the Functions queue trigger expects by default."""
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-    codec = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
+    encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
     verify = settings.emulator_ca_cert if settings.emulator and settings.emulator_ca_cert else True
     if settings.storage_connection:
-        return QueueClient.from_connection_string(settings.storage_connection, name, connection_verify=verify, **codec)
+        return QueueClient.from_connection_string(
+            settings.storage_connection,
+            name,
+            connection_verify=verify,
+            message_encode_policy=encode,
+            message_decode_policy=decode,
+        )
     if not settings.storage_account:
         raise ConfigurationError("no queue storage: set RDPR_STORAGE_CONNECTION or AzureWebJobsStorage__accountName")
     from remediate.azure.clients import get_clients
@@ -84,5 +91,6 @@ def queue_client(settings: Settings, name: str) -> QueueClient:
         f"https://{settings.storage_account}.queue.core.windows.net",
         name,
         credential=get_clients(settings).credential,
-        **codec,
+        message_encode_policy=encode,
+        message_decode_policy=decode,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, product_env: dict[str, str]) -> Ite
     reset_clients()
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     code = main([*argv, "--json"])
     return code, json.loads(capsys.readouterr().out)
 
@@ -39,9 +40,9 @@ def test_run_remediates_and_status_and_history_read_it_back(cli_env: None, capsy
     assert code == 0 and result["outcome"] == "remediated" and result["rebooted"] is True
     code, status = run_json(capsys, "status", str(result["requestId"]))
     assert code == 0 and status["outcome"] == "remediated"
-    assert [step["name"] for step in status["steps"]][-1] == "verify-guest"  # type: ignore[index]
+    assert [step["name"] for step in status["steps"]][-1] == "verify-guest"
     code, history = run_json(capsys, "history", "--vm", ID + "vm-expired-certificate")
-    assert code == 0 and history["remediations"][0]["requestId"] == result["requestId"]  # type: ignore[index]
+    assert code == 0 and history["remediations"][0]["requestId"] == result["requestId"]
 
 
 def test_run_prints_progress_and_a_verdict(cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +82,7 @@ def test_status_of_an_unknown_request(cli_env: None, capsys: pytest.CaptureFixtu
 def test_sweep_report_lists_what_needs_attention(cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
     code, report = run_json(capsys, "sweep", "--mode", "report")
     assert code == 0 and report["enqueued"] == []
-    actions = {f["vm"].rsplit("/", 1)[-1]: f["action"] for f in report["findings"]}  # type: ignore[union-attr]
+    actions = {f["vm"].rsplit("/", 1)[-1]: f["action"] for f in report["findings"]}
     assert actions["vm-expiring-soon"] == "renew"
     assert actions["vm-expired-certificate"] == "remediate" and actions["vm-firewall-closed"] == "remediate"
     assert "vm-healthy" not in actions and "vm-out-of-scope" not in actions and "vm-opted-out" not in actions

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from remediate.engine.workflow import Workflow, WorkflowResult
-from remediate.model import Outcome, Plan
+from remediate.model import Outcome, Plan, TransientError
 from sim.certs import rdp_certificate
 from sim.fleet import VirtualMachine
 from tests.engine.conftest import Engine
@@ -122,6 +122,30 @@ def test_a_worker_killed_at_any_step_boundary_is_resumed_with_at_most_one_reboot
     assert engine.posts_to("expired-certificate").count(RESTART) <= 1
     record = engine.ledger.get(request.request_id)
     assert record is not None and record.state == "done"
+
+
+def test_polling_that_fails_after_the_restart_was_accepted_is_resumed_without_a_second_restart(
+    engine: Engine,
+) -> None:
+    request = engine.request("expired-certificate")
+    settings = engine.with_settings(retry_total=1, retry_backoff_seconds=0.0)
+    clients = type(engine.clients)(settings)
+
+    def break_polling(step: str, detail: str) -> None:
+        if step == "reboot" and detail != "started":  # Azure has accepted the restart
+            engine.emulator.faults.add("operationStatus", "503", count=1000)
+
+    first = Workflow(
+        request, settings=settings, ledger=engine.ledger, clients=clients, progress=break_polling, retry_later=True
+    )
+    with pytest.raises(TransientError):
+        first.run()
+    assert engine.ledger.get(request.request_id).steps[-1].name == "wait"  # type: ignore[union-attr]
+    engine.emulator.faults.clear()
+    result = engine.workflow(request).run()  # the redelivery
+    assert result.outcome is Outcome.REMEDIATED, result.reason
+    assert engine.posts_to("expired-certificate").count(RESTART) == 1
+    clients.close()
 
 
 def test_two_workers_on_one_vm_exactly_one_remediates(engine: Engine) -> None:

@@ -46,8 +46,13 @@ def test_emulator_mode_refuses_anything_but_loopback() -> None:
     with pytest.raises(ConfigurationError, match="RDPR_EMULATOR is false"):
         Settings.from_env({"RDPR_EMULATOR_CA_CERT": "ca.pem"})
     with pytest.raises(ConfigurationError, match="loopback"):
-        Settings.from_env({"RDPR_EMULATOR": "true", "RDPR_ARM_URL": "https://127.0.0.1.attacker.example",
-                           "RDPR_LOGS_URL": "https://localhost/v1"})
+        Settings.from_env(
+            {
+                "RDPR_EMULATOR": "true",
+                "RDPR_ARM_URL": "https://127.0.0.1.attacker.example",
+                "RDPR_LOGS_URL": "https://localhost/v1",
+            }
+        )
     ok = Settings.from_env(
         {
             "RDPR_EMULATOR": "true",
