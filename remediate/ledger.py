@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
 HISTORY_LENGTH = 20
+ATTEMPTS_KEPT = 50
 REQUEST_ROW = "request"
 
 # Request states: queued (accepted, not started), running, done (outcome recorded).
@@ -248,7 +249,7 @@ class Ledger:
         The write is conditional on the ETag we read, so of two workers racing for the same VM exactly one
         succeeds; the loser re-reads and sees the winner's lock.
         """
-        for _ in range(3):
+        for _ in range(10):
             state = self.vm_state(vm)
             now = self._clock()
             if state.locked_by_other(request_id, now):
@@ -256,7 +257,8 @@ class Ledger:
             state.owner, state.lock_expires = request_id, now + dt.timedelta(minutes=minutes)
             if self._write_vm(state):
                 return True, state
-        return False, self.vm_state(vm)
+        # Lost every race without anyone holding the lock: other writers (history, attempts) are busy on the row.
+        raise TransientError(f"could not take the lock of {vm}: the ledger row is contended")
 
     def release(self, vm: VmId, request_id: str) -> None:
         """Drop the lock if we hold it; a lock taken over by another worker is left alone."""
@@ -269,8 +271,18 @@ class Ledger:
                 return
 
     def record_attempt(self, vm: VmId, request_id: str) -> None:
-        """Count a remediation that is about to change the VM (once per request, even when resumed)."""
-        self._update_vm(vm, lambda state: state.attempts.setdefault(request_id, self._clock().isoformat()))
+        """Count a remediation that is about to change the VM (once per request, even when resumed).
+
+        Only the most recent attempts are kept: enough for any attempt limit, and the row stays far below
+        Table storage's 64 KB property limit however long a VM keeps breaking.
+        """
+
+        def apply(state: VmState) -> None:
+            state.attempts.setdefault(request_id, self._clock().isoformat())
+            newest = sorted(state.attempts.items(), key=lambda item: item[1])[-ATTEMPTS_KEPT:]
+            state.attempts = dict(newest)
+
+        self._update_vm(vm, apply)
 
     def record_finished(self, vm: VmId, outcome: Outcome, changed: bool) -> None:
         def apply(state: VmState) -> None:

@@ -30,6 +30,10 @@ class TransientError(RemediationError):
     """Worth retrying with backoff: throttling, 5xx, Run Command in progress, agent not ready."""
 
 
+class NotFound(PermanentError):
+    """The resource does not exist (or is not visible to the identity): a wrong or deleted VM."""
+
+
 class ConfigurationError(PermanentError):
     """A setting is missing or malformed; the message names the environment variable."""
 
@@ -217,8 +221,9 @@ class RemediationRequest:
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(f"queue message has a bad trigger or options: {exc}") from None
         request_id = data.get("requestId")
-        if not isinstance(request_id, str) or not request_id:
-            raise PermanentError("queue message has no requestId")
+        # It becomes a Table partition key: letters and digits only, as intake makes them.
+        if not isinstance(request_id, str) or not request_id.isalnum() or len(request_id) > 64:
+            raise PermanentError("queue message has no valid requestId (letters and digits, at most 64)")
         return cls(
             VmId.parse(data.get("vm")),
             trigger,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from remediate.model import PermanentError, TransientError
+from remediate.model import NotFound, PermanentError, TransientError
 
 TRANSIENT_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -28,7 +28,7 @@ def azure_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except ResourceNotFoundError as exc:
-        raise PermanentError(f"{doing}: not found ({_message(exc)})") from exc
+        raise NotFound(f"{doing}: not found ({_message(exc)})") from exc
     except ClientAuthenticationError as exc:
         raise PermanentError(
             f"{doing}: not authorized ({_message(exc)}); check the identity's role assignment "

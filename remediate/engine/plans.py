@@ -17,6 +17,10 @@ PROACTIVE = ("renew-certificate",)
 # Probe statuses: RDP works / there is no network path to tell / RDP is broken.
 PROBE_OK = frozenset({"healthy", "expiring-soon"})
 PROBE_NO_PATH = frozenset({"timeout", "unreachable", "no-address"})
+# Findings and probe statuses that point at the key store or the certificate: only these justify escalating
+# to the MachineKeys reset. A firewall rule or TLS setting that comes back is not fixed by renaming keys.
+KEY_STORE_REPAIRS = frozenset({"repair-machinekeys", "reset-machinekeys", "renew-certificate"})
+PROBE_KEY_STORE = frozenset({"no-certificate", "certificate-expired", "certificate-not-yet-valid"})
 # What the outside view alone says needs doing, when the in-guest check missed it.
 PROBE_REPAIRS = {
     "certificate-expired": "renew-certificate",

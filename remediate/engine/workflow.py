@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from remediate.azure import vm as azure_vm
 from remediate.engine import plans, policy
 from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
-from remediate.ledger import Ledger
+from remediate.ledger import DONE, AuditRecord, Ledger
 from remediate.model import (
+    NotFound,
     Outcome,
     PermanentError,
     Plan,
@@ -110,13 +111,20 @@ class Workflow:
         self._changed = False
         self._last_failure = ""
         self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
+        self._key_store_implicated = False
+        self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
 
     # --- the public entry point -----------------------------------------------------------------------
 
     def run(self) -> WorkflowResult:
         started = self._monotonic()
         self._deadline = started + self.settings.workflow_deadline_seconds
-        if self.ledger.get(self.request.request_id) is None:
+        record = self.ledger.get(self.request.request_id)
+        if record is not None and record.state == DONE:
+            # A duplicate or late redelivery: the outcome stands; touching the VM again could reboot it twice.
+            self.ledger.release(self.request.vm, self.request.request_id)
+            return _recorded_result(record)
+        if record is None:
             self.ledger.record_accepted(self.request)
         self.ledger.mark_running(self.request.request_id)
         self._journal = Journal(self.ledger, self.request.request_id)
@@ -124,14 +132,8 @@ class Workflow:
         return self._record(outcome, reason, self._monotonic() - started)
 
     def _run_guarded(self) -> tuple[Outcome, str]:
-        vm = self.request.vm
         try:
-            refusal = policy.scope_refusal(self.settings, vm)
-            if refusal:  # checked before any Azure call: an out-of-scope VM is never touched, not even read
-                return Outcome.SKIPPED, refusal
-            view = self._preflight()
-            self._lock()
-            return self._remediate(view)
+            return self._run_steps()
         except _Stop as stop:
             return stop.outcome, stop.reason
         except TransientError as exc:
@@ -144,6 +146,17 @@ class Workflow:
             log.exception("unexpected error in workflow", extra=self._log_fields())
             return Outcome.FAILED, f"internal error ({type(exc).__name__}: {exc}); see the function logs"
 
+    def _run_steps(self) -> tuple[Outcome, str]:
+        refusal = policy.scope_refusal(self.settings, self.request.vm)
+        if refusal:  # checked before any Azure call: an out-of-scope VM is never touched, not even read
+            return Outcome.SKIPPED, refusal
+        view = self._preflight()
+        if self.request.options.dry_run or self.settings.dry_run:
+            return self._dry_run(view)  # reads only, so it takes no lock a real remediation would wait for
+        self._lock()
+        self._recheck_history()
+        return self._remediate(view)
+
     # --- steps ------------------------------------------------------------------------------------------
 
     def _step(self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]]) -> StepResult:
@@ -154,10 +167,10 @@ class Workflow:
         if previous is not None and previous.status in (OK, SKIPPED):
             self._progress(name, "already done (resumed)")
             return previous
-        if previous is not None and previous.status == STARTED and name.startswith("reboot"):
-            # The restart may have reached Azure before the last worker died: never request it twice.
-            self.rebooted = True
-            return journal.finish(previous, OK, "resumed: the restart had already been requested; not repeated")
+        if previous is not None and previous.status in (STARTED, FAILED) and name.startswith("reboot"):
+            # The restart may have reached Azure before the last worker died, or before its answer was lost
+            # (a failure that ended the request as permanent never comes back here): never request it twice.
+            return journal.finish(previous, OK, "resumed: the restart may already have been accepted; not repeated")
         self._check_deadline(name)
         self._progress(name, "started")
         step = journal.start(name)
@@ -182,7 +195,7 @@ class Workflow:
         def check() -> tuple[str, dict[str, Any] | None]:
             try:
                 view = azure_vm.get_vm(self.clients, self.request.vm)
-            except PermanentError as exc:
+            except NotFound as exc:  # a wrong or deleted VM: nothing to do. A 403 stays a failure, visibly.
                 raise _Stop(Outcome.SKIPPED, exc.reason) from exc
             rebooting = any(step.name.startswith("reboot") for step in self._require_journal().steps)
             refusal = policy.vm_refusal(self.settings, view, require_ready=not rebooting) or policy.history_refusal(
@@ -200,14 +213,35 @@ class Workflow:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
         if not taken:
             expires = state.lock_expires.isoformat() if state.lock_expires else "?"
-            raise _Stop(Outcome.SKIPPED, f"locked: request {state.owner} is remediating this VM (until {expires})")
+            reason = f"locked: request {state.owner} is remediating this VM (until {expires})"
+            if self.retry_later:
+                raise TransientError(reason)  # come back later: the other request may leave work for this one
+            self._locked_out = True
+            raise _Stop(Outcome.SKIPPED, reason)
+
+    def _recheck_history(self) -> None:
+        """Cooldown and attempts again, now under the lock: another request may have finished in between."""
+        refusal = (
+            policy.history_refusal(self.settings, self.ledger.vm_state(self.request.vm), self.request, self._now())
+            or self._circuit_refusal()
+        )
+        if refusal:
+            raise _Stop(Outcome.SKIPPED, refusal)
+
+    def _circuit_refusal(self) -> str | None:
+        since = self._now() - dt.timedelta(hours=self.settings.circuit_window_hours)
+        return policy.circuit_refusal(self.settings, self.ledger.recent_outcomes(since))
+
+    def _dry_run(self, view: azure_vm.VmView) -> tuple[Outcome, str]:
+        ip = self._locate(view)
+        before = self._probe("probe", ip, wait=False)
+        self.findings = [f"probe: {before}"]
+        return Outcome.PLANNED, "dry run: would " + ", then ".join(plans.describe_plan(self.request.options.plan))
 
     def _remediate(self, view: azure_vm.VmView) -> tuple[Outcome, str]:
         ip = self._locate(view)
         before = self._probe("probe", ip, wait=False)
         options = self.request.options
-        if options.dry_run or self.settings.dry_run:
-            return Outcome.PLANNED, "dry run: would " + ", then ".join(plans.describe_plan(options.plan))
         if options.plan is Plan.RENEW_ONLY:
             return self._proactive_renewal(ip)
         diagnosis = self._script("diagnose")
@@ -261,6 +295,7 @@ class Workflow:
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         remaining = list(guest["findings"]["recommended"])
         self.verification = after
+        self._key_store_implicated = bool(set(remaining) & plans.KEY_STORE_REPAIRS) or after in plans.PROBE_KEY_STORE
         guest_clean = not remaining
         if after in plans.PROBE_OK and guest_clean:
             return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
@@ -280,6 +315,8 @@ class Workflow:
         reason = self._last_failure
         if self.request.options.plan is not Plan.AUTO:
             return Outcome.FAILED, reason
+        if not self._key_store_implicated:
+            return Outcome.FAILED, f"{reason}; a MachineKeys reset would not help with that, so it was not tried"
         state = self.ledger.vm_state(self.request.vm)
         window_start = self._now() - dt.timedelta(hours=self.settings.attempt_window_hours)
         if state.attempts_since(window_start) >= self.settings.max_attempts:
@@ -293,8 +330,13 @@ class Workflow:
         if not summary["changed"]:
             return Outcome.HEALTHY, "the certificate did not need renewal"
         self.verification = self._probe("verify", ip, wait=True)
-        if self.verification in plans.PROBE_OK | plans.PROBE_NO_PATH:
+        if self.verification in plans.PROBE_OK:
             return Outcome.REMEDIATED, f"certificate renewed without a reboot (probe {self.verification})"
+        if self.verification in plans.PROBE_NO_PATH:
+            return Outcome.UNVERIFIED, (
+                f"certificate renewed without a reboot; the probe cannot reach the VM "
+                f"({self.verification}) to confirm it"
+            )
         return Outcome.FAILED, f"certificate renewed but the probe now says {self.verification}"
 
     # --- the actions behind the steps ---------------------------------------------------------------------
@@ -334,24 +376,24 @@ class Workflow:
     def _reboot(self) -> tuple[str, dict[str, Any] | None]:
         """Finishes as soon as Azure accepts: the step then holds the operation's continuation token, so a
         failure while polling (or a dead worker) is resumed by the wait step without a second restart."""
-        self.rebooted = True
         self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
         return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
 
     def _wait(self, reboot_step: str) -> tuple[str, dict[str, Any] | None]:
-        timeout = min(self.settings.boot_timeout_seconds, self._remaining())
+        """Azure's restart operation, then the VM's own readiness: both within one end time."""
+        end = self._monotonic() + min(self.settings.boot_timeout_seconds, self._remaining())
         poller = self._restart_poller
         reboot = self._require_journal().find(reboot_step)
         token = (reboot.summary or {}).get("continuationToken") if reboot is not None else None
         if poller is None and token:
             poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
         if poller is not None:
-            azure_vm.finish_restart(poller, self.request.vm, timeout)
+            azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
         self._restart_poller = None
         view = azure_vm.wait_until_ready(
             self.clients,
             self.request.vm,
-            timeout,
+            max(end - self._monotonic(), 0.0),
             poll_seconds=self._poll_seconds(),
             clock=self._monotonic,
             sleep=self._sleep,
@@ -379,20 +421,25 @@ class Workflow:
             # A VM that just booted may take a while to start its listener: retry until the window closes.
             if result.status in plans.PROBE_OK or self._monotonic() >= give_up:
                 return result.detail, result.to_json()
-            self._sleep(self._poll_seconds())
+            self._sleep(min(self._poll_seconds(), max(give_up - self._monotonic(), 0.0)))
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
     def _record(self, outcome: Outcome, reason: str, duration: float) -> WorkflowResult:
+        journal = self._require_journal()
+        # Rebooted means Azure accepted (or may have accepted) a restart: read it from the journal, which also
+        # knows about restarts asked for by an earlier delivery of this request.
+        self.rebooted = any(s.name.startswith("reboot") and s.status in (OK, STARTED) for s in journal.steps)
         failed_step = self._current_step if outcome is Outcome.FAILED else None
         self.ledger.record_outcome(
             self.request.request_id, outcome, reason, failed_step=failed_step, rebooted=self.rebooted
         )
-        if outcome is not Outcome.SKIPPED or not reason.startswith("locked"):
-            self.ledger.record_finished(self.request.vm, outcome, changed=self._changed)
-            self.ledger.release(self.request.vm, self.request.request_id)
+        if not self._locked_out:
+            try:
+                self.ledger.record_finished(self.request.vm, outcome, changed=self._changed or self.rebooted)
+            finally:
+                self.ledger.release(self.request.vm, self.request.request_id)
         log.info("remediation finished", extra={**self._log_fields(), "outcome": outcome.value, "reason": reason})
-        journal = self._require_journal()
         return WorkflowResult(
             self.request.request_id,
             str(self.request.vm),
@@ -471,3 +518,16 @@ def _findings(probe_status: str, recommended: list[str]) -> list[str]:
 
 def _no_progress(step: str, detail: str) -> None:
     """Default progress sink: the ledger and the logs already record every step."""
+
+
+def _recorded_result(record: AuditRecord) -> WorkflowResult:
+    """The verdict already in the ledger, for a request delivered again after it finished."""
+    return WorkflowResult(
+        record.request_id,
+        record.vm,
+        Outcome(record.outcome or Outcome.FAILED),
+        record.outcome_reason,
+        record.failed_step,
+        record.rebooted,
+        steps=record.steps,
+    )

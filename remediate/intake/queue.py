@@ -50,23 +50,32 @@ class RequestQueue:
     def enqueue(self, request: RemediationRequest) -> None:
         """The ledger row first, then the message: a request is never queued without an audit record.
 
-        If the message cannot be sent, the record is closed as failed and the dedup key (if any) is given
-        back, so the caller's retry starts clean and nothing stays `queued` forever.
+        If either write fails, the record is closed as failed (when it exists) and the dedup key is given
+        back, so the sender's retry starts clean and nothing stays `queued` forever.
         """
-        from azure.core.exceptions import AzureError
-
-        self.ledger.record_accepted(request)
         try:
+            self.ledger.record_accepted(request)
             self.queue.send_message(json.dumps(request.to_message()))
-        except AzureError as exc:
-            self.ledger.record_outcome(request.request_id, Outcome.FAILED, f"could not be queued: {exc}")
-            if request.dedup_key:
-                self.ledger.unclaim(request.dedup_key)
-            raise TransientError(f"the request queue is unavailable: {exc}") from exc
+        except Exception as exc:
+            self._undo(request, exc)
+            raise TransientError(f"the request could not be queued: {exc}") from exc
         log.info(
             "request queued",
             extra={"vm": str(request.vm), "request_id": request.request_id, "trigger": request.trigger.value},
         )
+
+    def _undo(self, request: RemediationRequest, cause: Exception) -> None:
+        try:
+            if self.ledger.get(request.request_id) is not None:
+                self.ledger.record_outcome(request.request_id, Outcome.FAILED, f"could not be queued: {cause}")
+        except Exception:  # the ledger may be what failed; giving the key back matters more
+            log.warning(
+                "could not close the record of an unqueued request",
+                exc_info=True,
+                extra={"request_id": request.request_id},
+            )
+        if request.dedup_key:
+            self.ledger.unclaim(request.dedup_key)
 
 
 def queue_client(settings: Settings, name: str) -> QueueClient:

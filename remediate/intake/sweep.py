@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.engine import plans, policy
-from remediate.model import ConfigurationError, Plan, RemediationOptions, RemediationRequest, Trigger, VmId
+from remediate.model import (
+    ConfigurationError,
+    Plan,
+    RemediationError,
+    RemediationOptions,
+    RemediationRequest,
+    Trigger,
+    VmId,
+)
 from remediate.settings import Settings
 
 if TYPE_CHECKING:
@@ -178,7 +186,8 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
                 }
             )
             continue
-        if not sink.claim(f"sweep:{hour}:{finding.vm.key}"):
+        dedup_key = f"sweep:{hour}:{finding.vm.key}"
+        if not sink.claim(dedup_key):
             report.held_back.append({"vm": str(finding.vm), "reason": "already enqueued by a sweep this hour"})
             continue
         plan = Plan.RENEW_ONLY if finding.action == "renew" else Plan.AUTO
@@ -187,6 +196,11 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
             Trigger.SWEEP,
             "sweep: " + "; ".join(finding.evidence)[:900],
             RemediationOptions(plan=plan, dry_run=settings.dry_run),
+            dedup_key,
         )
-        sink.enqueue(request)
+        try:
+            sink.enqueue(request)
+        except RemediationError as exc:  # one VM's failure must not stop the sweep for every other VM
+            report.held_back.append({"vm": str(finding.vm), "reason": f"could not be queued: {exc.reason}"})
+            continue
         report.enqueued.append(request.request_id)

@@ -36,10 +36,14 @@ def handle_message(
         if last_delivery:
             # Record before the host moves the message to the poison queue: nothing accepted is lost silently.
             reason = exc.reason if isinstance(exc, RemediationError) else f"{type(exc).__name__}: {exc}"
-            ledger.record_outcome(
-                request.request_id, Outcome.FAILED, f"gave up after {dequeue_count} deliveries: {reason}"
-            )
-            ledger.release(request.vm, request.request_id)
+            try:
+                ledger.record_outcome(
+                    request.request_id, Outcome.FAILED, f"gave up after {dequeue_count} deliveries: {reason}"
+                )
+                # The VM may have been changed or restarted before the failure: start its cooldown anyway.
+                ledger.record_finished(request.vm, Outcome.FAILED, changed=True)
+            finally:
+                ledger.release(request.vm, request.request_id)
         log.warning(
             "delivery failed",
             extra={

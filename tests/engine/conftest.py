@@ -34,13 +34,18 @@ class Engine:
         return self.workflow(self.request(scenario, plan, **options)).run()
 
     def workflow(
-        self, request: RemediationRequest, progress: Progress | None = None, settings: Settings | None = None, **kw: Any
+        self,
+        request: RemediationRequest,
+        progress: Progress | None = None,
+        settings: Settings | None = None,
+        clients: AzureClients | None = None,
+        **kw: Any,
     ) -> Workflow:
         return Workflow(
             request,
             settings=settings or self.settings,
             ledger=self.ledger,
-            clients=self.clients,
+            clients=clients or self.clients,
             progress=progress,
             **kw,
         )
