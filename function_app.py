@@ -5,6 +5,7 @@
 * GET  /api/remediations/{id}        a request's state, steps and outcome
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
 * queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
+* queue  poison                      closes the record of a message the host gave up on
 
 Every HTTP route needs a function key (`?code=` or `x-functions-key`).
 """
@@ -104,3 +105,11 @@ def worker(msg: func.QueueMessage) -> None:
         current.ledger,
         current.clients,
     )
+
+
+@app.function_name("poison")
+@app.queue_trigger(arg_name="msg", queue_name="%RDPR_QUEUE_NAME%-poison", connection="AzureWebJobsStorage")
+def poison(msg: func.QueueMessage) -> None:
+    from remediate.intake.worker import handle_poison
+
+    handle_poison(msg.get_body().decode("utf-8", errors="replace"), get_app().ledger)

@@ -462,6 +462,11 @@ class Settings:
 
     def check(self) -> None:
         """Cross-setting rules that one value alone cannot express."""
+        if self.lock_minutes <= self.workflow_deadline_minutes:
+            raise ConfigurationError(
+                "RDPR_LOCK_MINUTES must exceed RDPR_WORKFLOW_DEADLINE_MINUTES: a lock that expires while its "
+                "workflow still runs lets a second worker in"
+            )
         if not self.table_prefix.isalnum():
             raise ConfigurationError("RDPR_TABLE_PREFIX: letters and digits only")
         if self.emulator:

@@ -69,3 +69,27 @@ def _drop_unreadable(body: str, exc: Exception, ledger: Ledger) -> None:
     log.error(
         "unreadable queue message dropped", extra={"reason": reason, "request_id": request_id, "body_start": body[:200]}
     )
+
+
+def handle_poison(body: str, ledger: Ledger) -> None:
+    """A message the host gave up on. If its request still has no outcome (the worker died or timed out on the
+    last delivery, so it could not record one), record it now and free the VM's lock.
+    """
+    try:
+        request = RemediationRequest.from_message(json.loads(body))
+    except (ValueError, PermanentError) as exc:
+        _drop_unreadable(body, exc, ledger)
+        return
+    record = ledger.get(request.request_id)
+    if record is not None and record.outcome is not None:
+        return  # the worker recorded the failure before the host poisoned the message
+    if record is None:
+        ledger.record_accepted(request)
+    ledger.record_outcome(
+        request.request_id,
+        Outcome.FAILED,
+        "the request reached the poison queue without an outcome: its worker died or timed out on every delivery",
+    )
+    ledger.record_finished(request.vm, Outcome.FAILED, changed=True)
+    ledger.release(request.vm, request.request_id)
+    log.error("poisoned request closed", extra={"vm": str(request.vm), "request_id": request.request_id})

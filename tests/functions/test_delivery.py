@@ -78,3 +78,21 @@ def _env(settings: Settings) -> dict[str, str]:
         "RDPR_PROBE_TIMEOUT_SECONDS": "1",
         "RDPR_RETRY_AFTER_CAP_SECONDS": "0.2",
     }
+
+
+def test_a_poisoned_message_without_an_outcome_is_closed_and_its_lock_freed(functions: Functions) -> None:
+    from azure.functions.queue import QueueMessage
+
+    from remediate.model import RemediationRequest, Trigger
+
+    vm = VmId.parse(functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id)
+    request = RemediationRequest(vm, Trigger.ALERT, "alert")
+    functions.app.ledger.record_accepted(request)
+    assert functions.app.ledger.acquire(vm, request.request_id, minutes=45)[0]  # its worker died holding it
+    message = QueueMessage(id="m1", body=json.dumps(request.to_message()).encode(), dequeue_count=1)  # type: ignore[no-untyped-call]
+    functions.module.poison(message)
+    record = functions.app.ledger.get(request.request_id)
+    assert record is not None and record.outcome == "failed" and "poison queue" in record.outcome_reason
+    assert functions.app.ledger.vm_state(vm).owner is None
+    functions.module.poison(message)  # a second look changes nothing
+    assert functions.app.ledger.get(request.request_id).outcome_reason == record.outcome_reason  # type: ignore[union-attr]
