@@ -70,11 +70,14 @@ def run_once(count: int, concurrency: int, scale: float, azurite: Azurite, workd
     process, info = start_emulator(count, scale, workdir)
     try:
         poll = max(0.05, round(simulated_seconds(scale) / 400, 3))  # LRO poll when Azure sends no Retry-After
+        # The emulator (its own process, its own certificate) and Azurite: one bundle trusts both.
+        bundle = workdir / "ca-bundle.pem"
+        bundle.write_bytes(Path(info["ca_cert"]).read_bytes() + Path(azurite.ca_cert).read_bytes())
         env = {
             "RDPR_EMULATOR": "true",
             "RDPR_ARM_URL": info["arm_url"],
             "RDPR_LOGS_URL": info["logs_url"],
-            "RDPR_EMULATOR_CA_CERT": info["ca_cert"],
+            "RDPR_EMULATOR_CA_CERT": str(bundle),
             "RDPR_RDP_PORT": str(info["rdp_port"]),
             "RDPR_SCOPES": ",".join(f"/subscriptions/{s}" for s in info["subscription_ids"]),
             "RDPR_STORAGE_CONNECTION": azurite.connection_string,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -95,7 +97,11 @@ def server_certificate(hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"
     """
     key = shared_key()
     now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdp-remediate emulator")])
+    # A distinct name per process: OpenSSL finds an issuer by its name, so two emulator processes' certificates
+    # in one trust bundle must not share it.
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"rdp-remediate emulator {os.getpid()}-{secrets.token_hex(4)}")]
+    )
     alt_names: list[x509.GeneralName] = []
     for host in hosts:
         try:
