@@ -23,7 +23,8 @@ MACHINEKEYS = RSA_FOLDER + r"\MachineKeys"
 LOG_ROOT = r"C:\ProgramData\rdp-remediate"
 REMOTE_DESKTOP_STORE = "Cert:\\LocalMachine\\Remote Desktop"
 LISTENER_KEY_PREFIX = "f686aace6942fb7f7ceb231212eef4a4_"  # TSSecKeySet1, followed by the machine GUID
-RDP_RULES = ("RemoteDesktop-UserMode-In-TCP", "RemoteDesktop-UserMode-In-UDP", "RemoteDesktop-Shadow-In-TCP")
+# The firewall rules enable-firewall-rule enables (by Name): the User Mode pair, never the group's Shadow rule.
+RDP_RULES = ("RemoteDesktop-UserMode-In-TCP",)
 EVENT_IDS = ("1057", "1058", "36870", "36871")
 # Where Run Command writes the script it runs; PowerShell names the script by this path in its errors.
 _SCRIPT_PATH = r"C:\Packages\Plugins\Microsoft.CPlat.Core.RunCommandWindows\1.1.18\Downloads\script0.ps1"
@@ -304,7 +305,7 @@ def _restart_services(run: _Run, findings: dict[str, Any]) -> None:
     if guest.key_store == "ok":
         new = guest.new_certificate(now)
         findings["new_certificate"] = _certificate_info(guest, now)
-        run.actions.append(f"Windows created {new.thumbprint}, valid until {_iso(new.not_after)}")
+        run.actions.append(f"the listener now uses {new.thumbprint}, valid until {_iso(new.not_after)}")
     else:
         guest.events.append((1057, now))
         findings["new_certificate"] = None
@@ -377,7 +378,7 @@ def _enable_firewall_rule(run: _Run) -> dict[str, Any]:
     guest = run.guest
     before = {profile: guest.firewall[profile] for profile in FIREWALL_PROFILES}
     if all(before.values()):
-        run.actions.append("the Remote Desktop rules are in effect on every profile: nothing to do")
+        run.actions.append("the Remote Desktop User Mode (TCP-In) rule is in effect on every profile: nothing to do")
     elif run.detect_only:
         run.actions.extend(f"would enable {rule}" for rule in RDP_RULES)
     else:

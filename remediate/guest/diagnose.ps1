@@ -6,10 +6,12 @@
     Reads the RDP listener's certificate (Win32_TSGeneralSetting.SSLCertificateSHA1Hash), the store holding it,
     its dates and whether its private key is usable; the MachineKeys folder and the listener key container ACLs;
     the TermService, SessionEnv and UmRdpService services; fDenyTSConnections, PortNumber, SecurityLayer and
-    UserAuthentication; server-side TLS 1.2 in SCHANNEL; the "Remote Desktop" firewall rule group per profile;
-    whether anything listens on the RDP port; events 1057, 1058 (TerminalServices-RemoteConnectionManager),
-    36870 and 36871 (Schannel) of the last 24 hours; and the remote sessions. Ends with the repairs the findings
-    call for, in the order to apply them.
+    UserAuthentication (a Group Policy value wins over the local one); server-side TLS 1.2 in SCHANNEL; per
+    profile, whether the "Remote Desktop - User Mode (TCP-In)" firewall rule is in effect; whether anything
+    listens on the RDP port; events 1057, 1058 (TerminalServices-RemoteConnectionManager), 36870 and 36871
+    (Schannel) of the last 24 hours; and the remote sessions. Each check runs on its own: one that fails is
+    reported in errors and the others still run. Ends with the repairs the findings call for, in the order to
+    apply them; a check that failed recommends nothing.
 
 .PARAMETER DetectOnly
     'true' or 'false' (text: Run Command passes every parameter as a string). Accepted like every rdp-remediate
@@ -34,14 +36,19 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'diagnose'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
 $MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
 $TerminalServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server'
 $RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
+# Group Policy's Remote Desktop settings: when a value is set here, it is the one in effect.
+$RdpPolicyKey = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows NT\Terminal Services'
+$RdStore = 'Cert:\LocalMachine\Remote Desktop'
 $Tls12ServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\SecurityProviders\SCHANNEL\Protocols\TLS 1.2\Server'
-# The built-in "Remote Desktop" rule group by its resource string: the display name is localized.
-$RdpRuleGroup = '@FirewallAPI.dll,-28752'
+# The built-in rule "Remote Desktop - User Mode (TCP-In)" by its Name, which is not localized. Every connection
+# starts over TCP (UDP only accelerates one), so this rule decides whether RDP gets through; the group's other
+# rules (the UDP one, Shadow) do not.
+$RdpTcpRule = 'RemoteDesktop-UserMode-In-TCP'
 # Windows' default rights: Administrators own the folder; SYSTEM owns the listener's key, NETWORK SERVICE reads it.
 $FolderRights = @{ 'S-1-5-32-544' = 'FullControl' }
 $ContainerRights = @{ 'S-1-5-18' = 'FullControl'; 'S-1-5-20' = 'Read' }
@@ -192,9 +199,18 @@ function Get-CertificateInfo {
 }
 
 function Test-AclGrants {
-    # True when each SID in $Required is allowed at least the given rights and is denied nothing.
+    # True when each SID in $Required is allowed at least the given rights and is denied nothing. An ACL this
+    # account may not even read is not right either: it is the typical broken key container (no entry for
+    # SYSTEM, another owner), and reading it must not stop the script.
     param([string]$Path, [hashtable]$Required)
-    $rules = (Get-Acl -LiteralPath $Path).GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $false
+    }
+    $rules = $acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
     foreach ($sid in $Required.Keys) {
         $needed = [int][System.Security.AccessControl.FileSystemRights]$Required[$sid]
         $allowed = 0
@@ -206,13 +222,26 @@ function Test-AclGrants {
             if ($rule.AccessControlType -eq 'Deny') {
                 return $false
             }
-            $allowed = $allowed -bor [int]$rule.FileSystemRights
+            $allowed = $allowed -bor (Get-FileRights -Mask ([int]$rule.FileSystemRights))
         }
         if (($allowed -band $needed) -ne $needed) {
             return $false
         }
     }
     $true
+}
+
+function Get-FileRights {
+    # An entry's access mask as file rights. An entry may hold generic rights, which share no bit with the file
+    # rights they stand for: GENERIC_ALL (0x10000000) means FullControl, GENERIC_READ (0x80000000) means Read.
+    param([int]$Mask)
+    if ($Mask -band 0x10000000) {
+        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::FullControl
+    }
+    if ($Mask -band 0x80000000) {
+        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::Read
+    }
+    $Mask
 }
 
 function Get-ServiceInfo {
@@ -225,6 +254,16 @@ function Get-ServiceInfo {
     [ordered]@{ state = [string]$service.State; start_type = [string]$service.StartMode }
 }
 
+function Get-RdpSetting {
+    # A Remote Desktop setting as it is in effect: the Group Policy value when one is set, else the local one.
+    param([string]$Path, [string]$Name, [int]$Default)
+    $value = Get-RegistryValue -Path $RdpPolicyKey -Name $Name -Default $null
+    if ($null -eq $value) {
+        $value = Get-RegistryValue -Path $Path -Name $Name -Default $Default
+    }
+    [int]$value
+}
+
 function Test-Tls12ServerEnabled {
     # SCHANNEL's TLS 1.2 server side is on unless its registry key turns it off.
     $enabled = Get-RegistryValue -Path $Tls12ServerKey -Name 'Enabled' -Default 1
@@ -233,9 +272,10 @@ function Test-Tls12ServerEnabled {
 }
 
 function Get-RdpRuleProfileState {
-    # Per firewall profile: is an enabled inbound rule of the "Remote Desktop" group in effect for it?
+    # Per firewall profile: is the User Mode TCP-In rule enabled and in effect for it? The active store merges
+    # local and Group Policy rules, so a policy that disables the rule counts.
     $state = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Group $RdpRuleGroup -Direction Inbound -ErrorAction SilentlyContinue)
+    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Name $RdpTcpRule -ErrorAction SilentlyContinue)
     foreach ($rule in $rules) {
         if ([string]$rule.Enabled -ne 'True') {
             continue
@@ -262,12 +302,41 @@ function Get-RdpSessionCount {
     # restarting TermService ends them all.
     $count = 0
     foreach ($session in @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter 'LogonType = 10')) {
-        $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
+        $processes = @()
+        try {
+            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
+        }
+        catch {
+            # The session ended between the two queries: it no longer counts.
+            Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
+        }
         if ($processes.Count -gt 0) {
             $count++
         }
     }
     $count
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
+}
+
+function Add-CheckError {
+    # A check that failed: its error goes to the summary and its name to $Failed, so that the other checks still
+    # run and nothing is recommended on the strength of a finding that was never read.
+    param([string]$Check, [System.Management.Automation.ErrorRecord]$Record, [System.Collections.Generic.List[string]]$Failed, [System.Collections.Generic.List[string]]$Errors)
+    $Failed.Add($Check)
+    Add-Text -List $Errors -Text ('{0}: {1}' -f $Check, (Format-ErrorText -Record $Record))
 }
 
 $summary = [ordered]@{
@@ -297,17 +366,25 @@ $summary = [ordered]@{
     errors          = [System.Collections.Generic.List[string]]::new()
 }
 
-try {
-    $now = Get-Date
-    $findings = $summary.findings
-    Write-Step ('{0} on {1}, read-only' -f $ScriptVersion, $env:COMPUTERNAME)
+# Each check has its own try/catch, named after the finding it fills: one that fails (access denied, WMI not
+# answering) is reported and the next one still runs.
+$now = Get-Date
+$findings = $summary.findings
+$failed = [System.Collections.Generic.List[string]]::new()
+$certificate = $null
+Write-Step ('{0} on {1}, read-only' -f $ScriptVersion, $env:COMPUTERNAME)
 
+try {
     $os = Get-CimInstance -ClassName 'Win32_OperatingSystem'
     $revision = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion' -Name 'UBR' -Default 0
     $findings.os_build = '{0}.{1}' -f $os.Version, $revision
+}
+catch {
+    Add-CheckError -Check 'os_build' -Record $_ -Failed $failed -Errors $summary.errors
+}
 
+try {
     Write-Step 'listener certificate'
-    $certificate = $null
     $thumbprint = Get-ListenerThumbprint
     if ($thumbprint) {
         $found = Find-Certificate -Thumbprint $thumbprint
@@ -316,33 +393,72 @@ try {
             $certificate = $found.Certificate
         }
     }
+}
+catch {
+    Add-CheckError -Check 'listener_certificate' -Record $_ -Failed $failed -Errors $summary.errors
+}
 
+try {
     Write-Step 'machine key store'
-    $keys = $findings.machinekeys
-    $keys.folder_exists = Test-Path -LiteralPath $MachineKeysPath
-    if ($keys.folder_exists) {
-        $keys.folder_acl_ok = Test-AclGrants -Path $MachineKeysPath -Required $FolderRights
+    $findings.machinekeys.folder_exists = Test-Path -LiteralPath $MachineKeysPath
+    if ($findings.machinekeys.folder_exists) {
+        $findings.machinekeys.folder_acl_ok = Test-AclGrants -Path $MachineKeysPath -Required $FolderRights
     }
     $container = Get-ListenerKeyContainerPath
     if ($container -and (Test-Path -LiteralPath $container)) {
-        $keys.key_container = Split-Path -Path $container -Leaf
-        $keys.key_container_acl_ok = Test-AclGrants -Path $container -Required $ContainerRights
+        $findings.machinekeys.key_container = Split-Path -Path $container -Leaf
+        $findings.machinekeys.key_container_acl_ok = Test-AclGrants -Path $container -Required $ContainerRights
     }
+}
+catch {
+    Add-CheckError -Check 'machinekeys' -Record $_ -Failed $failed -Errors $summary.errors
+}
 
-    Write-Step 'services and listener settings'
+try {
+    Write-Step 'services'
     foreach ($name in @('TermService', 'SessionEnv', 'UmRdpService')) {
         $findings.services[$name] = Get-ServiceInfo -Name $name
     }
-    $rdp = $findings.rdp_config
-    $rdp.deny_connections = (Get-RegistryValue -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
-    $rdp.port = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'PortNumber' -Default 3389)
-    $rdp.security_layer = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'SecurityLayer' -Default 2)
-    $rdp.user_authentication = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'UserAuthentication' -Default 1)
-    $findings.tls12_server_enabled = Test-Tls12ServerEnabled
-    $findings.firewall_rule_group = Get-RdpRuleProfileState
-    $findings.listening = @(Get-NetTCPConnection -State Listen -LocalPort $rdp.port -ErrorAction SilentlyContinue).Count -gt 0
+}
+catch {
+    Add-CheckError -Check 'services' -Record $_ -Failed $failed -Errors $summary.errors
+}
 
-    Write-Step 'events of the last 24 hours and sessions'
+try {
+    Write-Step 'listener settings'
+    $findings.rdp_config.deny_connections = (Get-RdpSetting -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
+    $findings.rdp_config.port = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'PortNumber' -Default 3389)
+    $findings.rdp_config.security_layer = Get-RdpSetting -Path $RdpTcpKey -Name 'SecurityLayer' -Default 2
+    $findings.rdp_config.user_authentication = Get-RdpSetting -Path $RdpTcpKey -Name 'UserAuthentication' -Default 1
+}
+catch {
+    Add-CheckError -Check 'rdp_config' -Record $_ -Failed $failed -Errors $summary.errors
+}
+
+try {
+    $findings.tls12_server_enabled = Test-Tls12ServerEnabled
+}
+catch {
+    Add-CheckError -Check 'tls12_server_enabled' -Record $_ -Failed $failed -Errors $summary.errors
+}
+
+try {
+    Write-Step 'firewall'
+    $findings.firewall_rule_group = Get-RdpRuleProfileState
+}
+catch {
+    Add-CheckError -Check 'firewall_rule_group' -Record $_ -Failed $failed -Errors $summary.errors
+}
+
+try {
+    $findings.listening = @(Get-NetTCPConnection -State Listen -LocalPort $findings.rdp_config.port -ErrorAction SilentlyContinue).Count -gt 0
+}
+catch {
+    Add-CheckError -Check 'listening' -Record $_ -Failed $failed -Errors $summary.errors
+}
+
+try {
+    Write-Step 'events of the last 24 hours'
     $since = $now.AddHours(-24)
     foreach ($id in @(1057, 1058)) {
         $findings.events_24h[[string]$id] = Get-RecentEventCount -Provider 'Microsoft-Windows-TerminalServices-RemoteConnectionManager' -Id $id -Since $since
@@ -350,29 +466,50 @@ try {
     foreach ($id in @(36870, 36871)) {
         $findings.events_24h[[string]$id] = Get-RecentEventCount -Provider 'Schannel' -Id $id -Since $since
     }
-    $findings.active_sessions = Get-RdpSessionCount
+}
+catch {
+    Add-CheckError -Check 'events_24h' -Record $_ -Failed $failed -Errors $summary.errors
+}
 
-    # The key store first (a certificate cannot be renewed without it), then the certificate, firewall, TLS.
+try {
+    Write-Step 'sessions'
+    $findings.active_sessions = Get-RdpSessionCount
+}
+catch {
+    Add-CheckError -Check 'active_sessions' -Record $_ -Failed $failed -Errors $summary.errors
+}
+
+try {
+    # The key store first (a certificate cannot be renewed without it), then the certificate, firewall, TLS;
+    # only from checks that succeeded (a failed one keeps defaults that mean nothing).
+    $keys = $findings.machinekeys
     $cert = $findings.listener_certificate
     $recommended = $findings.recommended
-    if (-not $keys.folder_exists) {
-        $recommended.Add('reset-machinekeys')
+    if ($failed -notcontains 'machinekeys') {
+        if (-not $keys.folder_exists) {
+            $recommended.Add('reset-machinekeys')
+        }
+        elseif (-not $keys.folder_acl_ok -or $keys.key_container_acl_ok -eq $false) {
+            $recommended.Add('repair-machinekeys')
+        }
+        elseif ($null -ne $cert -and $cert.private_key -eq 'unreadable') {
+            # The permissions are right and the key still does not open: the store is corrupt.
+            $recommended.Add('reset-machinekeys')
+        }
     }
-    elseif (-not $keys.folder_acl_ok -or $keys.key_container_acl_ok -eq $false) {
-        $recommended.Add('repair-machinekeys')
+    if ($failed -notcontains 'listener_certificate') {
+        # renew-certificate replaces only the self-signed certificates of the Remote Desktop store, and clears a
+        # pin to an expired or vanished certificate: recommend it only for what it repairs.
+        $ownCertificate = $null -ne $cert -and $cert.self_signed -eq $true -and $cert.store -eq $RdStore
+        $expiresSoon = $null -ne $certificate -and $certificate.NotAfter -le $now.AddDays($ExpiryWarningDays)
+        if ($null -eq $cert -or $cert.expired -ne $false -or ($ownCertificate -and ($cert.private_key -ne 'ok' -or $expiresSoon))) {
+            $recommended.Add('renew-certificate')
+        }
     }
-    elseif ($null -ne $cert -and $cert.private_key -eq 'unreadable') {
-        # The permissions are right and the key still does not open: the store is corrupt.
-        $recommended.Add('reset-machinekeys')
-    }
-    $expiresSoon = $null -ne $certificate -and $certificate.NotAfter -le $now.AddDays($ExpiryWarningDays)
-    if ($null -eq $cert -or $cert.expired -ne $false -or $cert.private_key -ne 'ok' -or $expiresSoon) {
-        $recommended.Add('renew-certificate')
-    }
-    if ($findings.firewall_rule_group.Values -contains $false) {
+    if ($failed -notcontains 'firewall_rule_group' -and $findings.firewall_rule_group.Values -contains $false) {
         $recommended.Add('enable-firewall-rule')
     }
-    if (-not $findings.tls12_server_enabled) {
+    if ($failed -notcontains 'tls12_server_enabled' -and -not $findings.tls12_server_enabled) {
         $recommended.Add('enable-tls12')
     }
     if ($recommended.Count -eq 0) {
@@ -383,6 +520,6 @@ try {
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-CheckError -Check 'recommended' -Record $_ -Failed $failed -Errors $summary.errors
 }
 Write-Summary -Summary $summary

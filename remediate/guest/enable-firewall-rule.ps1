@@ -1,13 +1,18 @@
 <#
 .SYNOPSIS
-    Enables the built-in "Remote Desktop" firewall rule group, as Microsoft documents it.
+    Enables the built-in "Remote Desktop - User Mode" firewall rules when RDP is not allowed in, as Microsoft
+    documents it, and nothing else.
 
 .DESCRIPTION
-    Enable-NetFirewallRule on the group @FirewallAPI.dll,-28752 (its resource string: the display name "Remote
-    Desktop" is localized). Enables rules only: never disables the firewall or a profile, never adds a rule, never
-    changes a rule's profiles or addresses. Reports, per profile (Domain, Private, Public), whether an enabled
-    inbound rule of the group is in effect before and after; a Group Policy that disables the rules wins, and the
-    script says so. No reboot is required.
+    RDP gets through the Windows firewall on a profile when the rule RemoteDesktop-UserMode-In-TCP ("Remote
+    Desktop - User Mode (TCP-In)") is enabled and in effect for it: every connection starts over TCP, UDP only
+    accelerates one. Rules are selected by Name, which is not localized. When the TCP rule is not in effect on
+    every profile, the script enables that one rule and nothing else: not the UDP rule (an administrator may have
+    turned RDP over UDP off on purpose, and RDP works without it), not the group's other rules (Shadow lets an
+    administrator watch or control sessions), never the firewall or a profile, never a rule's profiles or
+    addresses, never a new rule.
+    Reports, per profile (Domain, Private, Public), whether the TCP rule is in effect before and after; a Group
+    Policy that disables it wins, and the script says so. No reboot is required.
 
 .PARAMETER DetectOnly
     'true' reports what would be enabled and changes nothing. Default 'false'.
@@ -28,10 +33,11 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'enable-firewall-rule'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
-# The built-in "Remote Desktop" rule group by its resource string: the display name is localized.
-$RdpRuleGroup = '@FirewallAPI.dll,-28752'
+# The built-in Remote Desktop User Mode TCP rule by Name, which is not localized (display names are). It alone
+# decides whether RDP gets through; the UDP rule and the group's Shadow rule are deliberately left alone.
+$RdpTcpRule = 'RemoteDesktop-UserMode-In-TCP'
 
 function Write-Step {
     # Progress for the Run Command output. Write-Host, not Write-Output, so that progress never becomes part of
@@ -83,9 +89,10 @@ function Write-Summary {
 }
 
 function Get-RdpRuleProfileState {
-    # Per firewall profile: is an enabled inbound rule of the "Remote Desktop" group in effect for it?
+    # Per firewall profile: is the User Mode TCP-In rule enabled and in effect for it? The active store merges
+    # local and Group Policy rules, so a policy that disables the rule counts.
     $state = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Group $RdpRuleGroup -Direction Inbound -ErrorAction SilentlyContinue)
+    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Name $RdpTcpRule -ErrorAction SilentlyContinue)
     foreach ($rule in $rules) {
         if ([string]$rule.Enabled -ne 'True') {
             continue
@@ -98,6 +105,20 @@ function Get-RdpRuleProfileState {
         }
     }
     $state
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
 }
 
 $summary = [ordered]@{
@@ -119,32 +140,34 @@ try {
     Write-Step ('{0} on {1}, DetectOnly={2}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly)
     $findings.before = Get-RdpRuleProfileState
     $findings.after = $findings.before
-    $disabled = @(Get-NetFirewallRule -Group $RdpRuleGroup -Direction Inbound | Where-Object { [string]$_.Enabled -ne 'True' })
+    # The TCP rule if it is disabled in the local store (a missing one is not an error: it cannot be enabled).
+    $names = @(Get-NetFirewallRule -Name $RdpTcpRule -ErrorAction SilentlyContinue | Where-Object { [string]$_.Enabled -ne 'True' } | ForEach-Object { $_.Name })
 
     if ($findings.before.Values -notcontains $false) {
-        Add-Text -List $summary.actions -Text 'the Remote Desktop rules are in effect on every profile: nothing to do'
+        Add-Text -List $summary.actions -Text 'the Remote Desktop User Mode (TCP-In) rule is in effect on every profile: nothing to do'
     }
-    elseif ($disabled.Count -eq 0) {
-        Add-Text -List $summary.errors -Text 'the Remote Desktop rules are enabled locally but not in effect on every profile: a Group Policy or the rules'' profile settings decide; left as configured'
+    elseif ($names -notcontains $RdpTcpRule) {
+        # Enabled locally yet not in effect: a policy or the rule's profiles block it, which is theirs to decide.
+        Add-Text -List $summary.errors -Text 'the Remote Desktop User Mode (TCP-In) rule is enabled locally (or missing) but not in effect on every profile: a Group Policy or the rule''s profile settings decide; left as configured'
     }
     elseif ($summary.detect_only) {
-        foreach ($rule in $disabled) {
-            Add-Text -List $summary.actions -Text ('would enable {0}' -f $rule.Name)
+        foreach ($name in $names) {
+            Add-Text -List $summary.actions -Text ('would enable {0}' -f $name)
         }
     }
     else {
-        $disabled | Enable-NetFirewallRule
+        Enable-NetFirewallRule -Name $names
         $summary.changed = $true
-        foreach ($rule in $disabled) {
-            Add-Text -List $summary.actions -Text ('enabled {0}' -f $rule.Name)
+        foreach ($name in $names) {
+            Add-Text -List $summary.actions -Text ('enabled {0}' -f $name)
         }
         $findings.after = Get-RdpRuleProfileState
         if ($findings.after.Values -contains $false) {
-            Add-Text -List $summary.errors -Text 'the Remote Desktop rules are still not in effect on every profile: a Group Policy or the rules'' profile settings decide'
+            Add-Text -List $summary.errors -Text 'the Remote Desktop User Mode (TCP-In) rule is still not in effect on every profile: a Group Policy or the rule''s profile settings decide'
         }
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 Write-Summary -Summary $summary

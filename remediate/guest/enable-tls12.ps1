@@ -27,7 +27,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'enable-tls12'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
 $Tls12ServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\SecurityProviders\SCHANNEL\Protocols\TLS 1.2\Server'
 
@@ -97,6 +97,20 @@ function Test-Tls12ServerEnabled {
     ($enabled -ne 0) -and ($disabledByDefault -eq 0)
 }
 
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
+}
+
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
@@ -134,6 +148,6 @@ try {
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 Write-Summary -Summary $summary

@@ -8,11 +8,12 @@
     ExpiryWarningDays or whose private key is gone. A certificate whose key exists but does not open stays: the
     machine key store is broken and a new certificate would fail the same way. A certificate an administrator pinned
     (SSLCertificateSHA1Hash under the RDP-Tcp key) stays unless it has expired; a pin to an expired or vanished
-    certificate is cleared so that the listener falls back to the self-signed one. Then restarts SessionEnv (which
-    creates the certificate) and TermService (which loads it), and reports the new certificate.
-    Restarting TermService ends every remote session, so the script refuses while sessions exist unless Force is
-    'true'. Private keys are never deleted. Never touches SecurityLayer, UserAuthentication or MinEncryptionLevel
-    (unlike the built-in ResetRDPCert, which turns TLS off).
+    certificate is cleared so that the listener falls back to the self-signed one. When the listener's own
+    certificate was removed, its pin cleared, or it has none, restarts SessionEnv (which creates the certificate)
+    and TermService (which loads it), each stop and start bounded to 60 seconds, and reports the certificate the
+    listener then uses. Restarting TermService ends every remote session, so the script refuses while sessions
+    exist unless Force is 'true'. Private keys are never deleted. Never touches SecurityLayer, UserAuthentication
+    or MinEncryptionLevel (unlike the built-in ResetRDPCert, which turns TLS off).
 
 .PARAMETER DetectOnly
     'true' reports what would be removed and restarted, and changes nothing. Default 'false'.
@@ -47,7 +48,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'renew-certificate'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
 $MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
 $RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
@@ -203,7 +204,14 @@ function Get-RdpSessionCount {
     # restarting TermService ends them all.
     $count = 0
     foreach ($session in @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter 'LogonType = 10')) {
-        $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
+        $processes = @()
+        try {
+            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
+        }
+        catch {
+            # The session ended between the two queries: it no longer counts.
+            Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
+        }
         if ($processes.Count -gt 0) {
             $count++
         }
@@ -213,12 +221,22 @@ function Get-RdpSessionCount {
 
 function Get-PinnedThumbprint {
     # An administrator pins a certificate by setting SSLCertificateSHA1Hash (this registry value); without it the
-    # listener uses its self-signed certificate.
-    $bytes = Get-RegistryValue -Path $RdpTcpKey -Name 'SSLCertificateSHA1Hash' -Default $null
-    if ($null -eq $bytes) {
+    # listener uses its self-signed certificate. Windows writes REG_BINARY; a value written by hand may be REG_SZ.
+    $value = Get-RegistryValue -Path $RdpTcpKey -Name 'SSLCertificateSHA1Hash' -Default $null
+    if ($null -eq $value) {
         return $null
     }
-    ([System.BitConverter]::ToString([byte[]]$bytes) -replace '-', '').ToUpperInvariant()
+    if ($value -is [byte[]]) {
+        $text = [System.BitConverter]::ToString($value) -replace '-', ''
+    }
+    else {
+        # Thumbprints copied from the certificate dialog carry spaces and invisible marks: keep the hex digits.
+        $text = ([string]$value) -replace '[^0-9A-Fa-f]', ''
+    }
+    if (-not $text -or $text -match '^0+$') {
+        return $null
+    }
+    $text.ToUpperInvariant()
 }
 
 function Get-RenewalReason {
@@ -237,27 +255,62 @@ function Get-RenewalReason {
     $null
 }
 
-function Restart-RdpService {
-    # SessionEnv creates the self-signed certificate and TermService loads it. -Force also stops UmRdpService,
-    # which depends on TermService, so it is started again. This ends every remote session.
-    Restart-Service -Name 'SessionEnv' -Force
-    Restart-Service -Name 'TermService' -Force
-    Start-Service -Name 'UmRdpService'
+function Restart-ServiceWithin {
+    # Stops a service and the dependents it has running, then starts it and those dependents again; each wait is
+    # bounded, so a service stuck in StopPending (hung sessions) becomes a TimeoutException, not a hang. The
+    # dependents are stopped here first because ServiceController.Stop() would wait for them without a limit;
+    # a dependent that was not running (stopped or disabled by an administrator) is left as it was.
+    param([string]$Name, [TimeSpan]$Timeout)
+    $service = Get-Service -Name $Name
+    $dependents = @($service.DependentServices | Where-Object { $_.Status -eq 'Running' })
+    foreach ($controller in @($dependents) + @($service)) {
+        $controller.Refresh()
+        if ($controller.Status -ne 'Stopped' -and $controller.Status -ne 'StopPending') {
+            $controller.Stop()
+        }
+        $controller.WaitForStatus('Stopped', $Timeout)
+    }
+    # DependentServices lists dependents in the reverse of their start order: start them in reverse again.
+    [array]::Reverse($dependents)
+    foreach ($controller in @($service) + @($dependents)) {
+        $controller.Start()
+        $controller.WaitForStatus('Running', $Timeout)
+    }
 }
 
 function Wait-ListenerCertificate {
-    # Windows creates the new certificate shortly after the services start: wait until the listener reports
-    # one that exists and was not just removed.
-    param([string[]]$Removed, [int]$TimeoutSeconds)
+    # Windows creates the new certificate shortly after the services start: wait until the listener reports one
+    # that exists and is none of $Exclude (the one it used before the restart, the ones removed). WMI may fail
+    # while TermService starts: that is a reason to ask again, not to stop waiting.
+    param([string[]]$Exclude, [int]$TimeoutSeconds)
     $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
     while ((Get-Date) -lt $deadline) {
-        $thumbprint = Get-ListenerThumbprint
-        if ($thumbprint -and $Removed -notcontains $thumbprint -and $null -ne (Find-Certificate -Thumbprint $thumbprint)) {
-            return $thumbprint
+        try {
+            $thumbprint = Get-ListenerThumbprint
+            if ($thumbprint -and $Exclude -notcontains $thumbprint -and $null -ne (Find-Certificate -Thumbprint $thumbprint)) {
+                return $thumbprint
+            }
+        }
+        catch {
+            Write-Step ('the listener does not answer yet: {0}' -f $_.Exception.Message)
         }
         Start-Sleep -Seconds 2
     }
     $null
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
 }
 
 $summary = [ordered]@{
@@ -283,8 +336,14 @@ try {
     Write-Step ('{0} on {1}, DetectOnly={2}, Force={3}, ExpiryWarningDays={4}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly, $Force, $ExpiryWarningDays)
 
     $pinned = Get-PinnedThumbprint
+    # Windows creates the Remote Desktop store with its first certificate: a missing store holds none, and the
+    # restart below recreates it.
+    $certificates = @()
+    if (Test-Path -LiteralPath $RdStore) {
+        $certificates = @(Get-ChildItem -LiteralPath $RdStore)
+    }
     $stale = [System.Collections.Generic.List[object]]::new()
-    foreach ($certificate in @(Get-ChildItem -Path $RdStore)) {
+    foreach ($certificate in $certificates) {
         $reason = Get-RenewalReason -Certificate $certificate -Now $now -WarnBefore $now.AddDays($ExpiryWarningDays)
         if ($null -eq $reason) {
             continue
@@ -316,10 +375,13 @@ try {
         $listenerFound = Find-Certificate -Thumbprint $listener
         $findings.new_certificate = Get-CertificateInfo -Thumbprint $listener -Found $listenerFound -Now $now
     }
+    # Only a change to what the listener uses needs the restart (which ends every session): its own certificate
+    # removed, its pin cleared, or no certificate at all. Other stale certificates are simply removed.
+    $restart = $pinIsStale -or $null -eq $listenerFound -or @($stale | Where-Object { $_.Thumbprint -eq $listener }).Count -gt 0
     $findings.active_sessions = Get-RdpSessionCount
-    $refuse = $findings.active_sessions -gt 0 -and $Force -ne 'true'
+    $refuse = $restart -and $findings.active_sessions -gt 0 -and $Force -ne 'true'
 
-    if ($stale.Count -eq 0 -and -not $pinIsStale -and $null -ne $listenerFound) {
+    if ($stale.Count -eq 0 -and -not $restart) {
         Add-Text -List $summary.actions -Text ('the listener certificate {0} is usable until {1}: nothing to do' -f $listener, $findings.new_certificate.not_after)
     }
     elseif ($summary.detect_only) {
@@ -332,7 +394,7 @@ try {
         if ($refuse) {
             Add-Text -List $summary.actions -Text ('would refuse: {0} remote session(s) exist; Force=true would end them' -f $findings.active_sessions)
         }
-        else {
+        elseif ($restart) {
             Add-Text -List $summary.actions -Text 'would restart SessionEnv and TermService so that Windows creates a new certificate'
         }
     }
@@ -352,23 +414,42 @@ try {
             $summary.changed = $true
             Add-Text -List $summary.actions -Text ('cleared the stale pin to {0}' -f $pinned)
         }
-        Write-Step 'restarting SessionEnv and TermService'
-        Restart-RdpService
-        $findings.services_restarted = $true
-        $summary.changed = $true
-        Add-Text -List $summary.actions -Text 'restarted SessionEnv and TermService'
-        $created = Wait-ListenerCertificate -Removed $findings.removed -TimeoutSeconds 60
-        $findings.new_certificate = $null
-        if ($created) {
-            $findings.new_certificate = Get-CertificateInfo -Thumbprint $created -Found (Find-Certificate -Thumbprint $created) -Now (Get-Date)
-            Add-Text -List $summary.actions -Text ('Windows created {0}, valid until {1}' -f $created, $findings.new_certificate.not_after)
+        if ($restart) {
+            Write-Step 'restarting SessionEnv and TermService'
+            $summary.changed = $true
+            $findings.new_certificate = $null
+            $timeout = [TimeSpan]::FromSeconds(60)
+            $restarted = $true
+            foreach ($name in @('SessionEnv', 'TermService')) {
+                try {
+                    Restart-ServiceWithin -Name $name -Timeout $timeout
+                }
+                catch [System.ServiceProcess.TimeoutException] {
+                    Add-Text -List $summary.errors -Text ('{0} or a service depending on it did not stop or start within 60 seconds (hung sessions can hold TermService in StopPending): check the Remote Desktop services, or reboot' -f $name)
+                    $restarted = $false
+                    break
+                }
+            }
+            $findings.services_restarted = $restarted
         }
-        else {
-            Add-Text -List $summary.errors -Text 'Windows did not create a new certificate within 60 seconds (see events 1057 and 1058): repair the machine key store, then run this again'
+        if ($findings.services_restarted) {
+            Add-Text -List $summary.actions -Text 'restarted SessionEnv and TermService'
+            $exclude = @($findings.removed)
+            if ($listener) {
+                $exclude += $listener
+            }
+            $current = Wait-ListenerCertificate -Exclude $exclude -TimeoutSeconds 60
+            if ($current) {
+                $findings.new_certificate = Get-CertificateInfo -Thumbprint $current -Found (Find-Certificate -Thumbprint $current) -Now (Get-Date)
+                Add-Text -List $summary.actions -Text ('the listener now uses {0}, valid until {1}' -f $current, $findings.new_certificate.not_after)
+            }
+            else {
+                Add-Text -List $summary.errors -Text 'Windows did not create a new certificate within 60 seconds (see events 1057 and 1058): repair the machine key store, then run this again'
+            }
         }
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 Write-Summary -Summary $summary

@@ -5,9 +5,11 @@
 
 .DESCRIPTION
     Targeted first: the listener's key container (TSSecKeySet1 in MachineKeys), then the MachineKeys folder itself,
-    each only when its permissions are wrong. For each: save the current ACL (icacls /save), take ownership
-    (takeown, as SYSTEM, the default owner), then grant by SID, because account names are localized:
-    SYSTEM (*S-1-5-18), NETWORK SERVICE (*S-1-5-20) and Administrators (*S-1-5-32-544).
+    each only when its permissions are wrong (an ACL SYSTEM may not even read is wrong). For each: save the
+    current ACL (icacls /save), take ownership (takeown, as SYSTEM, the default owner), then grant by SID, because
+    account names are localized: SYSTEM (*S-1-5-18), NETWORK SERVICE (*S-1-5-20) and Administrators
+    (*S-1-5-32-544). When the ACL cannot be read (no entry for SYSTEM, another owner), ownership comes first,
+    since the owner may always read and change the ACL; then the save and the grants.
     Never recursive: granting NETWORK SERVICE read on every machine key (icacls /t) would hand other services'
     private keys to any NETWORK SERVICE process. The before and after ACLs are logged under
     C:\ProgramData\rdp-remediate\<time>-repair-machinekeys\. A reboot is required.
@@ -19,8 +21,8 @@
     Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
-    Undo: icacls "<parent folder>" /restore "<log folder>\<name>.acl" restores a saved ACL; the log's
-    acl-before.txt holds the previous owner and ACL in SDDL.
+    Undo: icacls "<parent folder>" /restore "<log folder>\<name>.acl" restores a saved ACL; the log's acl.log
+    holds the previous owner and ACL in SDDL (or says the ACL was unreadable before ownership was taken).
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
@@ -32,7 +34,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'repair-machinekeys'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
 $MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
 # Windows' default rights: Administrators own the folder; SYSTEM owns the listener's key, NETWORK SERVICE reads it.
@@ -112,9 +114,18 @@ function Get-ListenerKeyContainerPath {
 }
 
 function Test-AclGrants {
-    # True when each SID in $Required is allowed at least the given rights and is denied nothing.
+    # True when each SID in $Required is allowed at least the given rights and is denied nothing. An ACL this
+    # account may not even read is not right either: it is the typical broken key container (no entry for
+    # SYSTEM, another owner), and reading it must not stop the script.
     param([string]$Path, [hashtable]$Required)
-    $rules = (Get-Acl -LiteralPath $Path).GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $false
+    }
+    $rules = $acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
     foreach ($sid in $Required.Keys) {
         $needed = [int][System.Security.AccessControl.FileSystemRights]$Required[$sid]
         $allowed = 0
@@ -126,13 +137,26 @@ function Test-AclGrants {
             if ($rule.AccessControlType -eq 'Deny') {
                 return $false
             }
-            $allowed = $allowed -bor [int]$rule.FileSystemRights
+            $allowed = $allowed -bor (Get-FileRights -Mask ([int]$rule.FileSystemRights))
         }
         if (($allowed -band $needed) -ne $needed) {
             return $false
         }
     }
     $true
+}
+
+function Get-FileRights {
+    # An entry's access mask as file rights. An entry may hold generic rights, which share no bit with the file
+    # rights they stand for: GENERIC_ALL (0x10000000) means FullControl, GENERIC_READ (0x80000000) means Read.
+    param([int]$Mask)
+    if ($Mask -band 0x10000000) {
+        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::FullControl
+    }
+    if ($Mask -band 0x80000000) {
+        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::Read
+    }
+    $Mask
 }
 
 function Get-TimeStamp {
@@ -149,23 +173,54 @@ function Assert-ExitCode {
 }
 
 function Save-AclSnapshot {
-    # Owner and permissions of each path, in SDDL, appended to the log.
+    # Owner and permissions of each path, in SDDL, appended to the log; an ACL this account may not read is
+    # logged as such (taking ownership makes it readable).
     param([string[]]$Paths, [string]$File, [string]$Label)
     foreach ($item in $Paths) {
-        Add-Content -LiteralPath $File -Value ('{0} {1}: {2}' -f $Label, $item, (Get-Acl -LiteralPath $item).Sddl)
+        try {
+            $sddl = (Get-Acl -LiteralPath $item).Sddl
+        }
+        catch [System.UnauthorizedAccessException] {
+            $sddl = 'ACL unreadable: ' + $_.Exception.Message
+        }
+        Add-Content -LiteralPath $File -Value ('{0} {1}: {2}' -f $Label, $item, $sddl)
     }
 }
 
 function Repair-Acl {
-    # One file or folder, never recursive: save its ACL for icacls /restore, take ownership, grant by SID.
-    param([string]$Path, [string[]]$Grants, [string]$LogFolder)
+    # One file or folder, never recursive: save its ACL for icacls /restore, take ownership, grant by SID. When
+    # even the save is denied (no entry for SYSTEM, another owner), ownership comes first: the owner may always
+    # read and change the ACL, so the save then works.
+    param([string]$Path, [string[]]$Grants, [string]$LogFolder, [string]$LogFile)
     $saved = Join-Path -Path $LogFolder -ChildPath ((Split-Path -Path $Path -Leaf) + '.acl')
     $output = icacls.exe $Path /save $saved
-    Assert-ExitCode -Tool 'icacls /save' -Output $output
+    $unreadable = $LASTEXITCODE -ne 0
+    if ($unreadable) {
+        Write-Step ('the ACL of {0} is unreadable: taking ownership first' -f $Path)
+        Add-Content -LiteralPath $LogFile -Value ('ACL unreadable {0}: icacls /save said: {1}; took ownership before saving it' -f $Path, ($output -join ' '))
+    }
     $output = takeown.exe /f $Path
     Assert-ExitCode -Tool 'takeown' -Output $output
+    if ($unreadable) {
+        $output = icacls.exe $Path /save $saved
+        Assert-ExitCode -Tool 'icacls /save' -Output $output
+    }
     $output = icacls.exe $Path /grant $Grants
     Assert-ExitCode -Tool 'icacls /grant' -Output $output
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
 }
 
 $summary = [ordered]@{
@@ -229,7 +284,7 @@ try {
         Save-AclSnapshot -Paths $paths -File $logFile -Label 'before'
         if ($repairContainer) {
             Write-Step ('repairing {0}' -f $container)
-            Repair-Acl -Path $container -Grants $ContainerGrants -LogFolder $logFolder
+            Repair-Acl -Path $container -Grants $ContainerGrants -LogFolder $logFolder -LogFile $logFile
             $summary.changed = $true
             $summary.reboot_required = $true
             Add-Text -List $summary.actions -Text ('took ownership of {0} and granted {1}' -f $container, ($ContainerGrants -join ' '))
@@ -237,7 +292,7 @@ try {
         }
         if ($repairFolder) {
             Write-Step ('repairing {0}' -f $MachineKeysPath)
-            Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -LogFolder $logFolder
+            Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -LogFolder $logFolder -LogFile $logFile
             $summary.changed = $true
             $summary.reboot_required = $true
             Add-Text -List $summary.actions -Text ('took ownership of {0} and granted {1}' -f $MachineKeysPath, ($FolderGrants -join ' '))
@@ -248,6 +303,6 @@ try {
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 Write-Summary -Summary $summary

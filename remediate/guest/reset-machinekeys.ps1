@@ -8,6 +8,8 @@
     Renames C:\ProgramData\Microsoft\Crypto\RSA\MachineKeys to MachineKeys.<yyyyMMddTHHmmssZ>.rdp-remediate.bak
     in the same folder (never deleted; a timestamp, not "_old", so a second run never collides) and recreates
     MachineKeys with its default security descriptor O:SYG:SYD:PAI(A;;0x12019f;;;WD)(A;;FA;;;BA).
+    If the new folder cannot be created or given those permissions, it is renamed aside
+    (MachineKeys.<stamp>.rdp-remediate.failed) and the backup renamed back at once.
     This also sets aside every other machine key (IIS, SQL Server, extensions' protected settings): use it only
     when repairing the permissions did not help. A reboot is required.
 
@@ -31,7 +33,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'reset-machinekeys'
-$ScriptVersion = '1.0.0'
+$ScriptVersion = '1.1.0'
 
 $MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
 # Owner SYSTEM; Everyone may list and add keys (this folder only); Administrators full control; not inherited.
@@ -91,6 +93,39 @@ function Get-TimeStamp {
     (Get-Date).ToUniversalTime().ToString("yyyyMMdd'T'HHmmss'Z'", [System.Globalization.CultureInfo]::InvariantCulture)
 }
 
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
+}
+
+function Undo-Rename {
+    # Puts the backup back as MachineKeys. A new folder that was created (with the wrong permissions) is renamed
+    # aside, never deleted. Updates the summary: afterwards the machine has its original key store again, and
+    # has changed only if that new folder is left beside it.
+    param([string]$BackupName, [string]$FailedName)
+    $rsaFolder = Split-Path -Path $MachineKeysPath -Parent
+    $leftOver = Test-Path -LiteralPath $MachineKeysPath
+    if ($leftOver) {
+        Rename-Item -LiteralPath $MachineKeysPath -NewName $FailedName
+        Add-Text -List $summary.actions -Text ('renamed the new, incomplete {0} to {1}' -f $MachineKeysPath, $FailedName)
+    }
+    Rename-Item -LiteralPath (Join-Path -Path $rsaFolder -ChildPath $BackupName) -NewName 'MachineKeys'
+    $summary.findings.renamed = $false
+    $summary.findings.backup_path = $null
+    $summary.changed = $leftOver
+    $summary.reboot_required = $false
+    Add-Text -List $summary.actions -Text ('renamed the backup {0} back to MachineKeys: the original key store is in place' -f $BackupName)
+}
+
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
@@ -105,8 +140,10 @@ $summary = [ordered]@{
 try {
     $findings = $summary.findings
     Write-Step ('{0} on {1}, DetectOnly={2}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly)
-    $backupName = 'MachineKeys.{0}.rdp-remediate.bak' -f (Get-TimeStamp)
-    $backupPath = Join-Path -Path (Split-Path -Path $MachineKeysPath -Parent) -ChildPath $backupName
+    $stamp = Get-TimeStamp
+    $rsaFolder = Split-Path -Path $MachineKeysPath -Parent
+    $backupName = 'MachineKeys.{0}.rdp-remediate.bak' -f $stamp
+    $backupPath = Join-Path -Path $rsaFolder -ChildPath $backupName
     if (Test-Path -LiteralPath $backupPath) {
         throw ('{0} already exists: run again in a second' -f $backupPath)
     }
@@ -130,26 +167,24 @@ try {
         }
         try {
             $null = New-Item -ItemType Directory -Path $MachineKeysPath
+            $acl = Get-Acl -LiteralPath $MachineKeysPath
+            $acl.SetSecurityDescriptorSddlForm($DefaultMachineKeysSddl)
+            Set-Acl -LiteralPath $MachineKeysPath -AclObject $acl
+            $summary.changed = $true
+            $summary.reboot_required = $true
+            Add-Text -List $summary.actions -Text ('created an empty {0} with the default permissions; reboot so that Windows creates new keys and a new RDP certificate' -f $MachineKeysPath)
         }
         catch {
-            # Never leave the machine without a key store: put the original back.
+            # Never leave the machine without its key store, nor with a new one whose permissions are wrong: put
+            # the original back. The error is recorded first, so that a failing rollback cannot hide it.
+            Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
             if ($findings.renamed) {
-                Rename-Item -LiteralPath $backupPath -NewName 'MachineKeys'
-                $findings.renamed = $false
-                $findings.backup_path = $null
-                Add-Text -List $summary.actions -Text 'could not create the new folder: renamed the backup back to MachineKeys'
+                Undo-Rename -BackupName $backupName -FailedName ('MachineKeys.{0}.rdp-remediate.failed' -f $stamp)
             }
-            throw
         }
-        $acl = Get-Acl -LiteralPath $MachineKeysPath
-        $acl.SetSecurityDescriptorSddlForm($DefaultMachineKeysSddl)
-        Set-Acl -LiteralPath $MachineKeysPath -AclObject $acl
-        $summary.changed = $true
-        $summary.reboot_required = $true
-        Add-Text -List $summary.actions -Text ('created an empty {0} with the default permissions; reboot so that Windows creates new keys and a new RDP certificate' -f $MachineKeysPath)
     }
 }
 catch {
-    Add-Text -List $summary.errors -Text ('{0} (line {1})' -f $_.Exception.Message, $_.InvocationInfo.ScriptLineNumber)
+    Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 Write-Summary -Summary $summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from tree_sitter import Tree
+from tree_sitter import Node, Tree
 
 from tests.guest import psast
 
@@ -83,6 +83,11 @@ SECURITY_METHODS = ("SetSecurityLayer", "SetUserAuthenticationRequired", "SetEnc
 _GRANT = re.compile(r"^(?P<principal>[^:()]+):(\([A-Z,]+\))+$", re.IGNORECASE)
 _SID_GRANT = re.compile(r"^\*S-1-\d+(-\d+)*:(\([A-Z,]+\))+$", re.IGNORECASE)
 _REGISTRY_WRITERS = ("set-itemproperty", "new-itemproperty")
+# The only firewall rule a script may name: Remote Desktop User Mode TCP-In, by Name (never localized). Shadow
+# lets an administrator watch or control sessions, and RDP over UDP may be off on purpose: neither is touched.
+USER_MODE_RULES = ("RemoteDesktop-UserMode-In-TCP",)
+# Service cmdlets wait without a limit (a service stuck in StopPending hangs the script and no summary is printed).
+UNBOUNDED_SERVICE_COMMANDS = frozenset({"restart-service", "stop-service", "start-service", "suspend-service"})
 
 Rule = Callable[[Tree], list[str]]
 
@@ -156,14 +161,24 @@ def tls_values(tree: Tree) -> list[str]:
     return problems
 
 
-def firewall_by_group(tree: Tree) -> list[str]:
-    """Firewall rules are selected by group resource string, never by localized display names."""
-    return [
-        f"{c.name} selects rules by a localized name"
-        for c in psast.commands(tree)
-        if c.lowered.endswith("-netfirewallrule")
-        and any(arg.lower() in ("-displaygroup", "-displayname") for arg in c.args)
-    ]
+def firewall_by_rule_name(tree: Tree) -> list[str]:
+    """Firewall rules are selected by Name, and only the User Mode rules: never by localized display names, never
+    by the whole group (which includes the Shadow rule), never every rule a pipeline happens to pass on."""
+    problems = []
+    for command in psast.commands(tree):
+        if not command.lowered.endswith("-netfirewallrule"):
+            continue
+        flags = {arg.lower() for arg in command.args}
+        if flags & {"-displaygroup", "-displayname", "-group"}:
+            problems.append(f"{command.name} selects rules by group or display name")
+        if "-name" not in flags:
+            problems.append(f"{command.name} without -Name")
+    for value, _ in psast.strings(tree):
+        if value.lower().startswith("remotedesktop-") and value not in USER_MODE_RULES:
+            problems.append(f"names the firewall rule {value}")
+    if "@firewallapi.dll,-28752" in psast.code_text(tree).lower():
+        problems.append("names the whole Remote Desktop rule group")
+    return problems
 
 
 def remove_item(tree: Tree) -> list[str]:
@@ -218,6 +233,108 @@ def sid_grants(tree: Tree) -> list[str]:
     return problems
 
 
+def bounded_service_control(tree: Tree) -> list[str]:
+    """Services are stopped and started through ServiceController with a bounded WaitForStatus(status, timeout),
+    never with the service cmdlets, which wait forever on a service stuck in StopPending."""
+    problems = [
+        f"{c.name} waits without a limit" for c in psast.commands(tree) if c.lowered in UNBOUNDED_SERVICE_COMMANDS
+    ]
+    for node in psast.walk(tree.root_node):
+        if node.type != "invokation_expression":
+            continue
+        member = next((c for c in node.children if c.type == "member_name"), None)
+        if member is None or psast.text(member).lower() != "waitforstatus":
+            continue
+        arguments = [
+            n for n in psast.walk(node) if n.type == "argument_expression" and n.parent in _argument_lists(node)
+        ]
+        if len(arguments) < 2:
+            problems.append(f"{psast.text(node)} has no timeout")
+    return problems
+
+
+def _argument_lists(invocation: Node) -> list[Node]:
+    return [
+        lst
+        for arguments in invocation.children
+        if arguments.type == "argument_list"
+        for lst in arguments.children
+        if lst.type == "argument_expression_list"
+    ]
+
+
+def guarded_invocation_info(tree: Tree) -> list[str]:
+    """`$_.InvocationInfo` may be $null, and under strict mode a member of $null throws: inside a catch that
+    loses the summary. A member of InvocationInfo is read only inside `if ($null -ne <x>.InvocationInfo)`."""
+    problems = []
+    for node in psast.walk(tree.root_node):
+        if node.type not in ("member_access", "invokation_expression") or not node.children:
+            continue
+        base = node.children[0]
+        member = (
+            next((c for c in base.children if c.type == "member_name"), None) if base.type == "member_access" else None
+        )
+        if member is None or psast.text(member).lower() != "invocationinfo":
+            continue
+        if not _inside_null_check(node, psast.text(base)):
+            problems.append(f"reads {psast.text(node)} without checking {psast.text(base)} for $null")
+    return problems
+
+
+def _inside_null_check(node: Node, guarded: str) -> bool:
+    wanted = re.escape(guarded.lower())
+    condition = re.compile(rf"^\s*(\$null\s+-ne\s+{wanted}|{wanted}\s+-ne\s+\$null)\s*$")
+    for ancestor in psast.ancestors(node):
+        if ancestor.type != "if_statement":
+            continue
+        test = next((c for c in ancestor.children if c.type == "pipeline"), None)
+        block = next((c for c in ancestor.children if c.type == "statement_block"), None)
+        inside = block is not None and block.start_byte <= node.start_byte < block.end_byte
+        if test is not None and inside and condition.match(psast.text(test).lower()):
+            return True
+    return False
+
+
+def acl_reads_guarded(tree: Tree) -> list[str]:
+    """Reading an ACL needs read-permissions access, which the typical broken key container denies even to
+    SYSTEM: every Get-Acl sits in a try of its own function whose catch takes UnauthorizedAccessException
+    (by type, or every exception), so that an unreadable ACL is a finding, not the end of the script."""
+    problems = []
+    for command in psast.commands(tree):
+        if command.lowered != "get-acl":
+            continue
+        function = _enclosing(command.node, "function_statement")
+        statement = _enclosing(command.node, "try_statement")
+        if statement is None or _enclosing(statement, "function_statement", include_self=True) != function:
+            problems.append(f"{psast.text(command.node)} is not in a try of its own function")
+            continue
+        body = next(c for c in statement.children if c.type == "statement_block")
+        if not body.start_byte <= command.node.start_byte < body.end_byte:
+            problems.append(f"{psast.text(command.node)} runs inside a catch")
+            continue
+        catches = _catch_clauses(statement)
+        if not any(_catches_access_denied(c) for c in catches):
+            problems.append(f"{psast.text(command.node)}: no catch for UnauthorizedAccessException")
+    return problems
+
+
+def _catch_clauses(statement: Node) -> list[Node]:
+    """The catch clauses of this try statement (not of the ones nested in it)."""
+    group = next((c for c in statement.children if c.type == "catch_clauses"), None)
+    return [c for c in group.children if c.type == "catch_clause"] if group is not None else []
+
+
+def _enclosing(node: Node, kind: str, *, include_self: bool = False) -> Node | None:
+    if include_self and node.type == kind:
+        return node
+    return next((a for a in psast.ancestors(node) if a.type == kind), None)
+
+
+def _catches_access_denied(clause: Node) -> bool:
+    types = next((c for c in clause.children if c.type == "catch_type_list"), None)
+    return types is None or "unauthorizedaccessexception" in psast.text(types).lower()
+
+
 _AUTOMATIC = frozenset({"$true", "$false", "$null", "$_", "$psitem", "$lastexitcode"})
 
 
@@ -248,11 +365,14 @@ RULES: dict[str, Rule] = {
     "aliases": aliases,
     "security_settings": security_settings,
     "tls_values": tls_values,
-    "firewall_by_group": firewall_by_group,
+    "firewall_by_rule_name": firewall_by_rule_name,
     "remove_item": remove_item,
     "ownership_and_acls": ownership_and_acls,
     "sid_grants": sid_grants,
     "undefined_variables": undefined_variables,
+    "bounded_service_control": bounded_service_control,
+    "guarded_invocation_info": guarded_invocation_info,
+    "acl_reads_guarded": acl_reads_guarded,
 }
 
 NEGATIVE_EXAMPLES: dict[str, tuple[str, ...]] = {
@@ -296,7 +416,34 @@ NEGATIVE_EXAMPLES: dict[str, tuple[str, ...]] = {
         "New-ItemProperty -LiteralPath $Tls12ServerKey -Name 'DisabledByDefault' -Value 1 -Force",
         "Set-ItemProperty -LiteralPath $RdpTcpKey -Name 'fDenyTSConnections' -Value 1",
     ),
-    "firewall_by_group": ("Enable-NetFirewallRule -DisplayGroup 'Remote Desktop'",),
+    "firewall_by_rule_name": (
+        "Enable-NetFirewallRule -DisplayGroup 'Remote Desktop'",
+        "Enable-NetFirewallRule -Group '@FirewallAPI.dll,-28752'",
+        "$rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Group $RdpRuleGroup -Direction Inbound)",
+        "$RdpRuleGroup = '@FirewallAPI.dll,-28752'",
+        "Get-NetFirewallRule -Direction Inbound | Enable-NetFirewallRule",
+        "Enable-NetFirewallRule -Name 'RemoteDesktop-Shadow-In-TCP'",
+        "$names = @('RemoteDesktop-UserMode-In-TCP', 'RemoteDesktop-Shadow-In-TCP')",
+    ),
+    "bounded_service_control": (
+        "Restart-Service -Name 'TermService' -Force",
+        "Start-Service -Name 'UmRdpService'",
+        "Stop-Service -Name 'SessionEnv' -Force",
+        "$service.WaitForStatus('Stopped')",
+    ),
+    "guarded_invocation_info": (
+        "try { Get-Date } catch { $text = '{0} (line {1})' -f $_.Exception, $_.InvocationInfo.ScriptLineNumber }",
+        "$line = $Record.InvocationInfo.ScriptLineNumber",
+        "if ($null -ne $Record) { $line = $Record.InvocationInfo.ScriptLineNumber }",
+        "if ($null -ne $Record.InvocationInfo -and $line) { $n = 1 }\n$text = $Record.InvocationInfo.PositionMessage",
+        "$where = $PSItem.InvocationInfo.GetHashCode()",
+    ),
+    "acl_reads_guarded": (
+        "function Get-Sddl {\n    param([string]$Path)\n    (Get-Acl -LiteralPath $Path).Sddl\n}",
+        "try { $a = 1 } catch { $acl = Get-Acl -LiteralPath $Path }",
+        "try { $acl = Get-Acl -LiteralPath $Path } catch [System.IO.IOException] { $acl = $null }",
+        "try {\n    function Test-It {\n        param($P)\n        Get-Acl -Path $P\n    }\n} catch { $x = 1 }",
+    ),
     "remove_item": (
         "Remove-Item -LiteralPath 'C:\\ProgramData\\Microsoft\\Crypto\\RSA\\MachineKeys' -Recurse -Force",
         "Remove-Item -LiteralPath $MachineKeysPath",
@@ -359,3 +506,81 @@ def preamble(tree: Tree, script: str) -> list[str]:
     if not top or psast.text(top[-1]).strip() != "Write-Summary -Summary $summary":
         problems.append("the last statement is not Write-Summary -Summary $summary")
     return problems
+
+
+def diagnose_checks(tree: Tree) -> list[str]:
+    """diagnose runs each check in a try/catch of its own, named after the finding it fills, whose catch records
+    the error (Add-CheckError) and lets the next check run: one failing check never leaves the later findings
+    at their defaults. Between the summary and Write-Summary only checks, plain assignments and progress run."""
+    problems = []
+    statements = _top_level_statements(tree)
+    start = next((i for i, s in enumerate(statements) if psast.text(s).startswith("$summary =")), None)
+    if start is None:
+        return ["no $summary = [ordered]@{...}"]
+    summary = next(h for h in psast.hash_literals(tree) if statements[start].start_byte <= h.node.start_byte)
+    findings = summary.value_literal("findings")
+    expected = set(findings.keys if findings is not None else ()) - {"recommended"}
+    filled: set[str] = set()
+    names: list[str] = []
+    for statement in statements[start + 1 : -1]:
+        text = psast.text(statement)
+        if statement.type == "try_statement":
+            name, check_problems = _check(statement)
+            problems += check_problems
+            names.append(name)
+            keys = _findings_assigned(statement)
+            filled |= keys
+            if keys - {name}:
+                problems.append(f"check {name!r} fills {', '.join(sorted(keys))}: one finding a check")
+        elif not _harmless(statement):
+            problems.append(f"outside a check: {text[:60]}")
+    problems += [f"check {name!r} appears twice" for name in sorted({n for n in names if names.count(n) > 1})]
+    problems += [f"finding {key} is filled by no check" for key in sorted(expected - filled)]
+    return problems
+
+
+def _top_level_statements(tree: Tree) -> list[Node]:
+    statements = next((c for c in tree.root_node.children if c.type == "statement_list"), None)
+    return [s for s in statements.children if s.type != "comment"] if statements is not None else []
+
+
+def _harmless(statement: Node) -> bool:
+    """Progress, or an assignment to a plain variable (a finding is filled only inside its check)."""
+    text = psast.text(statement)
+    if text.startswith("Write-Step "):
+        return True
+    assignment = statement.type == "pipeline" and any(c.type == "assignment_expression" for c in statement.children)
+    return assignment and not re.match(r"^\$findings\.", text, re.IGNORECASE)
+
+
+def _check(statement: Node) -> tuple[str, list[str]]:
+    """The check's name (Add-CheckError -Check '<name>' in its catch) and what is wrong with its catch."""
+    clauses = _catch_clauses(statement)
+    if len(clauses) != 1 or any(c.type == "catch_type_list" for c in clauses[0].children):
+        return "?", [f"a check needs exactly one catch, for every error: {psast.text(statement)[:60]}"]
+    clause = clauses[0]
+    calls = [
+        n for n in psast.walk(clause) if n.type == "command" and psast.text(n).lower().startswith("add-checkerror ")
+    ]
+    name = "?"
+    if calls:
+        arguments = re.search(r"-Check\s+'([^']+)'", psast.text(calls[0]))
+        name = arguments.group(1) if arguments else "?"
+    problems = []
+    if not calls or name == "?":
+        problems.append(f"a check's catch must call Add-CheckError -Check '<finding>': {psast.text(clause)[:60]}")
+    if any(
+        n.type == "flow_control_statement" and psast.text(n).lower().startswith("throw") for n in psast.walk(clause)
+    ):
+        problems.append(f"check {name!r} rethrows: the next checks would not run")
+    return name, problems
+
+
+def _findings_assigned(statement: Node) -> set[str]:
+    keys = set()
+    for node in psast.walk(statement):
+        if node.type == "left_assignment_expression":
+            match = re.match(r"^\$findings\.(\w+)", psast.text(node).strip(), re.IGNORECASE)
+            if match:
+                keys.add(match.group(1))
+    return keys

@@ -236,3 +236,23 @@ def test_the_expiry_warning_window_is_honoured(diagnosis: dict[str, Any]) -> Non
     findings = _with(diagnosis["findings"], "listener_certificate.not_after", "2026-12-01T10:00:00Z")
     assert recommended_repairs(findings, NOW, 30) == ["renew-certificate"]
     assert recommended_repairs(findings, NOW, 7) == []
+
+
+# A certificate renew-certificate leaves in place (a CA's, or one an admin keeps in the personal store) is no
+# reason to recommend it, unless it expired: then renew clears the pin and Windows' own certificate takes over.
+FOREIGN_CERTIFICATE_CASES: list[tuple[dict[str, Any], list[str]]] = [
+    ({"self_signed": False, "store": "Cert:\\LocalMachine\\My", "not_after": "2026-12-01T00:00:00Z"}, []),
+    ({"self_signed": False, "private_key": "missing"}, []),
+    ({"self_signed": True, "store": "Cert:\\LocalMachine\\My", "private_key": "missing"}, []),
+    ({"self_signed": False, "store": "Cert:\\LocalMachine\\My", "expired": True}, ["renew-certificate"]),
+    ({"self_signed": True, "private_key": "missing"}, ["renew-certificate"]),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), FOREIGN_CERTIFICATE_CASES)
+def test_renewal_is_recommended_only_for_what_it_repairs(
+    diagnosis: dict[str, Any], changes: dict[str, Any], expected: list[str]
+) -> None:
+    findings = copy.deepcopy(diagnosis["findings"])
+    findings["listener_certificate"].update(changes)
+    assert recommended_repairs(findings, NOW, 30) == expected

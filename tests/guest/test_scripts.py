@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
-from tree_sitter import Tree
+from tree_sitter import Node, Tree
 
 from remediate.guest.contract import PARAMETERS, SCRIPTS, schema, script_text, script_version
 from sim import guest as sim_guest
@@ -86,7 +86,7 @@ PREAMBLE_BREAKS = {
     "no strict mode": ("Set-StrictMode -Version Latest\n", ""),
     "errors continue": ("$ErrorActionPreference = 'Stop'", "$ErrorActionPreference = 'Continue'"),
     "wrong name": ("$ScriptName = 'enable-tls12'", "$ScriptName = 'enable-tls'"),
-    "no version": ("$ScriptVersion = '1.0.0'", "$ScriptVersion = 'latest'"),
+    "no version": (f"$ScriptVersion = '{script_version('enable-tls12')}'", "$ScriptVersion = 'latest'"),
     "a switch": ("[string]$DetectOnly = 'false'", "[switch]$DetectOnly"),
     "not compressed": ("-Compress -Depth 8", "-Depth 8"),
     "no help": ("<#\n.SYNOPSIS", "<#\n.NOTSYNOPSIS"),
@@ -204,3 +204,143 @@ def test_the_key_checks_notice_a_misspelt_field() -> None:
     assert set(findings.keys) != set(_findings_schema("enable-tls12")["properties"])
     objects = list(_object_schemas(schema()))
     assert not any(set(findings.keys) <= set(o["properties"]) for o in objects)
+
+
+# --- what the review of the scripts asked for, as far as syntax can show it ------------------------------------
+
+_CHECKS_HEAD = (
+    "$summary = [ordered]@{ findings = [ordered]@{ os_build = ''; services = $null; recommended = $null } }\n"
+)
+_GOOD_CHECK = "try {{\n    $findings.{0} = Get-Thing\n}}\ncatch {{\n    Add-CheckError -Check '{0}' -Record $_\n}}\n"
+# diagnose shapes the check rule must refuse: a check filling two findings, a finding filled outside a check, a
+# catch that rethrows or only notes the error, a command outside any check, a finding no check fills.
+UNGUARDED_DIAGNOSE = {
+    "one try for two findings": "try {\n    $findings.os_build = Get-Build\n    $findings.services = Get-Services\n}\n"
+    "catch {\n    Add-CheckError -Check 'os_build' -Record $_\n}\n",
+    "a finding outside a check": "$findings.os_build = Get-Build\n" + _GOOD_CHECK.format("services"),
+    "a rethrowing catch": "try {\n    $findings.os_build = Get-Build\n}\ncatch {\n    Add-CheckError -Check 'os_build' "
+    "-Record $_\n    throw\n}\n" + _GOOD_CHECK.format("services"),
+    "a catch that records nothing": "try {\n    $findings.os_build = Get-Build\n}\ncatch {\n    Add-Text -List $e "
+    "-Text 'failed'\n}\n" + _GOOD_CHECK.format("services"),
+    "work outside a check": _GOOD_CHECK.format("os_build") + "Get-Services\n" + _GOOD_CHECK.format("services"),
+    "a finding never read": _GOOD_CHECK.format("os_build"),
+}
+
+
+def test_diagnose_runs_every_check_on_its_own() -> None:
+    assert rules.diagnose_checks(tree_of("diagnose")) == []
+
+
+def test_the_check_rule_accepts_guarded_checks() -> None:
+    source = (
+        _CHECKS_HEAD + _GOOD_CHECK.format("os_build") + _GOOD_CHECK.format("services") + "Write-Summary -Summary $s\n"
+    )
+    assert rules.diagnose_checks(psast.parse(source)) == []
+
+
+@pytest.mark.parametrize("shape", sorted(UNGUARDED_DIAGNOSE))
+def test_the_check_rule_refuses_unguarded_checks(shape: str) -> None:
+    tree = psast.parse(_CHECKS_HEAD + UNGUARDED_DIAGNOSE[shape] + "Write-Summary -Summary $s\n")
+    assert psast.syntax_problems(tree) == []
+    assert rules.diagnose_checks(tree), shape
+
+
+def _function(name: str, function: str) -> Node:
+    node = next(
+        (
+            n
+            for n in psast.walk(tree_of(name).root_node)
+            if n.type == "function_statement" and psast.text(n).startswith(f"function {function} ")
+        ),
+        None,
+    )
+    assert node is not None, f"{name} has no function {function}"
+    return node
+
+
+def _commands_in(name: str, node: Node) -> list[psast.Command]:
+    return [c for c in psast.commands(tree_of(name)) if node.start_byte <= c.node.start_byte < node.end_byte]
+
+
+def test_an_unreadable_acl_is_taken_over_before_it_is_saved() -> None:
+    """icacls /save needs read access to the ACL: when it fails, ownership comes first, then the save, then the
+    grants; a failed first save is no reason to stop."""
+    steps = [
+        (c.lowered.removesuffix(".exe"), next((a for a in c.args if a.startswith("/")), ""))
+        for c in _commands_in("repair-machinekeys", _function("repair-machinekeys", "Repair-Acl"))
+        if c.lowered.removesuffix(".exe") in ("icacls", "takeown", "assert-exitcode")
+    ]
+    assert steps == [
+        ("icacls", "/save"),
+        ("takeown", "/f"),
+        ("assert-exitcode", ""),
+        ("icacls", "/save"),
+        ("assert-exitcode", ""),
+        ("icacls", "/grant"),
+        ("assert-exitcode", ""),
+    ]
+
+
+@pytest.mark.parametrize("name", ["diagnose", "repair-machinekeys"])
+def test_an_unreadable_acl_is_a_wrong_acl(name: str) -> None:
+    function = _function(name, "Test-AclGrants")
+    catches = [n for n in psast.walk(function) if n.type == "catch_clause"]
+    assert len(catches) == 1
+    assert "UnauthorizedAccessException" in psast.text(catches[0])
+    assert "return $false" in psast.text(catches[0])
+
+
+def test_the_certificate_wait_survives_wmi_errors() -> None:
+    """TermService starting makes WMI fail for a moment: each poll has its own try inside the loop."""
+    function = _function("renew-certificate", "Wait-ListenerCertificate")
+    (query,) = [c for c in _commands_in("renew-certificate", function) if c.name == "Get-ListenerThumbprint"]
+    kinds = [a.type for a in psast.ancestors(query.node)]
+    assert kinds.index("try_statement") < kinds.index("while_statement") < kinds.index("function_statement")
+    assert re.search(r"-Exclude \$exclude\b", script_text("renew-certificate"))
+    assert "$exclude += $listener" in script_text("renew-certificate"), "the pre-restart certificate is no new one"
+
+
+def test_a_missing_remote_desktop_store_holds_no_certificates() -> None:
+    (listing,) = [c for c in psast.commands(tree_of("renew-certificate")) if c.lowered == "get-childitem"]
+    guard = next(a for a in psast.ancestors(listing.node) if a.type == "if_statement")
+    condition = psast.text(next(c for c in guard.children if c.type == "pipeline"))
+    assert condition == "Test-Path -LiteralPath $RdStore"
+    assert listing.value_of("LiteralPath") == "$RdStore"
+
+
+@pytest.mark.parametrize("name", ["diagnose", "enable-firewall-rule"])
+def test_the_firewall_scripts_judge_by_the_user_mode_tcp_rule(name: str) -> None:
+    strings = {value for value, _ in psast.strings(tree_of(name))}
+    assert "RemoteDesktop-UserMode-In-TCP" in strings
+    assert not any("Shadow" in value for value in strings)
+    state = psast.text(_function(name, "Get-RdpRuleProfileState"))
+    assert "-Name $RdpTcpRule" in state
+
+
+def test_the_firewall_repair_enables_only_the_user_mode_rules() -> None:
+    (enable,) = [c for c in psast.commands(tree_of("enable-firewall-rule")) if c.lowered == "enable-netfirewallrule"]
+    assert enable.value_of("Name") == "$names"
+    strings = {value for value, _ in psast.strings(tree_of("enable-firewall-rule"))}
+    assert set(rules.USER_MODE_RULES) <= strings
+
+
+def test_renewal_restarts_services_with_bounded_waits_and_spares_stopped_dependents() -> None:
+    function = psast.text(_function("renew-certificate", "Restart-ServiceWithin"))
+    assert "Where-Object { $_.Status -eq 'Running' }" in function
+    assert "UmRdpService" not in psast.code_text(tree_of("renew-certificate"))
+    assert "catch [System.ServiceProcess.TimeoutException]" in script_text("renew-certificate")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_catch_all_reports_through_the_guarded_formatter(name: str) -> None:
+    """A catch for every error hands the error record to Format-ErrorText (diagnose: through Add-CheckError),
+    the one place that reads InvocationInfo, and only after checking it for $null."""
+    clauses = [
+        n
+        for n in psast.walk(tree_of(name).root_node)
+        if n.type == "catch_clause" and not any(c.type == "catch_type_list" for c in n.children)
+    ]
+    reporting = [psast.text(c) for c in clauses if "$summary.errors" in psast.text(c)]
+    assert reporting
+    assert all(re.search(r"(Format-ErrorText|Add-CheckError) .*-Record \$_\b", text) for text in reporting)
+    assert "$Record.InvocationInfo.ScriptLineNumber" in psast.text(_function(name, "Format-ErrorText"))

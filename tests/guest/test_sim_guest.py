@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from remediate.guest.contract import SCRIPTS, GuestOutputError, parse_output, recommended_repairs, script_text
+from remediate.guest.contract import (
+    SCRIPTS,
+    GuestOutputError,
+    parse_output,
+    recommended_repairs,
+    script_text,
+    script_version,
+)
 from sim import guest as sim_guest
 from sim.fleet import DAY, VirtualMachine, make_vm
 
@@ -342,7 +349,7 @@ def test_a_script_without_a_known_name_is_not_run() -> None:
 def test_long_lists_are_truncated_to_fit_the_output_tail() -> None:
     summary = {
         "script": "enable-tls12",
-        "version": "1.0.0",
+        "version": script_version("enable-tls12"),
         "detect_only": False,
         "changed": True,
         "reboot_required": True,
@@ -356,3 +363,18 @@ def test_long_lists_are_truncated_to_fit_the_output_tail() -> None:
     assert parsed["errors"] == ["the first error"]
     assert parsed["truncated"] == 30 - len(parsed["actions"])
     assert all(len(action) <= 300 for action in parsed["actions"])
+
+
+def test_the_firewall_repair_names_only_the_user_mode_tcp_rule() -> None:
+    """Shadow lets an administrator watch sessions, and UDP may be off on purpose: neither is enabled."""
+    for detect_only in ("true", "false"):
+        summary = run(vm_in("firewall-closed"), "enable-firewall-rule", DetectOnly=detect_only)
+        named = {action.split()[-1] for action in summary["actions"]}
+        assert named == {"RemoteDesktop-UserMode-In-TCP"}
+
+
+def test_renewal_reports_the_certificate_the_listener_uses_afterwards() -> None:
+    vm = vm_in("expired-certificate")
+    summary = run(vm, "renew-certificate")
+    assert vm.guest.certificate is not None
+    assert f"the listener now uses {vm.guest.certificate.thumbprint}" in " ".join(summary["actions"])
