@@ -132,9 +132,6 @@ class FakeServer:
     host: str = "127.0.0.1"
     connections: list[Connection] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
-    max_active: int = 0
-    _active: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -181,17 +178,12 @@ class FakeServer:
                 thread.start()
 
     def _serve(self, conn: socket.socket, record: Connection) -> None:
-        with self._lock:
-            self._active += 1
-            self.max_active = max(self.max_active, self._active)
         conn.settimeout(5)  # no handler may outlive a test by much, whatever the client does
         try:
             self.handler(conn, record)
         except (OSError, ValueError) as exc:
             self.errors.append(exc)
         finally:
-            with self._lock:
-                self._active -= 1
             conn.close()
 
 
@@ -290,12 +282,33 @@ def short_tpkt(conn: socket.socket, record: Connection) -> None:
     _wait_for_close(conn)
 
 
-def slow_rdp(reply: bytes, tls: ssl.SSLContext, delay: float) -> Handler:
+class SlowRdp:
+    """Like `rdp`, after holding the connection for `delay` seconds, counting how many are held at once.
+
+    While the server holds a connection, its client is still waiting for the negotiation reply, so
+    `max_held` is exactly the client's concurrency; the server's own handler threads may outlive a closed
+    connection for a moment under load, which is why they are not what is counted.
+    """
+
+    def __init__(self, reply: bytes, tls: ssl.SSLContext, delay: float) -> None:
+        self._inner = rdp(reply, tls)
+        self._delay = delay
+        self._lock = threading.Lock()
+        self._held = 0
+        self.max_held = 0
+
+    def __call__(self, conn: socket.socket, record: Connection) -> None:
+        with self._lock:
+            self._held += 1
+            self.max_held = max(self.max_held, self._held)
+        try:
+            threading.Event().wait(self._delay)
+        finally:
+            with self._lock:
+                self._held -= 1
+        self._inner(conn, record)
+
+
+def slow_rdp(reply: bytes, tls: ssl.SSLContext, delay: float) -> SlowRdp:
     """Like `rdp`, after holding the connection for `delay` seconds (to observe concurrency)."""
-    inner = rdp(reply, tls)
-
-    def handle(conn: socket.socket, record: Connection) -> None:
-        threading.Event().wait(delay)
-        inner(conn, record)
-
-    return handle
+    return SlowRdp(reply, tls, delay)
