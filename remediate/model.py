@@ -88,14 +88,6 @@ class VmId:
             raise InvalidResourceId(f"VM name {_clip(name)!r} in {_clip(text)!r} is not a valid name")
         return cls(sub.lower(), rg, name)
 
-    @classmethod
-    def is_vm_id(cls, text: object) -> bool:
-        try:
-            cls.parse(text)
-        except InvalidResourceId:
-            return False
-        return True
-
     @property
     def key(self) -> str:
         """Case-folded id: use it for dedup, locks and comparisons."""

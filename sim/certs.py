@@ -44,9 +44,6 @@ class SimCertificate:
     def expired(self, now: dt.datetime) -> bool:
         return now >= self.not_after
 
-    def not_yet_valid(self, now: dt.datetime) -> bool:
-        return now < self.not_before
-
     @cached_property
     def _certificate(self) -> x509.Certificate:
         key = shared_key()

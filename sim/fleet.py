@@ -178,10 +178,6 @@ class Fleet:
     def get(self, resource_id: str) -> VirtualMachine | None:
         return self._vms.get(resource_id.lower().rstrip("/"))
 
-    def by_nic(self, nic_id: str) -> VirtualMachine | None:
-        needle = nic_id.lower()
-        return next((vm for vm in self._vms.values() if vm.nic_id.lower() == needle), None)
-
     def by_scenario(self, scenario: str) -> list[VirtualMachine]:
         return [vm for vm in self._vms.values() if vm.scenario == scenario]
 

@@ -360,10 +360,6 @@ class Emulator:
             "fleet": self.fleet.summary(),
         }
 
-    def tick(self) -> None:
-        """Apply every state transition that is due (needed only with a caller-supplied clock)."""
-        self.operations.advance()
-
     # --- Request handling --------------------------------------------------------------------------------
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Response:

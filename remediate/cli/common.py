@@ -33,7 +33,8 @@ def services(settings: Settings | None = None) -> tuple[Settings, Ledger, AzureC
 
     settings = settings or get_settings()
     ledger = Ledger.from_settings(settings)
-    ledger.create_tables()
+    if settings.emulator:
+        ledger.create_tables()  # in Azure the Bicep creates them; the identity needs no table-create right
     return settings, ledger, get_clients(settings)
 
 

@@ -19,11 +19,18 @@ class Journal:
     steps are replayed from their records instead of being run again.
     """
 
-    def __init__(self, ledger: Ledger, request_id: str, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        request_id: str,
+        steps: list[StepResult],
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`steps`: what the ledger already holds for the request (the caller has just read it)."""
         self._ledger = ledger
         self._request_id = request_id
         self._clock = wall_clock
-        self._steps: list[StepResult] = ledger.steps(request_id)
+        self._steps: list[StepResult] = list(steps)
 
     @property
     def steps(self) -> list[StepResult]:

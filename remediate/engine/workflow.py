@@ -113,6 +113,7 @@ class Workflow:
         self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
         self._key_store_implicated = False
         self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
+        self._holds_lock = False
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class Workflow:
         if record is None:
             self.ledger.record_accepted(self.request)
         self.ledger.mark_running(self.request.request_id)
-        self._journal = Journal(self.ledger, self.request.request_id)
+        self._journal = Journal(self.ledger, self.request.request_id, record.steps if record else [])
         outcome, reason = self._run_guarded()
         return self._record(outcome, reason, self._monotonic() - started)
 
@@ -159,11 +160,16 @@ class Workflow:
 
     # --- steps ------------------------------------------------------------------------------------------
 
-    def _step(self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]]) -> StepResult:
-        """Run `action` as the named step, or replay it if the journal says it already finished."""
+    def _step(
+        self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]], *, rerun: bool = False
+    ) -> StepResult:
+        """Run `action` as the named step, or replay it if the journal says it already finished.
+
+        `rerun=True` for a step that reads current state (preflight): it runs on every delivery.
+        """
         journal = self._require_journal()
         self._current_step = name
-        previous = journal.find(name)
+        previous = None if rerun else journal.find(name)
         if previous is not None and previous.status in (OK, SKIPPED):
             self._progress(name, "already done (resumed)")
             return previous
@@ -206,7 +212,7 @@ class Workflow:
             holder.append(view)
             return "Windows, running, agent ready, in scope, no cooldown", {"computerName": view.computer_name}
 
-        self._fresh_step("preflight", check)
+        self._step("preflight", check, rerun=True)
         return holder[0]
 
     def _lock(self) -> None:
@@ -218,6 +224,7 @@ class Workflow:
                 raise TransientError(reason)  # come back later: the other request may leave work for this one
             self._locked_out = True
             raise _Stop(Outcome.SKIPPED, reason)
+        self._holds_lock = True
 
     def _recheck_history(self) -> None:
         """Cooldown and attempts again, now under the lock: another request may have finished in between."""
@@ -436,8 +443,10 @@ class Workflow:
         )
         if not self._locked_out:
             try:
-                self.ledger.record_finished(self.request.vm, outcome, changed=self._changed or self.rebooted)
+                if self._holds_lock:  # only a request that got this far can have changed the VM
+                    self.ledger.record_finished(self.request.vm, outcome, changed=self._changed or self.rebooted)
             finally:
+                # Also frees a lock an earlier delivery of this request took and never gave back.
                 self.ledger.release(self.request.vm, self.request.request_id)
         log.info("remediation finished", extra={**self._log_fields(), "outcome": outcome.value, "reason": reason})
         return WorkflowResult(
@@ -453,23 +462,6 @@ class Workflow:
             duration,
             journal.steps,
         )
-
-    def _fresh_step(self, name: str, action: Callable[[], tuple[str, dict[str, Any] | None]]) -> None:
-        """A step that is always re-run on redelivery (preflight reads current state)."""
-        journal = self._require_journal()
-        self._current_step = name
-        self._progress(name, "started")
-        step = journal.start(name)
-        try:
-            detail, data = action()
-        except _Stop as stop:
-            journal.finish(step, SKIPPED, stop.reason)
-            raise
-        except RemediationError as exc:
-            journal.finish(step, FAILED, exc.reason)
-            raise
-        journal.finish(step, OK, detail, data)
-        self._progress(name, detail)
 
     def _check_deadline(self, step: str) -> None:
         if self._monotonic() >= self._deadline:

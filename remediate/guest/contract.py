@@ -42,7 +42,6 @@ PARAMETERS: Mapping[str, frozenset[str]] = {
 }
 
 REMOTE_DESKTOP_STORE = "Cert:\\LocalMachine\\Remote Desktop"  # where Windows keeps the self-signed RDP certificate
-OUTPUT_TAIL_BYTES = 4096  # Run Command keeps only the last 4096 bytes of StdOut and of StdErr
 _QUOTE_CHARS = 600  # how much of each stream an error message quotes
 _VERSION_LINE = re.compile(r"^\$ScriptVersion\s*=\s*'(?P<version>[0-9]+\.[0-9]+\.[0-9]+)'\s*$", re.MULTILINE)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from remediate.intake.service import RecordingSink
 from remediate.model import RemediationRequest, VmId
 from remediate.settings import Settings
 
@@ -45,23 +46,16 @@ def settings(scopes: str = f"/subscriptions/{SUBSCRIPTION}", **env: str) -> Sett
     return Settings.from_env({"RDPR_SCOPES": scopes, **env})
 
 
-class LedgerSink:
-    """Remembers claimed keys like the ledger does, and keeps what would have been queued."""
+class LedgerSink(RecordingSink):
+    """Remembers claimed keys like the ledger does, keeps what would have been queued, and counts claims."""
 
     def __init__(self) -> None:
-        self.keys: set[str] = set()
+        super().__init__(deduplicate=True)
         self.claims = 0
-        self.requests: list[RemediationRequest] = []
 
     def claim(self, dedup_key: str) -> bool:
         self.claims += 1
-        if dedup_key in self.keys:
-            return False
-        self.keys.add(dedup_key)
-        return True
-
-    def enqueue(self, request: RemediationRequest) -> None:
-        self.requests.append(request)
+        return super().claim(dedup_key)
 
 
 class FailingSink(LedgerSink):
