@@ -27,9 +27,23 @@ SCENARIOS: dict[str, str] = {
     "expired-certificate": "the listener's self-signed certificate expired 20 days ago (event 1058)",
     "expiring-soon": "the certificate expires in 3 days (proactive renewal)",
     "keystore-acl": "MachineKeys ACLs are wrong; an ACL repair fixes it (events 1057, 36870)",
-    "keystore-corrupt": "MachineKeys is corrupt beyond ACL repair; only the rename fixes it",
-    "firewall-closed": "the Remote Desktop firewall rule group is disabled on every profile",
+    "keystore-corrupt": (
+        "Windows cannot create keys in MachineKeys and the listener's key does not open; the store rename would "
+        "also set aside the Azure agent's transport key, so it needs force"
+    ),
+    "firewall-closed": "the built-in Remote Desktop User Mode (TCP-In) rule is disabled on every profile",
     "tls12-disabled": "server-side TLS 1.2 is disabled in SCHANNEL (event 36871)",
+    "key-deny": "a deny entry for Everyone on the listener's key file (events 1057, 36870); a grant cannot undo it",
+    "key-corrupt": "the listener's key file does not open although its ACL is right; the rest of the store works",
+    "policy-certificate": "the listener uses an expired certificate from a Group Policy template (HashType 2)",
+    "custom-certificate": "an admin-pinned certificate (HashType 3) expired; a valid successor is in LocalMachine\\My",
+    "firewall-policy": (
+        "a Group Policy copy of the rule allows RDP on the Domain profile only; local rules do not apply; "
+        "the active profile is Public"
+    ),
+    "firewall-custom-allow": "the built-in rule is disabled, a custom rule allows 3389 from the jump-host subnet",
+    "cached-session": "expired certificate, and a user is logged on over RDP with cached credentials (type 12)",
+    "wmi-hung": "expired certificate, and the WMI provider hangs: every CIM call ends at its time limit",
     "linux": "a Linux VM: never touched",
     "deallocated": "a Windows VM that is deallocated",
     "agent-not-ready": "a Windows VM whose guest agent is not ready (Run Command cannot run)",
@@ -74,47 +88,193 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+# Well-known SIDs (Microsoft Learn, "Well-known SIDs" and "Security identifiers").
+SYSTEM, NETWORK_SERVICE, ADMINISTRATORS = "S-1-5-18", "S-1-5-20", "S-1-5-32-544"
+EVERYONE, AUTHENTICATED_USERS, SERVICE = "S-1-1-0", "S-1-5-11", "S-1-5-6"
+# NT SERVICE\SessionEnv: a service SID is S-1-5-80- followed by the SHA-1 of the upper-cased service name
+# (Microsoft Learn, "Service SIDs"; `sc showsid SessionEnv` prints it).
+SESSIONENV = "S-1-5-80-4022436659-1090538466-1613889075-870485073-3428993833"
+# The groups in each account's token that an access check compares ACL entries with (Microsoft Learn, "Access
+# tokens", "Well-known SIDs"): a deny entry for any of them applies to the account.
+TOKENS = {
+    SYSTEM: frozenset({SYSTEM, EVERYONE, AUTHENTICATED_USERS, ADMINISTRATORS}),
+    NETWORK_SERVICE: frozenset({NETWORK_SERVICE, EVERYONE, AUTHENTICATED_USERS, SERVICE}),
+}
+# The Azure guest agent's transport certificate for protected extension settings lives in LocalMachine\My with
+# its key in MachineKeys on every VM that runs extensions (Run Command is one): Microsoft Learn, "Troubleshoot
+# Azure Windows VM extension failures" names it "Windows Azure CRP Certificate Generator".
+CRP_CERTIFICATE = "Windows Azure CRP Certificate Generator"
+# Windows' own RDP key: container TSSecKeySet1, file named after a fixed hash of it and the MachineGuid.
+LISTENER_KEY_PREFIX = "f686aace6942fb7f7ceb231212eef4a4_"
+
+
+def default_key_readers(os_build: str) -> set[str]:
+    r"""Who may read Windows' own RDP key file by default.
+
+    SYSTEM full control and NETWORK SERVICE read are what KB 2001849 restores for TermService. The third
+    entry differs by build: Administrators on builds before 17763, NT SERVICE\SessionEnv from 17763 on. The
+    latter could not be confirmed from Microsoft material; the engine judges only SYSTEM and NETWORK SERVICE,
+    so nothing depends on which one it is.
+    """
+    build = int(os_build.split(".")[2]) if os_build.count(".") >= 2 else 0
+    return {SYSTEM, NETWORK_SERVICE, SESSIONENV if build >= 17763 else ADMINISTRATORS}
+
+
+@dataclass
+class KeyFile:
+    """A certificate's private key file: CSP keys in Crypto\\RSA\\MachineKeys, CNG keys in Crypto\\Keys
+    (Microsoft Learn, "Key Storage and Retrieval")."""
+
+    name: str
+    provider: str = "csp"  # "csp" | "cng"
+    readers: set[str] = field(default_factory=set)  # SIDs allowed read
+    denies: set[str] = field(default_factory=set)  # SIDs denied read
+    opens: bool = True  # False: the file is there, its ACL is right, and the key still does not open
+
+    def readable_by(self, account: str) -> bool:
+        """A deny entry wins over any allow entry (Microsoft Learn, "Order of ACEs in a DACL")."""
+        token = TOKENS[account]
+        return not (self.denies & token) and bool(self.readers & token)
+
+    @property
+    def folder(self) -> str:
+        return "Keys" if self.provider == "cng" else "MachineKeys"
+
+
+@dataclass
+class FirewallRule:
+    """An inbound allow rule for a TCP port."""
+
+    name: str
+    port: int
+    profiles: str = "Any"  # "Any" or a comma list of Domain, Private, Public
+    remote: str = "Any"
+    enabled: bool = True
+    policy: bool = False  # from Group Policy (the RSOP store), not the local PersistentStore
+
+    def covers(self, profile: str) -> bool:
+        return self.profiles == "Any" or profile in self.profiles
+
+
 @dataclass
 class Guest:
     """The Windows machine inside a VM, as far as Remote Desktop and the repair scripts can tell."""
 
     computer_name: str
     certificate: SimCertificate | None  # the listener's certificate (None: none exists)
-    key_store: str = "ok"  # "ok" | "acl-broken" (an ACL repair fixes it) | "corrupt" (only a rename does)
+    # SSLCertificateSHA1HashType (Microsoft Learn, Win32_TSGeneralSetting): 1 Windows' own self-signed
+    # certificate, 2 made from a Group Policy certificate template, 3 custom (pinned by an admin).
+    hash_type: int = 1
+    pin: str = "none"  # where SSLCertificateSHA1Hash is set: "none" | "registry" | "policy"
+    certificate_store: str = "Remote Desktop"  # self-signed ones live there, the others in My
+    key: KeyFile | None = None  # the listener certificate's key; None: the certificate has no private key
+    # Certificates in LocalMachine\My an admin could re-pin a custom listener to (valid, same subject, key
+    # readable by NETWORK SERVICE).
+    successors: list[SimCertificate] = field(default_factory=list)
+    # MachineKeys itself: it exists, SYSTEM and Administrators keep full control (KB 278381), and Windows can
+    # create keys in it (False: only a fresh folder helps).
+    folder_exists: bool = True
+    folder_acl_ok: bool = True
+    store_broken: bool = False
+    # Other LocalMachine certificates whose keys live in MachineKeys, by name: what a whole-store rename breaks.
+    other_keys: list[str] = field(default_factory=lambda: [CRP_CERTIFICATE])
+    roles: list[str] = field(default_factory=list)
+    # Firewall: the built-in rule RemoteDesktop-UserMode-In-TCP per profile (local), the profiles' on/off state,
+    # which profile is active (an Azure VM's network is Public unless domain-joined), Group Policy copies of the
+    # rule and custom allow rules.
     firewall: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(FIREWALL_PROFILES, True))
+    firewall_enabled: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(FIREWALL_PROFILES, True))
+    active_profiles: tuple[str, ...] = ("Public",)
+    builtin_rule_port: int = 3389
+    policy_rules: list[FirewallRule] = field(default_factory=list)
+    # Group Policy can stop local rules from applying ("Apply local firewall rules: No"): then only its own count.
+    local_rules_apply: bool = True
+    custom_rules: list[FirewallRule] = field(default_factory=list)
     tls12_enabled: bool = True
-    active_sessions: int = 0
+    tls13_enabled: bool = True  # on by default from Windows Server 2022 (build 20348) (Learn: "TLS 1.3")
+    active_sessions: int = 0  # logon type 10 (RemoteInteractive)
+    cached_sessions: int = 0  # logon type 12 (CachedRemoteInteractive): RDP with cached credentials
     rdp_port: int = 3389
     os_build: str = "10.0.20348.2700"
+    dotnet_release: int = 528449  # .NET Framework 4.8 on Windows Server 2022 (Learn: "Determine .NET versions")
     services_running: bool = True  # TermService; False only while a script restarts it
+    wmi_hung: bool = False  # a WMI provider that never answers: CIM calls end only at their time limit
     # Changes that take effect at the next boot.
     pending_tls12: bool | None = None
-    pending_keystore_reset: bool = False
     machinekeys_backups: list[str] = field(default_factory=list)
+    backup_times: list[dt.datetime] = field(default_factory=list)
     events: list[tuple[int, dt.datetime]] = field(default_factory=list)  # (event id, time)
-    # The certificate's private key is gone (MachineKeys was reset): Windows replaces it at the next start.
-    key_missing: bool = False
-    # A "corrupt" key store whose ACLs were already repaired: only the MachineKeys reset helps now.
-    acl_repaired: bool = False
-    # An admin pinned the listener to this certificate (SSLCertificateSHA1Hash); the repair leaves a valid pin.
-    certificate_pinned: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key is None and self.certificate is not None:
+            self.key = self.own_key()
+
+    def own_key(self) -> KeyFile:
+        # The suffix is the MachineGuid (HKLM\\SOFTWARE\\Microsoft\\Cryptography); stable per machine here.
+        machine_guid = str(uuid.uuid5(uuid.NAMESPACE_DNS, self.computer_name))
+        return KeyFile(LISTENER_KEY_PREFIX + machine_guid, readers=default_key_readers(self.os_build))
+
+    @property
+    def certificate_pinned(self) -> bool:
+        return self.pin != "none"
 
     @property
     def key_usable(self) -> bool:
-        """The listener can use its certificate's private key."""
-        return self.certificate is not None and self.key_store == "ok" and not self.key_missing
+        """The listener (TermService, as NETWORK SERVICE) can use its certificate's private key."""
+        key = self.key
+        return (
+            self.certificate is not None
+            and key is not None
+            and key.opens
+            and key.readable_by(NETWORK_SERVICE)
+            and key.readable_by(SYSTEM)
+        )
+
+    @property
+    def key_store(self) -> str:
+        """A one-word summary for the emulator's state view."""
+        if not self.folder_exists or self.store_broken:
+            return "broken"
+        return "ok" if self.key_usable or self.certificate is None else "key-unusable"
+
+    @property
+    def sessions(self) -> int:
+        return self.active_sessions + self.cached_sessions
+
+    def allow_paths(self) -> list[FirewallRule]:
+        """Enabled allow rules for the listener's port on an active profile, as the active store merges them."""
+        rules = [r for r in self.policy_rules if r.enabled]
+        if self.local_rules_apply:
+            builtin = FirewallRule(
+                "RemoteDesktop-UserMode-In-TCP", self.builtin_rule_port, _profiles(self.firewall), enabled=True
+            )
+            rules += [r for r in self.custom_rules if r.enabled] + ([builtin] if builtin.profiles else [])
+        return [r for r in rules if r.port == self.rdp_port and any(r.covers(p) for p in self.active_profiles)]
 
     @property
     def firewall_open(self) -> bool:
-        """The Remote Desktop rule group is enabled on every profile (the repair enables all three)."""
-        return all(self.firewall.values())
+        """The listener's port gets through: the firewall is off on an active profile, or an allow path exists."""
+        if any(not self.firewall_enabled[p] for p in self.active_profiles):
+            return True
+        return bool(self.allow_paths())
 
-    def new_certificate(self, now: dt.datetime, days: int = 180) -> SimCertificate:
-        """What TermService does when it starts without a usable certificate and the key store works."""
+    def new_certificate(self, now: dt.datetime, days: int = 180) -> SimCertificate | None:
+        """What SessionEnv/TermService do without a usable certificate: a new self-signed one, when Windows can
+        create its key (its container reused when it opens, else a new file needs a working store)."""
+        if self.store_broken or not self.folder_exists or (self.key is not None and not self.key.opens):
+            self.events.append((1057, now))
+            self.certificate = None
+            return None
         self.certificate = rdp_certificate(self.computer_name, now - dt.timedelta(minutes=1), now + days * DAY)
-        self.key_missing = False
-        self.certificate_pinned = False
+        self.hash_type, self.pin, self.certificate_store = 1, "none", "Remote Desktop"
+        if self.key is None or self.key.provider != "csp" or not self.key.name.startswith(LISTENER_KEY_PREFIX):
+            self.key = self.own_key()
         return self.certificate
+
+
+def _profiles(enabled: dict[str, bool]) -> str:
+    on = [p for p in FIREWALL_PROFILES if enabled[p]]
+    return "Any" if len(on) == len(FIREWALL_PROFILES) else ",".join(on)
 
 
 @dataclass
@@ -235,19 +395,12 @@ def make_vm(
 def _apply_scenario(vm: VirtualMachine, scenario: str, now: dt.datetime) -> None:
     guest = vm.guest
     expired = rdp_certificate(guest.computer_name, now - 200 * DAY, now - 20 * DAY)
-    if scenario in ("expired-certificate", "opted-out", "out-of-scope", "never-returns"):
+    if scenario in ("expired-certificate", "opted-out", "out-of-scope", "never-returns", "cached-session", "wmi-hung"):
         guest.certificate = expired
         guest.events.append((1058, now - 2 * dt.timedelta(hours=1)))
     if scenario == "expiring-soon":
         guest.certificate = rdp_certificate(guest.computer_name, now - 177 * DAY, now + 3 * DAY)
-    if scenario == "keystore-acl":
-        guest.key_store = "acl-broken"
-        guest.events += [(1057, now - dt.timedelta(hours=3)), (36870, now - dt.timedelta(hours=3))]
-    if scenario == "keystore-corrupt":
-        guest.key_store = "corrupt"
-        guest.events += [(1057, now - dt.timedelta(hours=5)), (36870, now - dt.timedelta(hours=5))]
-    if scenario == "firewall-closed":
-        guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
+    _apply_guest_scenario(guest, scenario, now)
     if scenario == "tls12-disabled":
         guest.tls12_enabled = False
         guest.events.append((36871, now - dt.timedelta(hours=1)))
@@ -263,6 +416,44 @@ def _apply_scenario(vm: VirtualMachine, scenario: str, now: dt.datetime) -> None
         vm.resource_group = OUT_OF_SCOPE_GROUP
     if scenario == "never-returns":
         vm.never_returns = True
+
+
+def _apply_guest_scenario(guest: Guest, scenario: str, now: dt.datetime) -> None:
+    """The key store, certificate owner, firewall, session and WMI parts of a scenario."""
+    key = guest.key
+    assert key is not None
+    recently = now - dt.timedelta(hours=3)
+    if scenario == "keystore-acl":
+        key.readers = {SYSTEM, ADMINISTRATORS}  # NETWORK SERVICE lost its read (KB 2001849)
+        guest.events += [(1057, recently), (36870, recently)]
+    if scenario == "key-deny":
+        key.denies = {EVERYONE}
+        guest.events += [(1057, recently), (36870, recently)]
+    if scenario in ("keystore-corrupt", "key-corrupt"):
+        key.opens = False
+        guest.store_broken = scenario == "keystore-corrupt"
+        guest.events += [(1057, recently), (36870, recently)]
+    if scenario == "firewall-closed":
+        guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
+    if scenario == "policy-certificate":
+        guest.certificate = rdp_certificate(guest.computer_name, now - 400 * DAY, now - 5 * DAY)
+        guest.hash_type, guest.pin, guest.certificate_store = 2, "policy", "My"
+        guest.events.append((1058, recently))
+    if scenario == "custom-certificate":
+        guest.certificate = rdp_certificate(guest.computer_name, now - 400 * DAY, now - 2 * DAY)
+        guest.hash_type, guest.pin, guest.certificate_store = 3, "registry", "My"
+        key.name = "5d1bc0f4a2c3e4a1b6a0d2c9e8f7a6b5_" + key.name.split("_", 1)[1]
+        guest.successors = [rdp_certificate(guest.computer_name, now - 30 * DAY, now + 335 * DAY)]
+    if scenario == "firewall-policy":
+        guest.policy_rules = [FirewallRule("RemoteDesktop-UserMode-In-TCP", 3389, "Domain", policy=True)]
+        guest.local_rules_apply = False
+    if scenario == "firewall-custom-allow":
+        guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
+        guest.custom_rules = [FirewallRule("RDP from jump hosts", 3389, "Any", remote="10.20.0.0/24")]
+    if scenario == "cached-session":
+        guest.cached_sessions = 1
+    if scenario == "wmi-hung":
+        guest.wmi_hung = True
 
 
 def demo_fleet(now: dt.datetime | None = None) -> Fleet:

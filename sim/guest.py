@@ -16,13 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.fleet import DAY, FIREWALL_PROFILES, Guest, VirtualMachine
+from sim.fleet import (
+    DAY,
+    FIREWALL_PROFILES,
+    LISTENER_KEY_PREFIX,
+    NETWORK_SERVICE,
+    SYSTEM,
+    TOKENS,
+    Guest,
+    KeyFile,
+    VirtualMachine,
+)
 
 RSA_FOLDER = r"C:\ProgramData\Microsoft\Crypto\RSA"
 MACHINEKEYS = RSA_FOLDER + r"\MachineKeys"
 LOG_ROOT = r"C:\ProgramData\rdp-remediate"
 REMOTE_DESKTOP_STORE = "Cert:\\LocalMachine\\Remote Desktop"
-LISTENER_KEY_PREFIX = "f686aace6942fb7f7ceb231212eef4a4_"  # TSSecKeySet1, followed by the machine GUID
 # The firewall rules enable-firewall-rule enables (by Name): the User Mode pair, never the group's Shadow rule.
 RDP_RULES = ("RemoteDesktop-UserMode-In-TCP",)
 EVENT_IDS = ("1057", "1058", "36870", "36871")
@@ -32,6 +41,8 @@ _NAME_LINE = re.compile(r"^\$ScriptName\s*=\s*'(?P<name>[^']*)'\s*$", re.MULTILI
 _VERSION_LINE = re.compile(r"^\$ScriptVersion\s*=\s*'(?P<version>[^']*)'\s*$", re.MULTILINE)
 # The scripts' Write-Summary limits: 20 entries a list, 300 characters an entry, 4000 bytes a line.
 _MAX_ITEMS, _MAX_TEXT, _MAX_LINE = 20, 300, 4000
+_THUMBPRINT = "^([0-9A-Fa-f]{40})?$"
+_KEY_FILE = "^([0-9A-Za-z_.-]{1,200})?$"
 
 
 @dataclass(frozen=True)
@@ -48,19 +59,29 @@ class Parameter:
     default: str
     choices: tuple[str, ...] = ()  # [ValidateSet(...)] [string]
     int_range: tuple[int, int] | None = None  # [ValidateRange(lo, hi)] [int]
+    pattern: str | None = None  # [ValidatePattern('...')] [string]
 
 
 _DETECT_ONLY = Parameter("DetectOnly", "false", choices=("true", "false"))
 _FORCE = Parameter("Force", "false", choices=("true", "false"))
-_EXPIRY_WARNING_DAYS = Parameter("ExpiryWarningDays", "30", int_range=(0, 3650))
+_THUMBPRINT_PARAMETER = Parameter("Thumbprint", "", pattern=_THUMBPRINT)
 
 # Each script's param() block (a test keeps this equal to the scripts).
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
-    "diagnose": (_DETECT_ONLY, _EXPIRY_WARNING_DAYS),
-    "renew-certificate": (_DETECT_ONLY, _FORCE, _EXPIRY_WARNING_DAYS),
-    "repair-machinekeys": (_DETECT_ONLY,),
-    "reset-machinekeys": (_DETECT_ONLY,),
-    "enable-firewall-rule": (_DETECT_ONLY,),
+    "diagnose": (_DETECT_ONLY,),
+    "renew-certificate": (_DETECT_ONLY, _FORCE, _THUMBPRINT_PARAMETER, Parameter("Successor", "", pattern=_THUMBPRINT)),
+    "repair-machinekeys": (
+        _DETECT_ONLY,
+        Parameter("Mode", "grant", choices=("grant", "remove-deny", "set-aside", "folder")),
+        _THUMBPRINT_PARAMETER,
+        Parameter("KeyFile", "", pattern=_KEY_FILE),
+    ),
+    "reset-machinekeys": (_DETECT_ONLY, _FORCE),
+    "enable-firewall-rule": (
+        _DETECT_ONLY,
+        Parameter("RuleName", "RemoteDesktop-UserMode-In-TCP", choices=("RemoteDesktop-UserMode-In-TCP",)),
+        Parameter("Port", "3389", int_range=(1, 65535)),
+    ),
     "enable-tls12": (_DETECT_ONLY,),
 }
 
@@ -87,6 +108,7 @@ class _Run:
     progress: list[str] = field(default_factory=list)
     changed: bool = False
     reboot_required: bool = False
+    refused: str | None = None
 
     @property
     def guest(self) -> Guest:
@@ -123,6 +145,7 @@ def run_script(vm: VirtualMachine, script: str, parameters: dict[str, str], now:
         "detect_only": run.detect_only,
         "changed": run.changed,
         "reboot_required": run.reboot_required,
+        "refused": run.refused,
         "actions": run.actions,
         "findings": findings,
         "errors": run.errors,
@@ -133,259 +156,436 @@ def run_script(vm: VirtualMachine, script: str, parameters: dict[str, str], now:
 def boot(vm: VirtualMachine, now: dt.datetime) -> None:
     """Windows starting: pending settings apply, sessions are gone, TermService starts.
 
-    TermService replaces a missing or keyless certificate when the key store works (event 1057 when it does
-    not), but it does NOT replace an expired one (event 1058): that is the bug behind error 0x904.
+    TermService makes its own certificate when none is pinned and the one it has is missing or keyless, if
+    Windows can create the key (event 1057 when it cannot); it does NOT replace an expired one (event 1058):
+    that is the bug behind error 0x904 (KB 2001849 and the Microsoft Learn article on error 0x904).
     """
     guest = vm.guest
     if guest.pending_tls12 is not None:
         guest.tls12_enabled, guest.pending_tls12 = guest.pending_tls12, None
-    if guest.pending_keystore_reset:
-        _reset_key_store(guest)
-        guest.pending_keystore_reset = False
     guest.services_running = True
-    guest.active_sessions = 0
-    if (guest.certificate is None or guest.key_missing) and not guest.certificate_pinned:
-        if guest.key_store == "ok":
-            guest.new_certificate(now)
-        else:
-            guest.events.append((1057, now))
+    guest.active_sessions = guest.cached_sessions = 0
+    own = guest.hash_type == 1 and not guest.certificate_pinned
+    if own and (guest.certificate is None or guest.key is None or not guest.key.opens):
+        guest.new_certificate(now)
     elif guest.certificate is not None and guest.certificate.expired(now):
         guest.events.append((1058, now))
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """The summary as the scripts' Write-Summary prints it: compact JSON within the contract's limits."""
+    """The summary as the scripts' Write-Summary prints it: compact ASCII JSON within the contract's limits.
+
+    Trimming keeps the change record (`actions`) first: errors go before actions, and list items beyond the
+    contract's 20 go first of all."""
     dropped = 0
     for key in ("actions", "errors"):
-        items = [text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..." for text in summary[key]]
+        items = [_ascii(text) for text in summary[key]]
+        items = [text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..." for text in items]
         dropped += max(0, len(items) - _MAX_ITEMS)
         summary[key] = items[:_MAX_ITEMS]
     while True:
         if dropped:
             summary["truncated"] = dropped
-        line = json.dumps(summary, separators=(",", ":"), ensure_ascii=False)
-        victim = summary["actions"] or summary["errors"]
-        if len(line.encode("utf-8")) <= _MAX_LINE or not victim:
+        line = json.dumps(summary, separators=(",", ":"), ensure_ascii=True)
+        victim = summary["errors"] or summary["actions"]
+        if len(line.encode("ascii")) <= _MAX_LINE or not victim:
             return line
         victim.pop()
         dropped += 1
 
 
-# --- the scripts -----------------------------------------------------------------------------------------------
+def _ascii(text: str) -> str:
+    """What the scripts' Format-Ascii does: Windows PowerShell 5.1 writes stdout in the OEM code page."""
+    return "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+
+
+# --- diagnose: facts only ---------------------------------------------------------------------------------------
+
+_CIM_CHECKS = ("listener", "key", "services", "port_owner", "sessions")  # the checks that go through WMI/CIM
+CIM_TIMEOUT_SECONDS = 20  # the scripts' -OperationTimeoutSec
 
 
 def _diagnose(run: _Run) -> dict[str, Any]:
     guest, now = run.guest, run.now
-    run.step("listener certificate, machine key store, services, firewall, events")
-    days = int(run.args["ExpiryWarningDays"])
-    acl_ok = _acl_ok(guest)
-    container = _key_container(run.vm)
-    service = {"state": "Running" if guest.services_running else "Stopped", "start_type": "Manual"}
-    recommended = _recommended(guest, now, days)
+    run.step("facts: listener, key, key store, firewall, sessions, TLS, events")
     findings: dict[str, Any] = {
         "os_build": guest.os_build,
-        "listener_certificate": _certificate_info(guest, now),
-        "machinekeys": {
-            "folder_exists": True,
-            "folder_acl_ok": acl_ok,
-            "key_container": container,
-            "key_container_acl_ok": acl_ok if container else None,
-        },
-        "services": {
-            "TermService": dict(service),
-            "SessionEnv": {"state": "Running", "start_type": "Manual"},
-            "UmRdpService": dict(service),
-        },
+        "dotnet_release": guest.dotnet_release,
         "rdp_config": {
-            "deny_connections": False,
             "port": guest.rdp_port,
+            "deny_connections": False,
             "security_layer": 2,
             "user_authentication": 1,
         },
-        "tls12_server_enabled": _tls12_configured(guest),
-        "firewall_rule_group": {profile: guest.firewall[profile] for profile in FIREWALL_PROFILES},
-        "listening": guest.services_running,
-        "events_24h": {
-            event: sum(1 for number, at in guest.events if str(number) == event and now - at <= DAY)
+        "listener": _listener_facts(guest, now),
+        "key": _key_facts(guest),
+        "machinekeys": _folder_facts(guest, now),
+        "other_keys": {"count": len(guest.other_keys), "names": [_clip(f"{n} (My)", 48) for n in guest.other_keys[:5]]},
+        "roles": list(guest.roles),
+        "services": {
+            "TermService": _service(guest.services_running),
+            "SessionEnv": _service(True),
+            "UmRdpService": _service(guest.services_running),
+        },
+        "firewall": _firewall_facts(guest),
+        "port_owner": "TermService" if guest.services_running else "",
+        "sessions": {"remote": guest.active_sessions, "cached": guest.cached_sessions},
+        "tls": {"tls12_server": _tls12_configured(guest), "tls13_server": guest.tls13_enabled},
+        "events": {
+            event: {
+                "count": sum(1 for number, at in guest.events if str(number) == event and now - at <= DAY),
+                "last": _clip(EVENT_TEXT[event], 64)
+                if any(str(n) == event and now - at <= DAY for n, at in guest.events)
+                else None,
+            }
             for event in EVENT_IDS
         },
-        "active_sessions": guest.active_sessions,
-        "recommended": recommended,
     }
-    run.actions.append(
-        f"read the state; recommended: {', '.join(recommended)}" if recommended else "read the state; no repair needed"
-    )
+    if guest.wmi_hung:
+        # Each CIM call ends at -OperationTimeoutSec with "The WS-Management service cannot complete the
+        # operation within the time specified" (a hung WMI provider): its fact is unknown, the others are read.
+        for check in _CIM_CHECKS:
+            findings[check] = None
+            run.errors.append(
+                f"{check}: The WS-Management service cannot complete the operation within the time specified "
+                f"in OperationTimeout ({CIM_TIMEOUT_SECONDS} s)"
+            )
     return findings
 
 
-def _recommended(guest: Guest, now: dt.datetime, days: int) -> list[str]:
-    """The repairs in the order to apply them: the key store, then the certificate, firewall and TLS."""
-    repairs = []
-    if not _acl_ok(guest):
-        repairs.append("repair-machinekeys")
-    elif guest.certificate is not None and _private_key_state(guest) == "unreadable":
-        repairs.append("reset-machinekeys")  # the ACLs are right and the key still does not open: corrupt
-    if _renewal_reason(guest, now, days) is not None or guest.certificate is None:
-        repairs.append("renew-certificate")
-    if not guest.firewall_open:
-        repairs.append("enable-firewall-rule")
-    if not _tls12_configured(guest):
-        repairs.append("enable-tls12")
-    return repairs
+EVENT_TEXT = {
+    "1057": "The RD Session Host Server has failed to create a new self signed certificate. Keyset does not exist",
+    "1058": "The RD Session Host Server has failed to replace the expired self signed certificate",
+    "36870": "A fatal error occurred when attempting to access the TLS server credential private key (0x8009030d)",
+    "36871": "A fatal error occurred while creating a TLS server credential (0x80090331)",
+}
+
+
+# Owner SYSTEM; Everyone may list and add keys; Administrators full control (KB 278381).
+_DEFAULT_FOLDER_SDDL = "O:SYG:SYD:PAI(A;;0x12019f;;;WD)(A;;FA;;;BA)"
+_SAFE = re.compile(r"[^A-Za-z0-9 .,:;=_()/@+#*?-]")
+
+
+def _clip(text: str, length: int) -> str:
+    """What the scripts' Format-Clip does: characters JSON would escape become ?, then the contract's length."""
+    return _SAFE.sub("?", text)[:length]
+
+
+def _service(running: bool) -> dict[str, str]:
+    return {"state": "Running" if running else "Stopped", "start_type": "Manual"}
+
+
+def _listener_facts(guest: Guest, now: dt.datetime) -> dict[str, Any] | None:
+    cert = guest.certificate
+    if cert is None:
+        return None
+    subject = f"CN={cert.subject_cn}"
+    return {
+        "thumbprint": cert.thumbprint,
+        "hash_type": guest.hash_type,
+        "pin": guest.pin,
+        "store": f"Cert:\\LocalMachine\\{guest.certificate_store}",
+        "not_before": _iso(cert.not_before),
+        "not_after": _iso(cert.not_after),
+        "subject": _clip(subject, 80),
+        "issuer": _clip(subject, 80),
+        "self_signed": True,
+        "successors": [
+            {"thumbprint": s.thumbprint, "not_after": _iso(s.not_after)}
+            for s in guest.successors
+            if s.not_before <= now < s.not_after
+        ][:2],
+    }
+
+
+def _key_facts(guest: Guest) -> dict[str, Any] | None:
+    if guest.certificate is None:
+        return None
+    key = guest.key
+    if key is None:
+        return {
+            "provider": "none",
+            "container": None,
+            "file": None,
+            "exists": None,
+            "system_read": None,
+            "network_service_read": None,
+            "denies": None,
+            "sddl": None,
+        }
+    applying = sorted(key.denies & (TOKENS[SYSTEM] | TOKENS[NETWORK_SERVICE]))
+    return {
+        "provider": key.provider,
+        "container": "TSSecKeySet1" if key.name.startswith(LISTENER_KEY_PREFIX) else key.name.split("_", 1)[0],
+        "file": key.name,
+        "exists": True,
+        "system_read": key.readable_by(SYSTEM),
+        "network_service_read": key.readable_by(NETWORK_SERVICE),
+        "denies": applying[:3],
+        "sddl": _clip(_sddl(key), 128),
+    }
+
+
+def _sddl(key: KeyFile) -> str:
+    """The file's DACL as SDDL: deny entries first (canonical order), then read or full control grants."""
+    denies = "".join(f"(D;;GR;;;{sid})" for sid in sorted(key.denies))
+    grants = "".join(f"(A;;{'FA' if sid == SYSTEM else 'GR'};;;{sid})" for sid in sorted(key.readers))
+    return f"O:SYD:P{denies}{grants}"
+
+
+def _folder_facts(guest: Guest, now: dt.datetime) -> dict[str, Any]:
+    newest = max(guest.backup_times, default=None)
+    return {
+        "exists": guest.folder_exists,
+        "acl_ok": guest.folder_acl_ok if guest.folder_exists else None,
+        "sddl": _DEFAULT_FOLDER_SDDL if guest.folder_acl_ok else "O:S-1-5-21-1004D:P(A;;FA;;;S-1-5-21-1004)",
+        "backup_age_hours": round((now - newest).total_seconds() / 3600, 2) if newest is not None else None,
+    }
+
+
+def _firewall_facts(guest: Guest) -> dict[str, Any]:
+    paths = guest.allow_paths()
+    enabled = [p for p in FIREWALL_PROFILES if guest.firewall[p]]
+    return {
+        "profiles": {
+            p: {"enabled": guest.firewall_enabled[p], "active": p in guest.active_profiles} for p in FIREWALL_PROFILES
+        },
+        "allow_paths": [
+            {
+                "rule": _clip(r.name, 40),
+                "profiles": _clip(r.profiles, 24),
+                "remote": _clip(r.remote, 40),
+                "policy": r.policy,
+            }
+            for r in paths
+        ][:3],
+        "builtin_rule": {
+            "enabled": bool(enabled),
+            "profiles": "Any",  # the rule's own scope; enabling it enables it for this scope
+            "port": guest.builtin_rule_port,
+        },
+        "policy_copies": sum(1 for r in guest.policy_rules if r.name == RDP_RULES[0]),
+    }
+
+
+# --- the repair scripts: each re-checks its precondition, and refuses rather than act on stale facts -----------
+
+
+def _refuse(run: _Run, reason: str) -> None:
+    run.refused = reason
+    run.actions.append(f"refused: {reason}")
 
 
 def _renew_certificate(run: _Run) -> dict[str, Any]:
     guest, now = run.guest, run.now
-    cert = guest.certificate
-    reason = _renewal_reason(guest, now, int(run.args["ExpiryWarningDays"]))
-    stale = pin_stale = False
-    if cert is not None and reason is not None:
-        if reason == "private key unreadable":
-            # A broken key store: a new certificate would fail the same way, so the old one stays.
-            run.errors.append(
-                f"{cert.thumbprint}: its private key does not open; a new certificate would fail the same way until "
-                "the machine key store is repaired (repair-machinekeys, then reset-machinekeys): left in place"
-            )
-        elif guest.certificate_pinned and not cert.expired(now):
-            run.errors.append(
-                f"{cert.thumbprint}: {reason}, but an administrator pinned it and it has not expired: left in place"
-            )
-        else:
-            stale, pin_stale = True, guest.certificate_pinned
+    named, successor = str(run.args["Thumbprint"]).upper(), str(run.args["Successor"]).upper()
+    current = guest.certificate.thumbprint if guest.certificate is not None else ""
     findings: dict[str, Any] = {
-        "removed": [],
-        "pin_cleared": False,
-        "active_sessions": guest.active_sessions,
-        "services_restarted": False,
-        "new_certificate": _certificate_info(guest, now),
+        "thumbprint": named or None,
+        "removed": None,
+        "pinned": None,
+        "sessions": guest.sessions,
+        "restarted": [],
+        "listener": current or None,
     }
-    refuse = guest.active_sessions > 0 and run.args["Force"] != "true"
-    if cert is not None and not stale:
-        if reason is None:
-            run.actions.append(
-                f"the listener certificate {cert.thumbprint} is usable until {_iso(cert.not_after)}: nothing to do"
-            )
+    if current != named:
+        _refuse(run, f"the listener uses {current or 'no certificate'}, not {named or 'none'}: the facts changed")
+        return findings
+    if successor:
+        return _repin(run, findings, successor)
+    refusal = _renewal_refusal(run, current)
+    if refusal:
+        _refuse(run, refusal)
         return findings
     if run.detect_only:
-        if cert is not None:
-            run.actions.append(f"would remove {cert.thumbprint} from {REMOTE_DESKTOP_STORE} ({reason})")
-        if pin_stale:
-            run.actions.append(f"would clear the stale pin to {cert.thumbprint if cert else 'a missing certificate'}")
-        run.actions.append(
-            f"would refuse: {guest.active_sessions} remote session(s) exist; Force=true would end them"
-            if refuse
-            else "would restart SessionEnv and TermService so that Windows creates a new certificate"
-        )
+        if current:
+            run.actions.append(f"would remove {current} from {REMOTE_DESKTOP_STORE}")
+        run.actions.append("would restart SessionEnv and wait up to 60 s for Windows' new certificate")
         return findings
-    if refuse:
-        run.errors.append(
-            f"refused: {guest.active_sessions} remote session(s) exist and restarting TermService would end them; "
-            "run again with Force=true"
-        )
+    if guest.certificate is not None:
+        guest.certificate = None
+        findings["removed"] = current
+        run.actions.append(f"removed {current} from {REMOTE_DESKTOP_STORE}")
+    run.changed = True
+    # Microsoft's documented renewal: SessionEnv (Remote Desktop Configuration) makes the certificate; the
+    # sessions survive (Learn: "Remote Desktop listener certificate configurations").
+    findings["restarted"].append("SessionEnv")
+    run.actions.append("restarted SessionEnv")
+    new = guest.new_certificate(now)
+    if new is None:
+        run.errors.append("Windows did not create a new certificate within 60 s (event 1057): the key store is broken")
+        findings["listener"] = None
+        run.reboot_required = True
         return findings
-    if cert is not None:
-        guest.certificate, guest.key_missing = None, False
-        findings["removed"].append(cert.thumbprint)
-        run.actions.append(f"removed {cert.thumbprint} from {REMOTE_DESKTOP_STORE} ({reason})")
-    if pin_stale:
-        guest.certificate_pinned = False
-        findings["pin_cleared"] = True
-        run.actions.append("cleared the stale pin")
-    _restart_services(run, findings)
+    findings["listener"] = new.thumbprint
+    run.actions.append(f"the listener now uses {new.thumbprint}, valid until {_iso(new.not_after)}")
     return findings
 
 
-def _restart_services(run: _Run, findings: dict[str, Any]) -> None:
-    """SessionEnv and TermService restart: sessions end, and Windows makes a certificate if it can."""
+def _renewal_refusal(run: _Run, current: str) -> str | None:
+    guest = run.guest
+    if guest.certificate is not None and guest.hash_type != 1:
+        return f"{current} is not Windows' own certificate (HashType {guest.hash_type}): not removed"
+    if guest.sessions and run.args["Force"] != "true":
+        return f"{guest.sessions} remote session(s) (logon types 10 and 12): restarting SessionEnv is not risked"
+    return None
+
+
+def _repin(run: _Run, findings: dict[str, Any], successor: str) -> dict[str, Any]:
     guest, now = run.guest, run.now
-    run.step("restarting SessionEnv and TermService")
-    guest.active_sessions, guest.services_running = 0, True
-    findings["services_restarted"] = run.changed = True
-    run.actions.append("restarted SessionEnv and TermService")
-    if guest.key_store == "ok":
-        new = guest.new_certificate(now)
-        findings["new_certificate"] = _certificate_info(guest, now)
-        run.actions.append(f"the listener now uses {new.thumbprint}, valid until {_iso(new.not_after)}")
-    else:
-        guest.events.append((1057, now))
-        findings["new_certificate"] = None
-        run.errors.append(
-            "Windows did not create a new certificate within 60 seconds (see events 1057 and 1058): "
-            "repair the machine key store, then run this again"
-        )
+    candidate = next((c for c in guest.successors if c.thumbprint == successor), None)
+    if guest.hash_type != 3 or guest.pin != "registry":
+        _refuse(run, f"the listener is not pinned by the registry to a custom certificate (HashType {guest.hash_type})")
+        return findings
+    if candidate is None or not candidate.not_before <= now < candidate.not_after:
+        _refuse(run, f"{successor} is not a valid certificate in Cert:\\LocalMachine\\My")
+        return findings
+    if run.detect_only:
+        run.actions.append(f"would set SSLCertificateSHA1Hash to {successor}")
+        return findings
+    guest.certificate = candidate
+    guest.successors.remove(candidate)
+    guest.key = guest.own_key()  # the successor's own key, readable by NETWORK SERVICE (a precondition)
+    guest.key.name = "9a3c51f0e7b24d8c6f1e0b2a3c4d5e6f_" + guest.key.name.split("_", 1)[1]
+    run.changed = True
+    findings.update(pinned=successor, listener=successor)
+    run.actions.append(f"set SSLCertificateSHA1Hash to {successor} (was {findings['thumbprint']})")
+    return findings
 
 
 def _repair_machinekeys(run: _Run) -> dict[str, Any]:
-    guest = run.guest
-    before = _acl_ok(guest)
-    container = _key_container(run.vm)
+    guest, mode = run.guest, str(run.args["Mode"])
     findings: dict[str, Any] = {
-        "key_container": container,
-        "key_container_acl_ok_before": before if container else None,
-        "key_container_acl_ok_after": before if container else None,
-        "folder_acl_ok_before": before,
-        "folder_acl_ok_after": before,
+        "mode": mode,
+        "target": None,
+        "ok_before": None,
+        "ok_after": None,
+        "removed_denies": [],
         "log_path": None,
     }
-    targets = [rf"{MACHINEKEYS}\{container}", MACHINEKEYS] if container else [MACHINEKEYS]
-    if before:
-        run.actions.append("MachineKeys and the listener key container have the required permissions: nothing to do")
+    if mode == "folder":
+        return _repair_folder(run, findings)
+    key = guest.key
+    named, file = str(run.args["Thumbprint"]).upper(), str(run.args["KeyFile"])
+    current = guest.certificate.thumbprint if guest.certificate is not None else ""
+    if not named or current != named or key is None or key.name != file:
+        _refuse(run, f"{file or 'no key file'} is not the key of the listener's certificate {current or '(none)'}")
+        return findings
+    findings["target"] = rf"{_KEY_FOLDERS[key.provider]}\{file}"
+    ok = key.readable_by(SYSTEM) and key.readable_by(NETWORK_SERVICE)
+    findings["ok_before"] = findings["ok_after"] = ok
+    if mode == "set-aside":
+        return _set_aside(run, findings, key)
+    return _repair_key_acl(run, findings, key, ok)
+
+
+def _repair_key_acl(run: _Run, findings: dict[str, Any], key: KeyFile, ok: bool) -> dict[str, Any]:
+    """Grant read, or remove the denies that apply and grant, on the one key file; never anything else."""
+    file, mode = key.name, str(run.args["Mode"])
+    applying = sorted(key.denies & (TOKENS[SYSTEM] | TOKENS[NETWORK_SERVICE]))
+    if ok:
+        run.actions.append(f"SYSTEM and NETWORK SERVICE can read {file}: nothing to do")
+        return findings
+    if mode == "grant" and applying:
+        _refuse(run, f"deny entries for {', '.join(applying)} on {file}: a grant cannot undo a deny (use remove-deny)")
         return findings
     if run.detect_only:
-        run.actions.extend(
-            f"would take ownership of {path} and grant *S-1-5-18 *S-1-5-20 *S-1-5-32-544" for path in targets
-        )
+        run.actions.append(f"would remove the deny entries {applying} and grant *S-1-5-18 *S-1-5-20 read on {file}")
         return findings
     log_path = rf"{LOG_ROOT}\{_stamp(run.now)}-repair-machinekeys"
-    if guest.key_store == "acl-broken":
-        guest.key_store = "ok"  # the existing certificate's key works again
-    else:
-        guest.acl_repaired = True  # corrupt: the permissions are right now, the key still does not open
+    key.denies -= set(applying)
+    key.readers |= {SYSTEM, NETWORK_SERVICE}
     run.changed = run.reboot_required = True
-    run.actions.extend(f"took ownership of {path} and granted *S-1-5-18 *S-1-5-20 *S-1-5-32-544" for path in targets)
-    run.actions.append(f"logged the ACLs before and after in {log_path}; reboot to apply")
-    findings.update(folder_acl_ok_after=True, log_path=log_path)
-    if container:
-        findings["key_container_acl_ok_after"] = True
+    findings.update(ok_after=True, removed_denies=applying, log_path=log_path)
+    if applying:
+        run.actions.append(f"removed the deny entries for {', '.join(applying)} on {file}")
+    run.actions.append(f"granted *S-1-5-18 and *S-1-5-20 read on {file}; ACL before and after in {log_path}")
+    return findings
+
+
+def _set_aside(run: _Run, findings: dict[str, Any], key: KeyFile) -> dict[str, Any]:
+    guest = run.guest
+    if guest.hash_type != 1:
+        _refuse(run, f"the listener's certificate is not Windows' own (HashType {guest.hash_type}): its key stays")
+        return findings
+    backup = f"{key.name}.{_stamp(run.now)}.rdp-remediate.bak"
+    if run.detect_only:
+        run.actions.append(f"would rename {key.name} to {backup}")
+        return findings
+    guest.key = None  # renamed, never deleted: Windows creates a new container at the renewal
+    run.changed = True
+    findings.update(ok_after=None, log_path=rf"{_KEY_FOLDERS[key.provider]}\{backup}")
+    run.actions.append(f"renamed {key.name} to {backup}")
+    return findings
+
+
+def _repair_folder(run: _Run, findings: dict[str, Any]) -> dict[str, Any]:
+    guest = run.guest
+    findings.update(target=MACHINEKEYS, ok_before=guest.folder_acl_ok, ok_after=guest.folder_acl_ok)
+    if guest.folder_acl_ok:
+        run.actions.append("SYSTEM and Administrators have full control of MachineKeys: nothing to do")
+        return findings
+    if run.detect_only:
+        run.actions.append(f"would grant *S-1-5-18 and *S-1-5-32-544 full control on {MACHINEKEYS} (this folder)")
+        return findings
+    guest.folder_acl_ok = True
+    log_path = rf"{LOG_ROOT}\{_stamp(run.now)}-repair-machinekeys"
+    run.changed = run.reboot_required = True
+    findings.update(ok_after=True, log_path=log_path)
+    run.actions.append(f"granted *S-1-5-18 and *S-1-5-32-544 full control on {MACHINEKEYS}; ACL saved in {log_path}")
     return findings
 
 
 def _reset_machinekeys(run: _Run) -> dict[str, Any]:
+    guest = run.guest
     backup_name = f"MachineKeys.{_stamp(run.now)}.rdp-remediate.bak"
     backup_path = rf"{RSA_FOLDER}\{backup_name}"
-    findings: dict[str, Any] = {"renamed": False, "backup_path": None}
-    if backup_path in run.guest.machinekeys_backups:
-        run.errors.append(f"{backup_path} already exists: run again in a second")
+    others = list(guest.other_keys)
+    findings: dict[str, Any] = {
+        "renamed": False,
+        "backup_path": None,
+        "would_set_aside": {"count": len(others), "names": [_clip(n, 48) for n in others[:5]]},
+    }
+    newest = max(guest.backup_times, default=None)
+    if newest is not None and run.now - newest < DAY:
+        _refuse(run, f"a backup from {_iso(newest)} is less than a day old: the reset already ran")
+        return findings
+    if (others or guest.roles) and run.args["Force"] != "true":
+        _refuse(run, f"it would set aside the keys of {len(others)} other certificate(s) ({', '.join(others[:3])})")
         return findings
     if run.detect_only:
-        run.actions.append(f"would rename {MACHINEKEYS} to {backup_name} and keep it as the backup")
-        run.actions.append(f"would create an empty {MACHINEKEYS} with the default permissions; a reboot would follow")
+        run.actions.extend(f"would set aside the key of {name}" for name in others)
+        run.actions.append(f"would build a new {MACHINEKEYS} and swap it in; the old one kept as {backup_name}")
         return findings
-    run.step(f"renaming {MACHINEKEYS} to {backup_name}")
-    run.guest.machinekeys_backups.append(backup_path)
-    _reset_key_store(run.guest)
+    guest.machinekeys_backups.append(backup_path)
+    guest.backup_times.append(run.now)
+    guest.folder_exists, guest.folder_acl_ok, guest.store_broken = True, True, False
+    guest.key, guest.other_keys = None, []
     run.changed = run.reboot_required = True
     findings.update(renamed=True, backup_path=backup_path)
-    run.actions.append(f"renamed {MACHINEKEYS} to {backup_name} (the backup)")
-    run.actions.append(
-        f"created an empty {MACHINEKEYS} with the default permissions; "
-        "reboot so that Windows creates new keys and a new RDP certificate"
-    )
+    run.actions.append(f"built a new MachineKeys with the default ACL and swapped it in; the old one is {backup_name}")
+    run.actions.extend(f"set aside the key of {name}" for name in others)
     return findings
 
 
 def _enable_firewall_rule(run: _Run) -> dict[str, Any]:
-    guest = run.guest
-    before = {profile: guest.firewall[profile] for profile in FIREWALL_PROFILES}
-    if all(before.values()):
-        run.actions.append("the Remote Desktop User Mode (TCP-In) rule is in effect on every profile: nothing to do")
+    guest, rule, port = run.guest, str(run.args["RuleName"]), int(run.args["Port"])
+    before = any(guest.firewall.values())
+    findings: dict[str, Any] = {"rule": rule, "enabled_before": before, "enabled_after": before}
+    if guest.policy_rules:
+        _refuse(run, f"a Group Policy copy of {rule} governs it: the policy's owner decides")
+    elif port != guest.builtin_rule_port or port != guest.rdp_port:
+        _refuse(run, f"{rule} allows TCP {guest.builtin_rule_port}; the listener uses {guest.rdp_port}")
+    elif guest.allow_paths():
+        run.actions.append(f"an allow path for TCP {port} exists on the active profile: nothing to do")
     elif run.detect_only:
-        run.actions.extend(f"would enable {rule}" for rule in RDP_RULES)
+        run.actions.append(f"would enable {rule}")
     else:
         guest.firewall = dict.fromkeys(FIREWALL_PROFILES, True)
         run.changed = True
-        run.actions.extend(f"enabled {rule}" for rule in RDP_RULES)
-    return {"before": before, "after": {profile: guest.firewall[profile] for profile in FIREWALL_PROFILES}}
+        findings["enabled_after"] = True
+        run.actions.append(f"enabled {rule}")
+    return findings
 
 
 def _enable_tls12(run: _Run) -> dict[str, Any]:
@@ -395,16 +595,11 @@ def _enable_tls12(run: _Run) -> dict[str, Any]:
     if before:
         run.actions.append("TLS 1.2 is enabled on the server side: nothing to do")
     elif run.detect_only:
-        run.actions.append(
-            f"would set Enabled=1 and DisabledByDefault=0 under {key} "
-            "(now Enabled=0, DisabledByDefault=1); a reboot would follow"
-        )
+        run.actions.append(f"would set Enabled=1 and DisabledByDefault=0 under {key}; a reboot would follow")
     else:
         guest.pending_tls12 = True  # SCHANNEL reads it at boot
         run.changed = run.reboot_required = True
-        run.actions.append(
-            f"set Enabled=1 and DisabledByDefault=0 under {key} (was Enabled=0, DisabledByDefault=1); reboot to apply"
-        )
+        run.actions.append(f"set Enabled=1 and DisabledByDefault=0 under {key} (was Enabled=0); reboot to apply")
     return {"enabled_before": before, "enabled_after": _tls12_configured(guest)}
 
 
@@ -416,65 +611,12 @@ _SCRIPTS: dict[str, Callable[[_Run], dict[str, Any]]] = {
     "enable-firewall-rule": _enable_firewall_rule,
     "enable-tls12": _enable_tls12,
 }
-
-
-# --- the guest as the scripts see it ---------------------------------------------------------------------------
-
-
-def _acl_ok(guest: Guest) -> bool:
-    return guest.key_store == "ok" or guest.acl_repaired
-
-
-def _key_container(vm: VirtualMachine) -> str | None:
-    """The listener key's file in MachineKeys; None once a reset discarded it."""
-    if vm.guest.certificate is None or vm.guest.key_missing:
-        return None
-    return LISTENER_KEY_PREFIX + vm.vm_uuid
-
-
-def _private_key_state(guest: Guest) -> str:
-    if guest.key_missing:
-        return "missing"
-    return "ok" if guest.key_store == "ok" else "unreadable"
-
-
-def _renewal_reason(guest: Guest, now: dt.datetime, days: int) -> str | None:
-    cert = guest.certificate
-    if cert is None:
-        return None
-    if cert.expired(now):
-        return "expired"
-    if cert.not_after <= now + dt.timedelta(days=days):
-        return f"expires {_iso(cert.not_after)}"
-    state = _private_key_state(guest)
-    return None if state == "ok" else f"private key {state}"
-
-
-def _certificate_info(guest: Guest, now: dt.datetime) -> dict[str, Any] | None:
-    cert = guest.certificate
-    if cert is None:
-        return None
-    return {
-        "thumbprint": cert.thumbprint,
-        "store": REMOTE_DESKTOP_STORE,
-        "not_before": _iso(cert.not_before),
-        "not_after": _iso(cert.not_after),
-        "expired": cert.expired(now),
-        "self_signed": True,
-        "private_key": _private_key_state(guest),
-    }
+_KEY_FOLDERS = {"csp": MACHINEKEYS, "cng": r"C:\ProgramData\Microsoft\Crypto\Keys"}
 
 
 def _tls12_configured(guest: Guest) -> bool:
     """What the SCHANNEL registry says (a pending change counts: the scripts read the registry)."""
     return guest.tls12_enabled if guest.pending_tls12 is None else guest.pending_tls12
-
-
-def _reset_key_store(guest: Guest) -> None:
-    """A fresh, empty MachineKeys: the store works, the certificate stays but its key went with the old folder."""
-    guest.key_store, guest.acl_repaired = "ok", False
-    if guest.certificate is not None:
-        guest.key_missing = True
 
 
 # --- PowerShell itself ---------------------------------------------------------------------------------------
@@ -497,8 +639,18 @@ def _bind(script: str, parameters: dict[str, str]) -> dict[str, str | int]:
 
 
 def _convert(param: Parameter, value: str) -> str | int:
+    if param.pattern is not None:
+        if not re.match(param.pattern, value, re.IGNORECASE):  # ValidatePattern ignores case by default
+            raise _BindingError(
+                f"Cannot validate argument on parameter '{param.name}'. The argument \"{value}\" does not match "
+                f'the "{param.pattern}" pattern. Supply an argument that matches "{param.pattern}" and try the '
+                "command again.",
+                "InvalidData: (:) [script0.ps1], ParameterBindingValidationException",
+                "ParameterArgumentValidationError,script0.ps1",
+            )
+        return value
     if param.choices:
-        if value.lower() not in param.choices:  # ValidateSet ignores case
+        if value.lower() not in [choice.lower() for choice in param.choices]:  # ValidateSet ignores case
             raise _BindingError(
                 f"Cannot validate argument on parameter '{param.name}'. The argument \"{value}\" does not "
                 f'belong to the set "{",".join(param.choices)}" specified by the ValidateSet attribute. '
@@ -506,7 +658,7 @@ def _convert(param: Parameter, value: str) -> str | int:
                 "InvalidData: (:) [script0.ps1], ParameterBindingValidationException",
                 "ParameterArgumentValidationError,script0.ps1",
             )
-        return value.lower()
+        return next(choice for choice in param.choices if choice.lower() == value.lower())
     assert param.int_range is not None
     try:
         number = int(value.strip())

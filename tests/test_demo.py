@@ -25,7 +25,7 @@ def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    assert len(report) == 13
+    assert len(report) == 21
     assert {e["scenario"]: e["outcome"] for e in report} == {e["scenario"]: e["expected"] for e in report}
     for entry in report:
         assert {"vm", "scenario", "outcome", "actions", "rebooted", "verification"} <= set(entry)
@@ -33,5 +33,11 @@ def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
     assert by_scenario["healthy"]["rebooted"] is False
     assert by_scenario["expiring-soon"]["rebooted"] is False and by_scenario["expiring-soon"]["trigger"] == "sweep"
     assert by_scenario["expired-certificate"]["trigger"] == "alert"
-    assert "reset-machinekeys-2" in by_scenario["keystore-corrupt"]["actions"]
+    # The ladder, least disruptive first: the one key container, never the store without force.
+    assert by_scenario["keystore-corrupt"]["actions"] == ["set-aside-key", "renew-certificate"]
+    assert "rerun with force" in by_scenario["keystore-corrupt"]["reason"]
+    assert by_scenario["key-deny"]["actions"] == ["remove-key-deny"]
+    assert by_scenario["custom-certificate"]["actions"] == ["repin-certificate"]
+    for untouched in ("policy-certificate", "firewall-policy", "firewall-custom-allow", "cached-session", "wmi-hung"):
+        assert by_scenario[untouched]["actions"] == [] and by_scenario[untouched]["rebooted"] is False, untouched
     assert "VM " in finished.stdout and "outcome" in finished.stdout  # the table was printed

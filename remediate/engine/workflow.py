@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
 from remediate.engine import plans, policy
+from remediate.engine.decide import Context, Decision, decide
+from remediate.engine.decide import Step as PlannedStep
 from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
 from remediate.ledger import DONE, AuditRecord, Ledger
 from remediate.model import (
@@ -72,6 +74,14 @@ class WorkflowResult:
         }
 
 
+@dataclass(frozen=True)
+class _NextRound:
+    """What a round that did not end the remediation hands to the next: the steps that ran, the new decision."""
+
+    done: frozenset[str]
+    decision: Decision
+
+
 class _Stop(Exception):
     # Control flow, not an error: ends the workflow early with an outcome.
     def __init__(self, outcome: Outcome, reason: str) -> None:
@@ -109,9 +119,7 @@ class Workflow:
         self.actions: list[str] = []
         self.verification: str | None = None
         self._changed = False
-        self._last_failure = ""
         self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
-        self._key_store_implicated = False
         self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
         self._holds_lock = False
 
@@ -250,18 +258,14 @@ class Workflow:
         before = self._probe("probe", ip, wait=False)
         options = self.request.options
         if options.plan is Plan.RENEW_ONLY:
-            return self._proactive_renewal(ip)
-        diagnosis = self._script("diagnose")
-        recommended = list(diagnosis["findings"]["recommended"])
-        self.findings = _findings(before, recommended)
-        repairs = plans.repairs_for(options.plan, recommended, before, options.force)
-        if options.diagnose_only or not repairs:
-            return self._without_repairs(before, repairs)
+            return self._proactive_renewal(ip, before)
+        facts = self._script("diagnose")
+        decision = self._plan("plan", facts, before, frozenset())
+        self.findings = [f"probe: {before}", *decision.problems, *decision.unknown]
+        if options.diagnose_only or not decision.steps:
+            return self._without_repairs(before, decision)
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
-        verdict = self._round(1, repairs, ip)
-        if verdict is not None:
-            return verdict
-        return self._escalate(ip)
+        return self._rounds(decision, ip)
 
     def _locate(self, view: azure_vm.VmView) -> str | None:
         step = self._step("locate", lambda: self._located(view))
@@ -272,10 +276,23 @@ class Workflow:
         ip = azure_vm.private_ip(self.clients, view)
         return (f"private IP {ip}" if ip else "no private IP found"), {"ip": ip}
 
-    def _without_repairs(self, before: str, repairs: list[str]) -> tuple[Outcome, str]:
-        """The verdict when nothing will be changed: diagnose-only, or nothing found to repair."""
-        if repairs:
-            return Outcome.PLANNED, "diagnose only: would run " + ", ".join(repairs)
+    def _plan(self, step_name: str, facts: dict[str, Any], probe: str, done: frozenset[str]) -> Decision:
+        """The engine's decision from the facts, recorded as a step so the journal says why each repair ran."""
+        options = self.request.options
+        context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force, done)
+        decision = decide(facts, probe, context)
+        self._step(step_name, lambda: (decision.explain()[:500], decision.to_json()))
+        return decision
+
+    def _without_repairs(self, before: str, decision: Decision) -> tuple[Outcome, str]:
+        """The verdict when nothing will be changed: diagnose-only, nothing to repair, or only refusals."""
+        if decision.steps:
+            return Outcome.PLANNED, "diagnose only: would " + ", then ".join(
+                f"{s.action.value} ({s.reason})" for s in decision.steps
+            )
+        if not decision.clean or decision.refusals:
+            outcome = Outcome.SKIPPED if self.request.options.plan is Plan.RENEW_ONLY else Outcome.FAILED
+            return outcome, f"not repaired, nothing changed: {decision.explain()}"
         if self.request.options.diagnose_only:
             return Outcome.HEALTHY, "diagnose only: nothing to repair"
         if before in plans.PROBE_OK:
@@ -290,52 +307,80 @@ class Workflow:
             "check NSGs, the RDP listener configuration and the client side"
         )
 
-    def _round(self, number: int, repairs: list[str], ip: str | None) -> tuple[Outcome, str] | None:
-        """Repairs, reboot, wait, verify. None: still broken, worth escalating."""
+    def _rounds(self, decision: Decision, ip: str | None) -> tuple[Outcome, str]:
+        """Round after round of the plan, each verified; a next round only for new steps the facts call for."""
+        done: frozenset[str] = frozenset()
+        for number in range(1, plans.MAX_ROUNDS + 1):
+            if number > 1:
+                refusal = self._attempts_refusal(decision)
+                if refusal:
+                    return Outcome.FAILED, refusal
+            verdict = self._round(number, decision, ip, done)
+            if not isinstance(verdict, _NextRound):
+                return verdict
+            done, decision = verdict.done, verdict.decision
+        return Outcome.FAILED, f"still broken after {plans.MAX_ROUNDS} rounds: {decision.explain()}"
+
+    def _attempts_refusal(self, decision: Decision) -> str | None:
+        state = self.ledger.vm_state(self.request.vm)
+        window_start = self._now() - dt.timedelta(hours=self.settings.attempt_window_hours)
+        if state.attempts_since(window_start) >= self.settings.max_attempts:
+            steps = ", ".join(s.action.value for s in decision.steps)
+            return f"still broken: {decision.explain()}; no attempts left for {steps} (RDPR_MAX_ATTEMPTS)"
+        self.ledger.record_attempt(self.request.vm, f"{self.request.request_id}#escalation")
+        return None
+
+    def _round(
+        self, number: int, decision: Decision, ip: str | None, done: frozenset[str]
+    ) -> tuple[Outcome, str] | _NextRound:
+        """The plan's steps, reboot, wait, verify. A verdict, or what ran and the next decision."""
         suffix = "" if number == 1 else f"-{number}"
-        summaries = [self._script(name, step_name=f"{name}{suffix}") for name in repairs]
-        self._changed = self._changed or any(s["changed"] for s in summaries)
+        summaries = [self._execute(step, suffix) for step in decision.steps]
+        refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
+        if not any(s["changed"] for s in summaries):
+            # Nothing changed: no reboot, nothing to verify, and a refusal is never a reason to go further.
+            return Outcome.FAILED, "; ".join(refused) or f"the repairs changed nothing: {decision.explain()}"
+        self._changed = True
         if self._should_reboot(summaries):
             self._step(f"reboot{suffix}", self._reboot)
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
-        remaining = list(guest["findings"]["recommended"])
+        ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=True) if not s.get("refused")}
+        following = self._plan(f"plan{suffix or '-1'}-after", guest, after, ran)
         self.verification = after
-        self._key_store_implicated = bool(set(remaining) & plans.KEY_STORE_REPAIRS) or after in plans.PROBE_KEY_STORE
-        guest_clean = not remaining
-        if after in plans.PROBE_OK and guest_clean:
+        if after in plans.PROBE_OK and following.clean:
             return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
-        if after in plans.PROBE_NO_PATH and guest_clean:
+        if after in plans.PROBE_NO_PATH and following.clean:
             return Outcome.UNVERIFIED, (
                 f"repaired and the in-guest check is clean, but the probe cannot reach the "
                 f"VM ({after}): give the function a network path (VNet integration) to "
                 "verify from outside"
             )
-        self._last_failure = (
-            f"still broken after {', '.join(repairs)}: probe {after}; "
-            f"in-guest check recommends {', '.join(remaining) or 'nothing'}"
-        )
-        return None
+        still = f"still broken after {', '.join(s.action.value for s in decision.steps)}: probe {after}"
+        if refused or decision.refusals or self.request.options.plan is not Plan.AUTO or not following.steps:
+            return Outcome.FAILED, "; ".join([still, *refused, following.explain()])
+        return _NextRound(ran, following)
 
-    def _escalate(self, ip: str | None) -> tuple[Outcome, str]:
-        reason = self._last_failure
-        if self.request.options.plan is not Plan.AUTO:
-            return Outcome.FAILED, reason
-        if not self._key_store_implicated:
-            return Outcome.FAILED, f"{reason}; a MachineKeys reset would not help with that, so it was not tried"
-        state = self.ledger.vm_state(self.request.vm)
-        window_start = self._now() - dt.timedelta(hours=self.settings.attempt_window_hours)
-        if state.attempts_since(window_start) >= self.settings.max_attempts:
-            return Outcome.FAILED, f"{reason}; no attempts left for the MachineKeys reset (RDPR_MAX_ATTEMPTS)"
-        self.ledger.record_attempt(self.request.vm, f"{self.request.request_id}#escalation")
-        verdict = self._round(2, list(plans.ESCALATION), ip)
-        return verdict if verdict is not None else (Outcome.FAILED, self._last_failure)
+    def _execute(self, step: PlannedStep, suffix: str) -> dict[str, Any]:
+        """One planned step: its script on its named target. The journal keeps the target and the reason."""
+        parameters = dict(step.parameters)
+        if step.script in ("renew-certificate", "reset-machinekeys") and self.request.options.force:
+            parameters["Force"] = "true"
+        return self._script(step.script, step_name=f"{step.action.value}{suffix}", parameters=parameters)
 
-    def _proactive_renewal(self, ip: str | None) -> tuple[Outcome, str]:
-        summary = self._script("renew-certificate")
-        if not summary["changed"]:
+    def _proactive_renewal(self, ip: str | None, before: str) -> tuple[Outcome, str]:
+        facts = self._script("diagnose")
+        decision = self._plan("plan", facts, before, frozenset())
+        if not decision.steps:
+            if decision.refusals:
+                return Outcome.SKIPPED, f"not renewed: {decision.explain()}"
             return Outcome.HEALTHY, "the certificate did not need renewal"
+        summaries = [self._execute(step, "") for step in decision.steps]
+        refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
+        if not any(s["changed"] for s in summaries):
+            return Outcome.SKIPPED, "; ".join(refused) or "the renewal changed nothing"
+        self._changed = True
         self.verification = self._probe("verify", ip, wait=True)
         if self.verification in plans.PROBE_OK:
             return Outcome.REMEDIATED, f"certificate renewed without a reboot (probe {self.verification})"
@@ -348,14 +393,15 @@ class Workflow:
 
     # --- the actions behind the steps ---------------------------------------------------------------------
 
-    def _script(self, name: str, step_name: str | None = None) -> dict[str, Any]:
+    def _script(
+        self, name: str, step_name: str | None = None, parameters: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         from remediate.azure.runcommand import run_script
 
         holder: list[dict[str, Any]] = []
 
         def run() -> tuple[str, dict[str, Any] | None]:
-            summary = run_script(self.clients, self.request.vm, name, self._parameters(name), self._deadline)
-            _refuse_if_users_connected(name, summary, self.request.options.plan)
+            summary = run_script(self.clients, self.request.vm, name, parameters or {}, self._deadline)
             holder.append(summary)
             return _describe(summary), summary
 
@@ -364,16 +410,6 @@ class Workflow:
         if name != "diagnose" and summary.get("changed"):
             self.actions.extend(a for a in summary.get("actions", []) if a not in self.actions)
         return summary
-
-    def _parameters(self, script: str) -> dict[str, str]:
-        parameters = (
-            {"ExpiryWarningDays": str(self.settings.expiry_warning_days)}
-            if script in ("diagnose", "renew-certificate")
-            else {}
-        )
-        if script == "renew-certificate" and self.request.options.force:
-            parameters["Force"] = "true"
-        return parameters
 
     def _should_reboot(self, summaries: list[dict[str, Any]]) -> bool:
         if self.settings.reboot_policy == "always":
@@ -483,29 +519,14 @@ class Workflow:
         return {"vm": str(self.request.vm), "request_id": self.request.request_id, "step": self._current_step}
 
 
-def _refuse_if_users_connected(script: str, summary: dict[str, Any], plan: Plan) -> None:
-    """renew-certificate refuses to restart Remote Desktop services under connected users; so do we."""
-    if script != "renew-certificate":
-        return
-    findings = summary["findings"]
-    if findings.get("active_sessions", 0) > 0 and not findings.get("services_restarted"):
-        reason = (
-            f"{findings['active_sessions']} user session(s) connected: restarting Remote Desktop services "
-            "would drop them (rerun with force to proceed)"
-        )
-        raise _Stop(Outcome.SKIPPED if plan is Plan.RENEW_ONLY else Outcome.FAILED, reason)
-
-
 def _describe(summary: dict[str, Any]) -> str:
+    if summary.get("refused"):
+        return f"refused: {summary['refused']}"[:500]
     if summary["errors"]:
         return "; ".join(summary["errors"])[:500]
     if summary["actions"]:
         return "; ".join(summary["actions"])[:500]
     return "no change needed" if not summary["detect_only"] else "detect only"
-
-
-def _findings(probe_status: str, recommended: list[str]) -> list[str]:
-    return [f"probe: {probe_status}", *(f"needs {name}" for name in recommended)]
 
 
 def _no_progress(step: str, detail: str) -> None:

@@ -8,7 +8,6 @@ guest said.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections.abc import Mapping
@@ -31,17 +30,17 @@ SCRIPTS: tuple[str, ...] = (
 )
 
 # The parameters each script declares in its param() block. Run Command passes every value as a string;
-# booleans are the strings "true" / "false" (see docs/guest-scripts.md for why not [switch]).
+# booleans are the strings "true" / "false" (see docs/guest-scripts.md for why not [switch]). Targets (a
+# thumbprint, a key file name, a rule name) are validated by pattern in the script and never interpolated.
 PARAMETERS: Mapping[str, frozenset[str]] = {
-    "diagnose": frozenset({"DetectOnly", "ExpiryWarningDays"}),
-    "renew-certificate": frozenset({"DetectOnly", "Force", "ExpiryWarningDays"}),
-    "repair-machinekeys": frozenset({"DetectOnly"}),
-    "reset-machinekeys": frozenset({"DetectOnly"}),
-    "enable-firewall-rule": frozenset({"DetectOnly"}),
+    "diagnose": frozenset({"DetectOnly"}),
+    "renew-certificate": frozenset({"DetectOnly", "Force", "Thumbprint", "Successor"}),
+    "repair-machinekeys": frozenset({"DetectOnly", "Mode", "Thumbprint", "KeyFile"}),
+    "reset-machinekeys": frozenset({"DetectOnly", "Force"}),
+    "enable-firewall-rule": frozenset({"DetectOnly", "RuleName", "Port"}),
     "enable-tls12": frozenset({"DetectOnly"}),
 }
 
-REMOTE_DESKTOP_STORE = "Cert:\\LocalMachine\\Remote Desktop"  # where Windows keeps the self-signed RDP certificate
 _QUOTE_CHARS = 600  # how much of each stream an error message quotes
 _VERSION_LINE = re.compile(r"^\$ScriptVersion\s*=\s*'(?P<version>[0-9]+\.[0-9]+\.[0-9]+)'\s*$", re.MULTILINE)
 
@@ -126,46 +125,6 @@ def parse_output(stdout: str, stderr: str, expected_script: str) -> dict[str, An
         except GuestOutputError as exc:
             raise GuestOutputError(f"{exc.reason}{_quote(stdout, stderr)}") from None
     raise GuestOutputError(f"{expected_script} printed no JSON summary{_quote(stdout, stderr)}")
-
-
-def recommended_repairs(findings: Mapping[str, Any], now: dt.datetime, expiry_warning_days: int) -> list[str]:
-    """The repairs diagnose findings call for, in the order to apply them: the rule diagnose.ps1 applies (which
-    also skips the part of the rule whose check failed and is listed in `errors`).
-
-    The key store comes first (Windows cannot make a certificate without it), then the certificate, the
-    firewall rule and TLS 1.2. renew-certificate is recommended only for what it repairs: no certificate, an
-    expired one or a pin to one in no store (it clears the pin), and a self-signed certificate of the Remote
-    Desktop store that expires soon or whose key is missing or unreadable. A certificate from a CA that is
-    merely expiring is an administrator's to replace.
-    """
-    repairs: list[str] = []
-    keys = findings["machinekeys"]
-    cert = findings["listener_certificate"]
-    if not keys["folder_exists"]:
-        repairs.append("reset-machinekeys")
-    elif not keys["folder_acl_ok"] or keys["key_container_acl_ok"] is False:
-        repairs.append("repair-machinekeys")
-    elif cert is not None and cert["private_key"] == "unreadable":
-        repairs.append("reset-machinekeys")  # permissions are right and the key still does not open
-    if cert is None or cert["expired"] is not False or _renewable(cert, now, expiry_warning_days):
-        repairs.append("renew-certificate")
-    if not all(findings["firewall_rule_group"].values()):
-        repairs.append("enable-firewall-rule")
-    if not findings["tls12_server_enabled"]:
-        repairs.append("enable-tls12")
-    return repairs
-
-
-def _renewable(cert: Mapping[str, Any], now: dt.datetime, expiry_warning_days: int) -> bool:
-    """A self-signed certificate of the Remote Desktop store that is stale: the ones renew-certificate replaces."""
-    if cert["self_signed"] is not True or cert["store"] != REMOTE_DESKTOP_STORE:
-        return False
-    expiring = _parse_time(cert["not_after"]) <= now + dt.timedelta(days=expiry_warning_days)
-    return bool(cert["private_key"] != "ok" or expiring)
-
-
-def _parse_time(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _path(parts: Any) -> str:

@@ -1,57 +1,60 @@
 <#
 .SYNOPSIS
-    Reports why Remote Desktop may fail with error 0x904 on this machine. Read-only: changes nothing.
+    Reports the facts behind Remote Desktop error 0x904 on this machine. Read-only: changes nothing and
+    recommends nothing (the engine decides).
 
 .DESCRIPTION
-    Reads the RDP listener's certificate (Win32_TSGeneralSetting.SSLCertificateSHA1Hash), the store holding it,
-    its dates and whether its private key is usable; the MachineKeys folder and the listener key container ACLs;
-    the TermService, SessionEnv and UmRdpService services; fDenyTSConnections, PortNumber, SecurityLayer and
-    UserAuthentication (a Group Policy value wins over the local one); server-side TLS 1.2 in SCHANNEL; per
-    profile, whether the "Remote Desktop - User Mode (TCP-In)" firewall rule is in effect; whether anything
-    listens on the RDP port; events 1057, 1058 (TerminalServices-RemoteConnectionManager), 36870 and 36871
-    (Schannel) of the last 24 hours; and the remote sessions. Each check runs on its own: one that fails is
-    reported in errors and the others still run. Ends with the repairs the findings call for, in the order to
-    apply them; a check that failed recommends nothing.
+    Reads, each under its own guard and time limit: the OS build and .NET Framework release; the listener's port
+    and security settings; the listener's certificate (Win32_TSGeneralSetting.SSLCertificateSHA1Hash and
+    SSLCertificateSHA1HashType: 1 Windows' own self-signed, 2 Group Policy template, 3 custom), the store holding
+    it, its dates, subject and issuer, where its pin is set, and valid successors for a custom one; its private
+    key: provider (CSP or CNG), container, key file, whether SYSTEM and NETWORK SERVICE may read it (TermService
+    reads it as NETWORK SERVICE, KB 2001849) and the deny entries that stop them; the MachineKeys folder's ACL
+    and the newest rdp-remediate backup of it; the other LocalMachine certificates whose keys live in
+    MachineKeys; server roles; the firewall profiles, the enabled inbound allow rules for the listener's port on
+    the active profile, the built-in rule and its Group Policy copies; what listens on the port; remote sessions
+    (logon types 10 and 12); server-side TLS 1.2 and 1.3; events 1057, 1058, 36870, 36871 of the last 24 hours.
+    A check that fails or times out leaves its fact null (unknown) and names itself in errors; the others run.
 
 .PARAMETER DetectOnly
     'true' or 'false' (text: Run Command passes every parameter as a string). Accepted like every rdp-remediate
     script; this one never changes anything either way.
 
-.PARAMETER ExpiryWarningDays
-    A certificate that expires within this many days is recommended for renewal. Default 30.
-
 .OUTPUTS
-    Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
+    Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
 param(
     [ValidateSet('true', 'false')]
-    [string]$DetectOnly = 'false',
-
-    [ValidateRange(0, 3650)]
-    [int]$ExpiryWarningDays = 30
+    [string]$DetectOnly = 'false'
 )
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'diagnose'
-$ScriptVersion = '1.1.0'
+$ScriptVersion = '2.0.0'
 
-$MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
+$CimTimeoutSeconds = 20
+$CryptoPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto'
+$MachineKeysPath = Join-Path -Path $CryptoPath -ChildPath 'RSA\MachineKeys'
+$CngKeysPath = Join-Path -Path $CryptoPath -ChildPath 'Keys'
 $TerminalServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server'
 $RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
 # Group Policy's Remote Desktop settings: when a value is set here, it is the one in effect.
 $RdpPolicyKey = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows NT\Terminal Services'
-$RdStore = 'Cert:\LocalMachine\Remote Desktop'
-$Tls12ServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\SecurityProviders\SCHANNEL\Protocols\TLS 1.2\Server'
-# The built-in rule "Remote Desktop - User Mode (TCP-In)" by its Name, which is not localized. Every connection
-# starts over TCP (UDP only accelerates one), so this rule decides whether RDP gets through; the group's other
-# rules (the UDP one, Shadow) do not.
+$SchannelKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\SecurityProviders\SCHANNEL\Protocols'
+# The built-in rule "Remote Desktop - User Mode (TCP-In)" by its Name, which is not localized.
 $RdpTcpRule = 'RemoteDesktop-UserMode-In-TCP'
-# Windows' default rights: Administrators own the folder; SYSTEM owns the listener's key, NETWORK SERVICE reads it.
-$FolderRights = @{ 'S-1-5-32-544' = 'FullControl' }
-$ContainerRights = @{ 'S-1-5-18' = 'FullControl'; 'S-1-5-20' = 'Read' }
+# The groups in each account's token that an ACL entry can name (Microsoft Learn, "Well-known SIDs"): SYSTEM
+# (also Everyone, Authenticated Users, Administrators) and NETWORK SERVICE (also Everyone, Authenticated Users,
+# SERVICE).
+$TokenSids = @{
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+}
+# Services whose presence names a server role that keeps keys in the machine store.
+$RoleServices = @{ NTDS = 'domain-controller'; CertSvc = 'ad-cs'; W3SVC = 'iis'; TSGateway = 'rds-gateway'; Tssdis = 'rds-broker'; TermServLicensing = 'rds-licensing' }
 
 function Write-Step {
     # Progress for the Run Command output. Write-Host, not Write-Output, so that progress never becomes part of
@@ -69,10 +72,26 @@ function Add-Text {
     $List.Add($Text)
 }
 
+function ConvertTo-AsciiJson {
+    # Windows PowerShell 5.1 writes stdout in the OEM code page and ConvertTo-Json leaves non-ASCII characters as
+    # they are: escape each as \uXXXX, which is the same JSON in pure ASCII.
+    param([string]$Json)
+    $builder = New-Object -TypeName System.Text.StringBuilder
+    foreach ($character in $Json.ToCharArray()) {
+        if ([int]$character -gt 126) {
+            [void]$builder.AppendFormat('\u{0:x4}', [int]$character)
+        }
+        else {
+            [void]$builder.Append($character)
+        }
+    }
+    $builder.ToString()
+}
+
 function Write-Summary {
-    # The contract: one compact JSON object as the last line of output. Run Command keeps only the last 4096
-    # bytes, so the line stays within 4000: lists are cut to 20 entries, then actions (before errors) are
-    # dropped until it fits, and `truncated` counts what was dropped.
+    # The contract: one compact ASCII JSON object as the last line of output. Run Command keeps only the last
+    # 4096 bytes, so the line stays within 4000. The change record (actions) is kept first: lists are cut to 20
+    # entries, then errors are dropped before actions until it fits, and `truncated` counts what was dropped.
     param([System.Collections.IDictionary]$Summary)
     $dropped = 0
     foreach ($name in @('actions', 'errors')) {
@@ -85,13 +104,13 @@ function Write-Summary {
         if ($dropped -gt 0) {
             $Summary['truncated'] = $dropped
         }
-        $json = ConvertTo-Json -InputObject $Summary -Compress -Depth 8
-        if ([System.Text.Encoding]::UTF8.GetByteCount($json) -le 4000) {
+        $json = ConvertTo-AsciiJson -Json (ConvertTo-Json -InputObject $Summary -Compress -Depth 8)
+        if ($json.Length -le 4000) {
             break
         }
-        $list = $Summary['actions']
+        $list = $Summary['errors']
         if ($list.Count -eq 0) {
-            $list = $Summary['errors']
+            $list = $Summary['actions']
         }
         if ($list.Count -eq 0) {
             break
@@ -100,6 +119,20 @@ function Write-Summary {
         $dropped++
     }
     Write-Output $json
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
 }
 
 function Format-UtcTime {
@@ -118,17 +151,14 @@ function Get-RegistryValue {
     $item.$Name
 }
 
-function Get-ListenerThumbprint {
-    # The certificate the RDP listener uses, as Windows reports it; $null when it reports none.
-    $setting = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName 'Win32_TSGeneralSetting' -Filter "TerminalName='RDP-tcp'"
-    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
-        return $null
-    }
-    ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
+function Get-ListenerSetting {
+    # The RDP listener's WMI settings (Win32_TSGeneralSetting), within the CIM time limit: a hung WMI provider
+    # must not hold the VM's only Run Command slot.
+    Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName 'Win32_TSGeneralSetting' -Filter "TerminalName='RDP-tcp'" -OperationTimeoutSec $CimTimeoutSeconds
 }
 
 function Find-Certificate {
-    # The certificate with this thumbprint in the machine stores a listener certificate comes from, or $null.
+    # The certificate with this thumbprint in the LocalMachine stores a listener certificate comes from, or $null.
     param([string]$Thumbprint)
     foreach ($store in @('Cert:\LocalMachine\Remote Desktop', 'Cert:\LocalMachine\My')) {
         $path = Join-Path -Path $store -ChildPath $Thumbprint
@@ -139,172 +169,105 @@ function Find-Certificate {
     $null
 }
 
-function Get-ListenerKeyContainerPath {
-    # The self-signed listener certificate's key is the TSSecKeySet1 container: in MachineKeys, a file named after
-    # a fixed hash of that name and the machine GUID.
-    $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
-    if (-not $guid) {
-        return $null
-    }
-    Join-Path -Path $MachineKeysPath -ChildPath ('f686aace6942fb7f7ceb231212eef4a4_' + $guid)
-}
-
-function Get-PrivateKeyState {
-    # 'ok' when the key opens; 'missing' when the certificate has none or its key file is gone; 'unreadable'
-    # otherwise (what events 1057 "Keyset does not exist" and 36870 report).
-    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [string]$ContainerPath)
+function Resolve-KeyFile {
+    # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
+    # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
+    # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
+    # found; when it does not open, the file is unknown ($null), never guessed.
+    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
+    $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
     if (-not $Certificate.HasPrivateKey) {
-        return 'missing'
+        return $result
     }
+    if ($WindowsOwn) {
+        $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
+        $result.Provider = 'csp'
+        $result.Container = 'TSSecKeySet1'
+        $result.File = 'f686aace6942fb7f7ceb231212eef4a4_' + $guid
+        $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        return $result
+    }
+    $result.Provider = $null
     try {
         $key = [System.Security.Cryptography.X509Certificates.RSACertificateExtensions]::GetRSAPrivateKey($Certificate)
-        if ($null -eq $key) {
-            $key = [System.Security.Cryptography.X509Certificates.ECDsaCertificateExtensions]::GetECDsaPrivateKey($Certificate)
+        if ($key -is [System.Security.Cryptography.RSACng]) {
+            $result.Provider = 'cng'
+            $result.Container = $key.Key.KeyName
+            $result.File = $key.Key.UniqueName
+            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
         }
-        if ($null -ne $key) {
-            $key.Dispose()
-            return 'ok'
+        elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
+            $result.Provider = 'csp'
+            $result.Container = $key.CspKeyContainerInfo.KeyContainerName
+            $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
+            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
         }
     }
     catch {
-        Write-Step ('the private key of {0} does not open: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+        Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
     }
-    if ($ContainerPath -and -not (Test-Path -LiteralPath $ContainerPath)) {
-        return 'missing'
-    }
-    'unreadable'
+    $result
 }
 
-function Get-CertificateInfo {
-    # The contract's view of the listener certificate; $Found is what Find-Certificate returned.
-    param([string]$Thumbprint, [object]$Found, [datetime]$Now)
-    if ($null -eq $Found) {
-        return [ordered]@{ thumbprint = $Thumbprint; store = $null; not_before = $null; not_after = $null; expired = $null; self_signed = $null; private_key = 'missing' }
-    }
-    $certificate = $Found.Certificate
-    $selfSigned = $certificate.Subject -eq $certificate.Issuer
-    $container = ''
-    if ($selfSigned -and $Found.Store -eq 'Cert:\LocalMachine\Remote Desktop') {
-        $container = Get-ListenerKeyContainerPath
-    }
-    [ordered]@{
-        thumbprint  = $certificate.Thumbprint.ToUpperInvariant()
-        store       = $Found.Store
-        not_before  = Format-UtcTime -Time $certificate.NotBefore
-        not_after   = Format-UtcTime -Time $certificate.NotAfter
-        expired     = $certificate.NotAfter -le $Now
-        self_signed = $selfSigned
-        private_key = Get-PrivateKeyState -Certificate $certificate -ContainerPath $container
-    }
-}
-
-function Test-AclGrants {
-    # True when each SID in $Required is allowed at least the given rights and is denied nothing. An ACL this
-    # account may not even read is not right either: it is the typical broken key container (no entry for
-    # SYSTEM, another owner), and reading it must not stop the script.
-    param([string]$Path, [hashtable]$Required)
+function Get-KeyAccess {
+    # Whether SYSTEM and NETWORK SERVICE may read a key file, judged from its ACL as an access check would: a deny
+    # entry for any group in the account's token wins over every allow entry; an allow entry for any of them
+    # grants. $null values: the ACL could not be read (unknown, not broken).
+    param([string]$Path)
+    $access = @{ System = $null; NetworkService = $null; Denies = $null; Sddl = $null }
     try {
         $acl = Get-Acl -LiteralPath $Path
     }
     catch [System.UnauthorizedAccessException] {
         Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
-        return $false
+        return $access
     }
-    $rules = $acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
-    foreach ($sid in $Required.Keys) {
-        $needed = [int][System.Security.AccessControl.FileSystemRights]$Required[$sid]
-        $allowed = 0
+    $access.Sddl = Format-Clip -Text ([string]$acl.Sddl) -Length 128
+    $rules = @($acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier]))
+    $read = [int][System.Security.AccessControl.FileSystemRights]::ReadData
+    $denies = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    foreach ($account in @('S-1-5-18', 'S-1-5-20')) {
+        $allowed = $false
+        $denied = $false
         foreach ($rule in $rules) {
-            # An inherit-only entry is for the children, not for this file or folder.
-            if ($rule.IdentityReference.Value -ne $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
+            $sid = $rule.IdentityReference.Value
+            if ($TokenSids[$account] -notcontains $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
                 continue
             }
-            if ($rule.AccessControlType -eq 'Deny') {
-                return $false
+            $mask = [int]$rule.FileSystemRights
+            # Generic rights share no bit with the file rights they stand for: GENERIC_ALL, GENERIC_READ.
+            $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
+            if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
+                $denied = $true
+                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                    $denies.Add($sid)
+                }
             }
-            $allowed = $allowed -bor (Get-FileRights -Mask ([int]$rule.FileSystemRights))
-        }
-        if (($allowed -band $needed) -ne $needed) {
-            return $false
-        }
-    }
-    $true
-}
-
-function Get-FileRights {
-    # An entry's access mask as file rights. An entry may hold generic rights, which share no bit with the file
-    # rights they stand for: GENERIC_ALL (0x10000000) means FullControl, GENERIC_READ (0x80000000) means Read.
-    param([int]$Mask)
-    if ($Mask -band 0x10000000) {
-        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::FullControl
-    }
-    if ($Mask -band 0x80000000) {
-        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::Read
-    }
-    $Mask
-}
-
-function Get-ServiceInfo {
-    # State and start type of a service, from WMI (Get-Service lacks the start type on older .NET).
-    param([string]$Name)
-    $service = Get-CimInstance -ClassName 'Win32_Service' -Filter ("Name='{0}'" -f $Name)
-    if ($null -eq $service) {
-        return [ordered]@{ state = 'NotFound'; start_type = 'NotFound' }
-    }
-    [ordered]@{ state = [string]$service.State; start_type = [string]$service.StartMode }
-}
-
-function Get-RdpSetting {
-    # A Remote Desktop setting as it is in effect: the Group Policy value when one is set, else the local one.
-    param([string]$Path, [string]$Name, [int]$Default)
-    $value = Get-RegistryValue -Path $RdpPolicyKey -Name $Name -Default $null
-    if ($null -eq $value) {
-        $value = Get-RegistryValue -Path $Path -Name $Name -Default $Default
-    }
-    [int]$value
-}
-
-function Test-Tls12ServerEnabled {
-    # SCHANNEL's TLS 1.2 server side is on unless its registry key turns it off.
-    $enabled = Get-RegistryValue -Path $Tls12ServerKey -Name 'Enabled' -Default 1
-    $disabledByDefault = Get-RegistryValue -Path $Tls12ServerKey -Name 'DisabledByDefault' -Default 0
-    ($enabled -ne 0) -and ($disabledByDefault -eq 0)
-}
-
-function Get-RdpRuleProfileState {
-    # Per firewall profile: is the User Mode TCP-In rule enabled and in effect for it? The active store merges
-    # local and Group Policy rules, so a policy that disables the rule counts.
-    $state = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Name $RdpTcpRule -ErrorAction SilentlyContinue)
-    foreach ($rule in $rules) {
-        if ([string]$rule.Enabled -ne 'True') {
-            continue
-        }
-        $scope = [string]$rule.Profile
-        foreach ($name in @('Domain', 'Private', 'Public')) {
-            if ($scope -eq 'Any' -or $scope -like ('*' + $name + '*')) {
-                $state[$name] = $true
+            elseif ($rule.AccessControlType -eq 'Allow' -and $grantsRead) {
+                $allowed = $true
             }
         }
+        if ($account -eq 'S-1-5-18') {
+            $access.System = $allowed -and -not $denied
+        }
+        else {
+            $access.NetworkService = $allowed -and -not $denied
+        }
     }
-    $state
-}
-
-function Get-RecentEventCount {
-    # How often the System log recorded this event since $Since; none is not an error.
-    param([string]$Provider, [int]$Id, [datetime]$Since)
-    $filter = @{ LogName = 'System'; ProviderName = $Provider; Id = $Id; StartTime = $Since }
-    @(Get-WinEvent -FilterHashtable $filter -ErrorAction SilentlyContinue).Count
+    $access.Denies = @($denies)
+    $access
 }
 
 function Get-RdpSessionCount {
-    # Remote Desktop logon sessions (LogonType 10) that still own processes, connected or disconnected:
-    # restarting TermService ends them all.
+    # Remote Desktop logon sessions that still own processes, connected or disconnected: logon type 10
+    # (RemoteInteractive) or 12 (CachedRemoteInteractive, RDP with cached credentials). Each CIM call is bounded.
+    param([int]$LogonType)
     $count = 0
-    foreach ($session in @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter 'LogonType = 10')) {
+    $sessions = @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter ('LogonType = {0}' -f $LogonType) -OperationTimeoutSec $CimTimeoutSeconds)
+    foreach ($session in $sessions) {
         $processes = @()
         try {
-            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
+            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process' -OperationTimeoutSec $CimTimeoutSeconds)
         }
         catch {
             # The session ended between the two queries: it no longer counts.
@@ -317,26 +280,367 @@ function Get-RdpSessionCount {
     $count
 }
 
-function Format-ErrorText {
-    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
-    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
-    param([System.Management.Automation.ErrorRecord]$Record)
-    $line = 0
-    if ($null -ne $Record.InvocationInfo) {
-        $line = $Record.InvocationInfo.ScriptLineNumber
+function Receive-Bounded {
+    # The result of a job (a CDXML cmdlet run with -AsJob), or an error when it does not finish within the time
+    # limit: the NetSecurity and NetTCPIP cmdlets take no -OperationTimeoutSec of their own.
+    param([System.Management.Automation.Job]$Job)
+    $finished = Wait-Job -Job $Job -Timeout $CimTimeoutSeconds
+    if ($null -eq $finished) {
+        Stop-Job -Job $Job
+        Remove-Job -Job $Job -Force
+        throw ('{0} did not answer within {1} s' -f $Job.Command, $CimTimeoutSeconds)
     }
-    if ($line -gt 0) {
-        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    $output = Receive-Job -Job $Job
+    Remove-Job -Job $Job -Force
+    $output
+}
+
+function Format-Clip {
+    # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
+    # contract length, so that its length is its size in the summary.
+    param([string]$Text, [int]$Length)
+    if ($null -eq $Text) {
+        return $null
     }
-    $Record.Exception.Message
+    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    if ($Text.Length -gt $Length) {
+        return $Text.Substring(0, $Length)
+    }
+    $Text
+}
+
+function Get-OtherKeys {
+    # LocalMachine certificates other than the listener's whose keys live in MachineKeys: what a whole-store
+    # rename would set aside. A key that does not open is counted too (its file is unknown, so it may be there).
+    param([string]$Listener)
+    $names = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    $count = 0
+    foreach ($store in @(Get-ChildItem -LiteralPath 'Cert:\LocalMachine')) {
+        foreach ($certificate in @(Get-ChildItem -LiteralPath $store.PSPath | Where-Object { $_.HasPrivateKey })) {
+            if ($certificate.Thumbprint -eq $Listener) {
+                continue
+            }
+            $key = Resolve-KeyFile -Certificate $certificate -WindowsOwn $false
+            if ($key.Provider -eq 'cng') {
+                continue
+            }
+            $count++
+            if ($names.Count -lt 5) {
+                $label = $certificate.FriendlyName
+                if (-not $label) {
+                    $label = $certificate.GetNameInfo([System.Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
+                }
+                $names.Add((Format-Clip -Text ('{0} ({1})' -f $label, $store.Name) -Length 48))
+            }
+        }
+    }
+    [ordered]@{ count = $count; names = @($names) }
 }
 
 function Add-CheckError {
-    # A check that failed: its error goes to the summary and its name to $Failed, so that the other checks still
-    # run and nothing is recommended on the strength of a finding that was never read.
-    param([string]$Check, [System.Management.Automation.ErrorRecord]$Record, [System.Collections.Generic.List[string]]$Failed, [System.Collections.Generic.List[string]]$Errors)
-    $Failed.Add($Check)
+    # A check that failed: its error goes to the summary, named after the fact it fills, which stays null
+    # (unknown); the other checks still run.
+    param([string]$Check, [System.Management.Automation.ErrorRecord]$Record, [System.Collections.Generic.List[string]]$Errors)
     Add-Text -List $Errors -Text ('{0}: {1}' -f $Check, (Format-ErrorText -Record $Record))
+}
+
+function Get-RdpSetting {
+    # A Remote Desktop setting as it is in effect: the Group Policy value when one is set, else the local one;
+    # reported as it is (a value outside the documented range is a fact too).
+    param([string]$Path, [string]$Name, [int64]$Default)
+    $value = Get-RegistryValue -Path $RdpPolicyKey -Name $Name -Default $null
+    if ($null -eq $value) {
+        $value = Get-RegistryValue -Path $Path -Name $Name -Default $Default
+    }
+    [int64]([uint32]([int64]$value -band 0xFFFFFFFF))
+}
+
+function Get-ListenerFacts {
+    # The pinned certificate and whose it is; $null when the listener reports none.
+    param([datetime]$Now)
+    $setting = Get-ListenerSetting
+    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+        return $null
+    }
+    $thumbprint = ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
+    $pin = 'none'
+    if ($null -ne (Get-RegistryValue -Path $RdpPolicyKey -Name 'SSLCertificateSHA1Hash' -Default $null) -or $null -ne (Get-RegistryValue -Path $RdpPolicyKey -Name 'CertTemplateName' -Default $null)) {
+        $pin = 'policy'
+    }
+    elseif ($null -ne (Get-RegistryValue -Path $RdpTcpKey -Name 'SSLCertificateSHA1Hash' -Default $null)) {
+        $pin = 'registry'
+    }
+    $facts = [ordered]@{
+        thumbprint  = $thumbprint
+        hash_type   = [int64]$setting.SSLCertificateSHA1HashType
+        pin         = $pin
+        store       = $null
+        not_before  = $null
+        not_after   = $null
+        subject     = $null
+        issuer      = $null
+        self_signed = $null
+        successors  = @()
+    }
+    $found = Find-Certificate -Thumbprint $thumbprint
+    if ($null -ne $found) {
+        $certificate = $found.Certificate
+        $facts.store = $found.Store
+        $facts.not_before = Format-UtcTime -Time $certificate.NotBefore
+        $facts.not_after = Format-UtcTime -Time $certificate.NotAfter
+        $facts.subject = Format-Clip -Text $certificate.Subject -Length 80
+        $facts.issuer = Format-Clip -Text $certificate.Issuer -Length 80
+        $facts.self_signed = $certificate.Subject -eq $certificate.Issuer
+        $facts.successors = @(Get-Successors -Current $certificate -Now $Now)
+    }
+    $facts
+}
+
+function Get-Successors {
+    # Certificates in LocalMachine\My an admin's listener certificate could be re-pinned to: same subject, valid
+    # now, expiring later, for server authentication, with a key NETWORK SERVICE may read. At most 2.
+    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Current, [datetime]$Now)
+    $found = New-Object -TypeName 'System.Collections.Generic.List[object]'
+    foreach ($candidate in @(Get-ChildItem -LiteralPath 'Cert:\LocalMachine\My')) {
+        if ($found.Count -ge 2 -or $candidate.Thumbprint -eq $Current.Thumbprint -or $candidate.Subject -ne $Current.Subject) {
+            continue
+        }
+        if ($candidate.NotBefore -gt $Now -or $candidate.NotAfter -le $Now -or $candidate.NotAfter -le $Current.NotAfter) {
+            continue
+        }
+        $usages = @($candidate.EnhancedKeyUsageList | ForEach-Object { $_.ObjectId })
+        if ($usages -notcontains '1.3.6.1.5.5.7.3.1' -and $usages -notcontains '1.3.6.1.4.1.311.54.1.2') {
+            continue
+        }
+        $key = Resolve-KeyFile -Certificate $candidate -WindowsOwn $false
+        if ($null -eq $key.Path -or -not (Test-Path -LiteralPath $key.Path)) {
+            continue
+        }
+        if ((Get-KeyAccess -Path $key.Path).NetworkService -eq $true) {
+            $found.Add([ordered]@{ thumbprint = $candidate.Thumbprint.ToUpperInvariant(); not_after = (Format-UtcTime -Time $candidate.NotAfter) })
+        }
+    }
+    $found
+}
+
+function Get-KeyFacts {
+    # The listener certificate's key as TermService (NETWORK SERVICE) meets it.
+    param([object]$Listener)
+    if ($null -eq $Listener -or $null -eq $Listener.store) {
+        return $null
+    }
+    $certificate = (Find-Certificate -Thumbprint $Listener.thumbprint).Certificate
+    $windowsOwn = $Listener.hash_type -eq 1 -and $Listener.store -eq 'Cert:\LocalMachine\Remote Desktop'
+    $key = Resolve-KeyFile -Certificate $certificate -WindowsOwn $windowsOwn
+    $facts = [ordered]@{ provider = $key.Provider; container = (Format-Clip -Text $key.Container -Length 64); file = $key.File; exists = $null; system_read = $null; network_service_read = $null; denies = $null; sddl = $null }
+    if ($null -ne $key.Path) {
+        $facts.exists = Test-Path -LiteralPath $key.Path
+    }
+    if ($facts.exists -eq $true) {
+        $access = Get-KeyAccess -Path $key.Path
+        $facts.system_read = $access.System
+        $facts.network_service_read = $access.NetworkService
+        $facts.denies = $access.Denies
+        $facts.sddl = $access.Sddl
+    }
+    $facts
+}
+
+function Get-FolderFacts {
+    # MachineKeys: exists, Administrators keep full control (KB 278381), and the newest backup's age.
+    param([datetime]$Now)
+    $facts = [ordered]@{ exists = (Test-Path -LiteralPath $MachineKeysPath); acl_ok = $null; sddl = $null; backup_age_hours = $null }
+    if ($facts.exists) {
+        $facts.acl_ok = Test-FolderAcl -Path $MachineKeysPath
+        $facts.sddl = Format-Clip -Text (Get-FolderSddl -Path $MachineKeysPath) -Length 128
+    }
+    $newest = $null
+    $rsa = Split-Path -Path $MachineKeysPath -Parent
+    foreach ($backup in @(Get-ChildItem -LiteralPath $rsa -Directory -Filter 'MachineKeys.*.rdp-remediate.bak' -ErrorAction SilentlyContinue)) {
+        $stamp = $backup.Name.Split('.')[1]
+        $taken = [datetime]::ParseExact($stamp, "yyyyMMdd'T'HHmmss'Z'", [System.Globalization.CultureInfo]::InvariantCulture, [System.Globalization.DateTimeStyles]::AssumeUniversal)
+        if ($null -eq $newest -or $taken -gt $newest) {
+            $newest = $taken
+        }
+    }
+    if ($null -ne $newest) {
+        $facts.backup_age_hours = [math]::Round(($Now.ToUniversalTime() - $newest.ToUniversalTime()).TotalHours, 2)
+    }
+    $facts
+}
+
+function Get-FolderSddl {
+    # The folder's SDDL, or $null when its ACL is unreadable.
+    param([string]$Path)
+    try {
+        return [string](Get-Acl -LiteralPath $Path).Sddl
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $null
+    }
+}
+
+function Test-FolderAcl {
+    # Administrators have full control of the folder itself (KB 278381) and neither they nor SYSTEM are denied
+    # anything; $null when the ACL is unreadable (unknown).
+    param([string]$Path)
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $null
+    }
+    $full = [int][System.Security.AccessControl.FileSystemRights]::FullControl
+    $allowed = 0
+    foreach ($rule in @($acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier]))) {
+        $sid = $rule.IdentityReference.Value
+        if (@('S-1-5-18', 'S-1-5-32-544') -notcontains $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
+            continue
+        }
+        if ($rule.AccessControlType -eq 'Deny') {
+            return $false
+        }
+        $mask = [int]$rule.FileSystemRights
+        if ($mask -band 0x10000000) {
+            $mask = $mask -bor $full
+        }
+        if ($sid -eq 'S-1-5-32-544') {
+            $allowed = $allowed -bor $mask
+        }
+    }
+    ($allowed -band $full) -eq $full
+}
+
+function Get-Roles {
+    # Server roles that keep keys in the machine store, from the services that carry them.
+    $roles = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    foreach ($service in $RoleServices.Keys) {
+        if ($null -ne (Get-Service -Name $service -ErrorAction SilentlyContinue)) {
+            $roles.Add($RoleServices[$service])
+        }
+    }
+    @($roles)
+}
+
+function Get-ServiceFacts {
+    # State and start type of the Remote Desktop services, from WMI within its time limit.
+    $facts = [ordered]@{}
+    foreach ($name in @('TermService', 'SessionEnv', 'UmRdpService')) {
+        $service = Get-CimInstance -ClassName 'Win32_Service' -Filter ("Name='{0}'" -f $name) -OperationTimeoutSec $CimTimeoutSeconds
+        if ($null -eq $service) {
+            $facts[$name] = [ordered]@{ state = 'NotFound'; start_type = 'NotFound' }
+        }
+        else {
+            $facts[$name] = [ordered]@{ state = (Format-Clip -Text ([string]$service.State) -Length 16); start_type = (Format-Clip -Text ([string]$service.StartMode) -Length 16) }
+        }
+    }
+    $facts
+}
+
+function Test-ProfileCovers {
+    # A rule's Profile value ('Any' or a list such as 'Domain, Private') covers one of the active profiles.
+    param([string]$Profiles, [string[]]$Active)
+    if ($Profiles -eq 'Any') {
+        return $true
+    }
+    foreach ($name in $Active) {
+        if ($Profiles -like ('*' + $name + '*')) {
+            return $true
+        }
+    }
+    $false
+}
+
+function Get-FirewallFacts {
+    # By reachability: the profiles, which one is active, every enabled inbound allow rule (active store: local
+    # and Group Policy merged as Windows applies them) for the listener's TCP port on an active profile, the
+    # local built-in rule, and Group Policy copies of it.
+    param([int64]$Port)
+    $active = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    foreach ($connection in @(Receive-Bounded -Job (Get-NetConnectionProfile -AsJob))) {
+        $category = [string]$connection.NetworkCategory
+        if ($category -eq 'DomainAuthenticated') {
+            $category = 'Domain'
+        }
+        if (-not $active.Contains($category)) {
+            $active.Add($category)
+        }
+    }
+    $profiles = [ordered]@{}
+    foreach ($profile in @(Receive-Bounded -Job (Get-NetFirewallProfile -PolicyStore ActiveStore -AsJob))) {
+        $profiles[[string]$profile.Name] = [ordered]@{ enabled = ([string]$profile.Enabled -eq 'True'); active = $active.Contains([string]$profile.Name) }
+    }
+    $paths = New-Object -TypeName 'System.Collections.Generic.List[object]'
+    foreach ($filter in @(Receive-Bounded -Job (Get-NetFirewallPortFilter -PolicyStore ActiveStore -AsJob))) {
+        $ports = @($filter.LocalPort | ForEach-Object { [string]$_ })
+        if ([string]$filter.Protocol -ne 'TCP' -or ($ports -notcontains [string]$Port -and $ports -notcontains 'Any')) {
+            continue
+        }
+        $rule = Receive-Bounded -Job (Get-NetFirewallRule -AssociatedNetFirewallPortFilter $filter -AsJob)
+        if ([string]$rule.Enabled -ne 'True' -or [string]$rule.Direction -ne 'Inbound' -or [string]$rule.Action -ne 'Allow') {
+            continue
+        }
+        if (-not (Test-ProfileCovers -Profiles ([string]$rule.Profile) -Active @($active)) -or $paths.Count -ge 3) {
+            continue
+        }
+        $remote = @((Receive-Bounded -Job (Get-NetFirewallAddressFilter -AssociatedNetFirewallRule $rule -AsJob)).RemoteAddress) -join ','
+        $paths.Add([ordered]@{ rule = (Format-Clip -Text ([string]$rule.Name) -Length 40); profiles = (Format-Clip -Text ([string]$rule.Profile) -Length 24); remote = (Format-Clip -Text $remote -Length 40); policy = ([string]$rule.PolicyStoreSourceType -eq 'GroupPolicy') })
+    }
+    $builtin = $null
+    $local = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore PersistentStore -Name $RdpTcpRule -AsJob))
+    if ($local.Count -gt 0) {
+        $localPort = @((Receive-Bounded -Job (Get-NetFirewallPortFilter -AssociatedNetFirewallRule $local[0] -AsJob)).LocalPort)[0]
+        $builtin = [ordered]@{ enabled = ([string]$local[0].Enabled -eq 'True'); profiles = (Format-Clip -Text ([string]$local[0].Profile) -Length 24); port = [int64]$localPort }
+    }
+    $copies = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore RSOP -Name $RdpTcpRule -AsJob)).Count
+    [ordered]@{ profiles = $profiles; allow_paths = @($paths); builtin_rule = $builtin; policy_copies = $copies }
+}
+
+function Get-PortOwner {
+    # The service (or process) listening on the port; '' when nothing listens.
+    param([int64]$Port)
+    $listeners = @(Receive-Bounded -Job (Get-NetTCPConnection -State Listen -LocalPort $Port -AsJob))
+    if ($listeners.Count -eq 0) {
+        return ''
+    }
+    $processId = [int64]$listeners[0].OwningProcess
+    $service = @(Get-CimInstance -ClassName 'Win32_Service' -Filter ('ProcessId = {0}' -f $processId) -OperationTimeoutSec $CimTimeoutSeconds)
+    if ($service.Count -gt 0) {
+        return Format-Clip -Text ([string]$service[0].Name) -Length 60
+    }
+    Format-Clip -Text ([string](Get-Process -Id $processId).ProcessName) -Length 60
+}
+
+function Test-ServerProtocol {
+    # SCHANNEL's server side of a protocol: the registry when it says, else the build's default (TLS 1.2 on;
+    # TLS 1.3 on from Windows Server 2022, build 20348).
+    param([string]$Protocol, [bool]$Default)
+    $key = Join-Path -Path $SchannelKey -ChildPath ($Protocol + '\Server')
+    $enabled = Get-RegistryValue -Path $key -Name 'Enabled' -Default $null
+    $disabledByDefault = Get-RegistryValue -Path $key -Name 'DisabledByDefault' -Default $null
+    if ($null -eq $enabled -and $null -eq $disabledByDefault) {
+        return $Default
+    }
+    ($enabled -ne 0) -and ($disabledByDefault -ne 1)
+}
+
+function Get-EventFacts {
+    # Per event: how often the System log recorded it in the last 24 hours and the newest message (ASCII).
+    param([datetime]$Since)
+    $facts = [ordered]@{}
+    $sources = [ordered]@{ '1057' = 'Microsoft-Windows-TerminalServices-RemoteConnectionManager'; '1058' = 'Microsoft-Windows-TerminalServices-RemoteConnectionManager'; '36870' = 'Schannel'; '36871' = 'Schannel' }
+    foreach ($id in $sources.Keys) {
+        $filter = @{ LogName = 'System'; ProviderName = $sources[$id]; Id = [int]$id; StartTime = $Since }
+        $events = @(Get-WinEvent -FilterHashtable $filter -MaxEvents 100 -ErrorAction SilentlyContinue)
+        $last = $null
+        if ($events.Count -gt 0) {
+            $last = Format-Clip -Text ($events[0].Message -replace '\s+', ' ') -Length 64
+        }
+        $facts[$id] = [ordered]@{ count = $events.Count; last = $last }
+    }
+    $facts
 }
 
 $summary = [ordered]@{
@@ -345,181 +649,150 @@ $summary = [ordered]@{
     detect_only     = ($DetectOnly -eq 'true')
     changed         = $false
     reboot_required = $false
-    actions         = [System.Collections.Generic.List[string]]::new()
+    refused         = $null
+    actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
     findings        = [ordered]@{
-        os_build             = ''
-        listener_certificate = $null
-        machinekeys          = [ordered]@{ folder_exists = $false; folder_acl_ok = $false; key_container = $null; key_container_acl_ok = $null }
-        services             = [ordered]@{
-            TermService  = [ordered]@{ state = 'Unknown'; start_type = 'Unknown' }
-            SessionEnv   = [ordered]@{ state = 'Unknown'; start_type = 'Unknown' }
-            UmRdpService = [ordered]@{ state = 'Unknown'; start_type = 'Unknown' }
-        }
-        rdp_config           = [ordered]@{ deny_connections = $false; port = 3389; security_layer = 2; user_authentication = 1 }
-        tls12_server_enabled = $false
-        firewall_rule_group  = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-        listening            = $false
-        events_24h           = [ordered]@{ '1057' = 0; '1058' = 0; '36870' = 0; '36871' = 0 }
-        active_sessions      = 0
-        recommended          = [System.Collections.Generic.List[string]]::new()
+        os_build       = $null
+        dotnet_release = $null
+        rdp_config     = $null
+        listener       = $null
+        key            = $null
+        machinekeys    = $null
+        other_keys     = $null
+        roles          = $null
+        services       = $null
+        firewall       = $null
+        port_owner     = $null
+        sessions       = $null
+        tls            = $null
+        events         = $null
     }
-    errors          = [System.Collections.Generic.List[string]]::new()
+    errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
 
-# Each check has its own try/catch, named after the finding it fills: one that fails (access denied, WMI not
-# answering) is reported and the next one still runs.
+# Each check has its own try/catch, named after the fact it fills: one that fails or times out leaves that fact
+# null (unknown) and the next one still runs.
 $now = Get-Date
 $findings = $summary.findings
-$failed = [System.Collections.Generic.List[string]]::new()
-$certificate = $null
+$port = 3389
 Write-Step ('{0} on {1}, read-only' -f $ScriptVersion, $env:COMPUTERNAME)
 
 try {
-    $os = Get-CimInstance -ClassName 'Win32_OperatingSystem'
-    $revision = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion' -Name 'UBR' -Default 0
-    $findings.os_build = '{0}.{1}' -f $os.Version, $revision
+    $version = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion'
+    $findings.os_build = '10.0.{0}.{1}' -f (Get-RegistryValue -Path $version -Name 'CurrentBuildNumber' -Default 0), (Get-RegistryValue -Path $version -Name 'UBR' -Default 0)
 }
 catch {
-    Add-CheckError -Check 'os_build' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'os_build' -Record $_ -Errors $summary.errors
 }
 
 try {
-    Write-Step 'listener certificate'
-    $thumbprint = Get-ListenerThumbprint
-    if ($thumbprint) {
-        $found = Find-Certificate -Thumbprint $thumbprint
-        $findings.listener_certificate = Get-CertificateInfo -Thumbprint $thumbprint -Found $found -Now $now
-        if ($null -ne $found) {
-            $certificate = $found.Certificate
-        }
-    }
+    $findings.dotnet_release = [int64](Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\NET Framework Setup\NDP\v4\Full' -Name 'Release' -Default 0)
 }
 catch {
-    Add-CheckError -Check 'listener_certificate' -Record $_ -Failed $failed -Errors $summary.errors
-}
-
-try {
-    Write-Step 'machine key store'
-    $findings.machinekeys.folder_exists = Test-Path -LiteralPath $MachineKeysPath
-    if ($findings.machinekeys.folder_exists) {
-        $findings.machinekeys.folder_acl_ok = Test-AclGrants -Path $MachineKeysPath -Required $FolderRights
-    }
-    $container = Get-ListenerKeyContainerPath
-    if ($container -and (Test-Path -LiteralPath $container)) {
-        $findings.machinekeys.key_container = Split-Path -Path $container -Leaf
-        $findings.machinekeys.key_container_acl_ok = Test-AclGrants -Path $container -Required $ContainerRights
-    }
-}
-catch {
-    Add-CheckError -Check 'machinekeys' -Record $_ -Failed $failed -Errors $summary.errors
-}
-
-try {
-    Write-Step 'services'
-    foreach ($name in @('TermService', 'SessionEnv', 'UmRdpService')) {
-        $findings.services[$name] = Get-ServiceInfo -Name $name
-    }
-}
-catch {
-    Add-CheckError -Check 'services' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'dotnet_release' -Record $_ -Errors $summary.errors
 }
 
 try {
     Write-Step 'listener settings'
-    $findings.rdp_config.deny_connections = (Get-RdpSetting -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
-    $findings.rdp_config.port = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'PortNumber' -Default 3389)
-    $findings.rdp_config.security_layer = Get-RdpSetting -Path $RdpTcpKey -Name 'SecurityLayer' -Default 2
-    $findings.rdp_config.user_authentication = Get-RdpSetting -Path $RdpTcpKey -Name 'UserAuthentication' -Default 1
+    $port = Get-RdpSetting -Path $RdpTcpKey -Name 'PortNumber' -Default 3389
+    $findings.rdp_config = [ordered]@{
+        port                = $port
+        deny_connections    = (Get-RdpSetting -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
+        security_layer      = Get-RdpSetting -Path $RdpTcpKey -Name 'SecurityLayer' -Default 2
+        user_authentication = Get-RdpSetting -Path $RdpTcpKey -Name 'UserAuthentication' -Default 1
+    }
 }
 catch {
-    Add-CheckError -Check 'rdp_config' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'rdp_config' -Record $_ -Errors $summary.errors
 }
 
 try {
-    $findings.tls12_server_enabled = Test-Tls12ServerEnabled
+    Write-Step 'listener certificate'
+    $findings.listener = Get-ListenerFacts -Now $now
 }
 catch {
-    Add-CheckError -Check 'tls12_server_enabled' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'listener' -Record $_ -Errors $summary.errors
+}
+
+try {
+    Write-Step 'listener key'
+    $findings.key = Get-KeyFacts -Listener $findings.listener
+}
+catch {
+    Add-CheckError -Check 'key' -Record $_ -Errors $summary.errors
+}
+
+try {
+    Write-Step 'machine key store'
+    $findings.machinekeys = Get-FolderFacts -Now $now
+}
+catch {
+    Add-CheckError -Check 'machinekeys' -Record $_ -Errors $summary.errors
+}
+
+try {
+    $listenerThumbprint = ''
+    if ($null -ne $findings.listener) {
+        $listenerThumbprint = $findings.listener.thumbprint
+    }
+    $findings.other_keys = Get-OtherKeys -Listener $listenerThumbprint
+}
+catch {
+    Add-CheckError -Check 'other_keys' -Record $_ -Errors $summary.errors
+}
+
+try {
+    $findings.roles = Get-Roles
+}
+catch {
+    Add-CheckError -Check 'roles' -Record $_ -Errors $summary.errors
+}
+
+try {
+    Write-Step 'services'
+    $findings.services = Get-ServiceFacts
+}
+catch {
+    Add-CheckError -Check 'services' -Record $_ -Errors $summary.errors
 }
 
 try {
     Write-Step 'firewall'
-    $findings.firewall_rule_group = Get-RdpRuleProfileState
+    $findings.firewall = Get-FirewallFacts -Port $port
 }
 catch {
-    Add-CheckError -Check 'firewall_rule_group' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'firewall' -Record $_ -Errors $summary.errors
 }
 
 try {
-    $findings.listening = @(Get-NetTCPConnection -State Listen -LocalPort $findings.rdp_config.port -ErrorAction SilentlyContinue).Count -gt 0
+    $findings.port_owner = Get-PortOwner -Port $port
 }
 catch {
-    Add-CheckError -Check 'listening' -Record $_ -Failed $failed -Errors $summary.errors
-}
-
-try {
-    Write-Step 'events of the last 24 hours'
-    $since = $now.AddHours(-24)
-    foreach ($id in @(1057, 1058)) {
-        $findings.events_24h[[string]$id] = Get-RecentEventCount -Provider 'Microsoft-Windows-TerminalServices-RemoteConnectionManager' -Id $id -Since $since
-    }
-    foreach ($id in @(36870, 36871)) {
-        $findings.events_24h[[string]$id] = Get-RecentEventCount -Provider 'Schannel' -Id $id -Since $since
-    }
-}
-catch {
-    Add-CheckError -Check 'events_24h' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'port_owner' -Record $_ -Errors $summary.errors
 }
 
 try {
     Write-Step 'sessions'
-    $findings.active_sessions = Get-RdpSessionCount
+    $findings.sessions = [ordered]@{ remote = (Get-RdpSessionCount -LogonType 10); cached = (Get-RdpSessionCount -LogonType 12) }
 }
 catch {
-    Add-CheckError -Check 'active_sessions' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'sessions' -Record $_ -Errors $summary.errors
 }
 
 try {
-    # The key store first (a certificate cannot be renewed without it), then the certificate, firewall, TLS;
-    # only from checks that succeeded (a failed one keeps defaults that mean nothing).
-    $keys = $findings.machinekeys
-    $cert = $findings.listener_certificate
-    $recommended = $findings.recommended
-    if ($failed -notcontains 'machinekeys') {
-        if (-not $keys.folder_exists) {
-            $recommended.Add('reset-machinekeys')
-        }
-        elseif (-not $keys.folder_acl_ok -or $keys.key_container_acl_ok -eq $false) {
-            $recommended.Add('repair-machinekeys')
-        }
-        elseif ($null -ne $cert -and $cert.private_key -eq 'unreadable') {
-            # The permissions are right and the key still does not open: the store is corrupt.
-            $recommended.Add('reset-machinekeys')
-        }
-    }
-    if ($failed -notcontains 'listener_certificate') {
-        # renew-certificate replaces only the self-signed certificates of the Remote Desktop store, and clears a
-        # pin to an expired or vanished certificate: recommend it only for what it repairs.
-        $ownCertificate = $null -ne $cert -and $cert.self_signed -eq $true -and $cert.store -eq $RdStore
-        $expiresSoon = $null -ne $certificate -and $certificate.NotAfter -le $now.AddDays($ExpiryWarningDays)
-        if ($null -eq $cert -or $cert.expired -ne $false -or ($ownCertificate -and ($cert.private_key -ne 'ok' -or $expiresSoon))) {
-            $recommended.Add('renew-certificate')
-        }
-    }
-    if ($failed -notcontains 'firewall_rule_group' -and $findings.firewall_rule_group.Values -contains $false) {
-        $recommended.Add('enable-firewall-rule')
-    }
-    if ($failed -notcontains 'tls12_server_enabled' -and -not $findings.tls12_server_enabled) {
-        $recommended.Add('enable-tls12')
-    }
-    if ($recommended.Count -eq 0) {
-        Add-Text -List $summary.actions -Text 'read the state; no repair needed'
-    }
-    else {
-        Add-Text -List $summary.actions -Text ('read the state; recommended: {0}' -f ($recommended -join ', '))
-    }
+    $build = [int](Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion' -Name 'CurrentBuildNumber' -Default 0)
+    $findings.tls = [ordered]@{ tls12_server = (Test-ServerProtocol -Protocol 'TLS 1.2' -Default $true); tls13_server = (Test-ServerProtocol -Protocol 'TLS 1.3' -Default ($build -ge 20348)) }
 }
 catch {
-    Add-CheckError -Check 'recommended' -Record $_ -Failed $failed -Errors $summary.errors
+    Add-CheckError -Check 'tls' -Record $_ -Errors $summary.errors
 }
+
+try {
+    Write-Step 'events of the last 24 hours'
+    $findings.events = Get-EventFacts -Since $now.AddHours(-24)
+}
+catch {
+    Add-CheckError -Check 'events' -Record $_ -Errors $summary.errors
+}
+
 Write-Summary -Summary $summary

@@ -1,42 +1,50 @@
 <#
 .SYNOPSIS
-    Enables the built-in "Remote Desktop - User Mode" firewall rules when RDP is not allowed in, as Microsoft
-    documents it, and nothing else.
+    Enables the local built-in rule "Remote Desktop - User Mode (TCP-In)" (Name RemoteDesktop-UserMode-In-TCP),
+    only when nothing else lets the listener's port in.
 
 .DESCRIPTION
-    RDP gets through the Windows firewall on a profile when the rule RemoteDesktop-UserMode-In-TCP ("Remote
-    Desktop - User Mode (TCP-In)") is enabled and in effect for it: every connection starts over TCP, UDP only
-    accelerates one. Rules are selected by Name, which is not localized. When the TCP rule is not in effect on
-    every profile, the script enables that one rule and nothing else: not the UDP rule (an administrator may have
-    turned RDP over UDP off on purpose, and RDP works without it), not the group's other rules (Shadow lets an
-    administrator watch or control sessions), never the firewall or a profile, never a rule's profiles or
-    addresses, never a new rule.
-    Reports, per profile (Domain, Private, Public), whether the TCP rule is in effect before and after; a Group
-    Policy that disables it wins, and the script says so. No reboot is required.
+    Re-checks, and reports `refused` instead of acting when: a Group Policy copy of the rule exists (the policy's
+    owner decides); the rule's port is not Port or the listener does not use Port. Does nothing when an enabled
+    inbound allow rule for the port already covers an active profile, or the firewall is off there. Otherwise
+    enables the one rule by its Name (not localized), within its own profile and remote-address scope: never the
+    rule group (which includes the Shadow rule), never the UDP rule, never a new or wider rule.
 
 .PARAMETER DetectOnly
     'true' reports what would be enabled and changes nothing. Default 'false'.
 
+.PARAMETER RuleName
+    The rule to enable; only RemoteDesktop-UserMode-In-TCP is accepted.
+
+.PARAMETER Port
+    The listener's TCP port the engine saw (1-65535). Default 3389.
+
 .OUTPUTS
-    Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
+    Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
-    Undo: Disable-NetFirewallRule -Name <the rule names listed in the actions>.
+    Undo: Disable-NetFirewallRule -Name RemoteDesktop-UserMode-In-TCP.
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
 param(
     [ValidateSet('true', 'false')]
-    [string]$DetectOnly = 'false'
+    [string]$DetectOnly = 'false',
+
+    [ValidateSet('RemoteDesktop-UserMode-In-TCP')]
+    [string]$RuleName = 'RemoteDesktop-UserMode-In-TCP',
+
+    [ValidateRange(1, 65535)]
+    [int]$Port = 3389
 )
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'enable-firewall-rule'
-$ScriptVersion = '1.1.0'
+$ScriptVersion = '2.0.0'
 
-# The built-in Remote Desktop User Mode TCP rule by Name, which is not localized (display names are). It alone
-# decides whether RDP gets through; the UDP rule and the group's Shadow rule are deliberately left alone.
+$CimTimeoutSeconds = 20
+$RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
 $RdpTcpRule = 'RemoteDesktop-UserMode-In-TCP'
 
 function Write-Step {
@@ -55,10 +63,26 @@ function Add-Text {
     $List.Add($Text)
 }
 
+function ConvertTo-AsciiJson {
+    # Windows PowerShell 5.1 writes stdout in the OEM code page and ConvertTo-Json leaves non-ASCII characters as
+    # they are: escape each as \uXXXX, which is the same JSON in pure ASCII.
+    param([string]$Json)
+    $builder = New-Object -TypeName System.Text.StringBuilder
+    foreach ($character in $Json.ToCharArray()) {
+        if ([int]$character -gt 126) {
+            [void]$builder.AppendFormat('\u{0:x4}', [int]$character)
+        }
+        else {
+            [void]$builder.Append($character)
+        }
+    }
+    $builder.ToString()
+}
+
 function Write-Summary {
-    # The contract: one compact JSON object as the last line of output. Run Command keeps only the last 4096
-    # bytes, so the line stays within 4000: lists are cut to 20 entries, then actions (before errors) are
-    # dropped until it fits, and `truncated` counts what was dropped.
+    # The contract: one compact ASCII JSON object as the last line of output. Run Command keeps only the last
+    # 4096 bytes, so the line stays within 4000. The change record (actions) is kept first: lists are cut to 20
+    # entries, then errors are dropped before actions until it fits, and `truncated` counts what was dropped.
     param([System.Collections.IDictionary]$Summary)
     $dropped = 0
     foreach ($name in @('actions', 'errors')) {
@@ -71,13 +95,13 @@ function Write-Summary {
         if ($dropped -gt 0) {
             $Summary['truncated'] = $dropped
         }
-        $json = ConvertTo-Json -InputObject $Summary -Compress -Depth 8
-        if ([System.Text.Encoding]::UTF8.GetByteCount($json) -le 4000) {
+        $json = ConvertTo-AsciiJson -Json (ConvertTo-Json -InputObject $Summary -Compress -Depth 8)
+        if ($json.Length -le 4000) {
             break
         }
-        $list = $Summary['actions']
+        $list = $Summary['errors']
         if ($list.Count -eq 0) {
-            $list = $Summary['errors']
+            $list = $Summary['actions']
         }
         if ($list.Count -eq 0) {
             break
@@ -86,25 +110,6 @@ function Write-Summary {
         $dropped++
     }
     Write-Output $json
-}
-
-function Get-RdpRuleProfileState {
-    # Per firewall profile: is the User Mode TCP-In rule enabled and in effect for it? The active store merges
-    # local and Group Policy rules, so a policy that disables the rule counts.
-    $state = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-    $rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Name $RdpTcpRule -ErrorAction SilentlyContinue)
-    foreach ($rule in $rules) {
-        if ([string]$rule.Enabled -ne 'True') {
-            continue
-        }
-        $scope = [string]$rule.Profile
-        foreach ($name in @('Domain', 'Private', 'Public')) {
-            if ($scope -eq 'Any' -or $scope -like ('*' + $name + '*')) {
-                $state[$name] = $true
-            }
-        }
-    }
-    $state
 }
 
 function Format-ErrorText {
@@ -121,50 +126,123 @@ function Format-ErrorText {
     $Record.Exception.Message
 }
 
+function Get-RegistryValue {
+    # A registry value, or $Default when the key or the value does not exist.
+    param([string]$Path, [string]$Name, [object]$Default)
+    $item = Get-ItemProperty -LiteralPath $Path -Name $Name -ErrorAction SilentlyContinue
+    if ($null -eq $item) {
+        return $Default
+    }
+    $item.$Name
+}
+
+function Receive-Bounded {
+    # The result of a job (a CDXML cmdlet run with -AsJob), or an error when it does not finish within the time
+    # limit: the NetSecurity and NetTCPIP cmdlets take no -OperationTimeoutSec of their own.
+    param([System.Management.Automation.Job]$Job)
+    $finished = Wait-Job -Job $Job -Timeout $CimTimeoutSeconds
+    if ($null -eq $finished) {
+        Stop-Job -Job $Job
+        Remove-Job -Job $Job -Force
+        throw ('{0} did not answer within {1} s' -f $Job.Command, $CimTimeoutSeconds)
+    }
+    $output = Receive-Job -Job $Job
+    Remove-Job -Job $Job -Force
+    $output
+}
+
+function Get-RdpRuleProfileState {
+    # The local rule and whether it is enabled; $null when it does not exist.
+    $rules = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore PersistentStore -Name $RdpTcpRule -AsJob))
+    if ($rules.Count -eq 0) {
+        return $null
+    }
+    $port = @((Receive-Bounded -Job (Get-NetFirewallPortFilter -AssociatedNetFirewallRule $rules[0] -AsJob)).LocalPort)[0]
+    @{ Rule = $rules[0]; Enabled = ([string]$rules[0].Enabled -eq 'True'); Port = [string]$port }
+}
+
+function Test-AllowPath {
+    # An enabled inbound allow rule (active store) for the TCP port on an active profile, or the firewall off on one.
+    param([int]$ListenerPort)
+    $active = @()
+    foreach ($connection in @(Receive-Bounded -Job (Get-NetConnectionProfile -AsJob))) {
+        $category = [string]$connection.NetworkCategory
+        if ($category -eq 'DomainAuthenticated') {
+            $category = 'Domain'
+        }
+        $active += $category
+    }
+    foreach ($profile in @(Receive-Bounded -Job (Get-NetFirewallProfile -PolicyStore ActiveStore -AsJob))) {
+        if ($active -contains [string]$profile.Name -and [string]$profile.Enabled -ne 'True') {
+            return $true
+        }
+    }
+    foreach ($filter in @(Receive-Bounded -Job (Get-NetFirewallPortFilter -PolicyStore ActiveStore -AsJob))) {
+        $ports = @($filter.LocalPort | ForEach-Object { [string]$_ })
+        if ([string]$filter.Protocol -ne 'TCP' -or ($ports -notcontains [string]$ListenerPort -and $ports -notcontains 'Any')) {
+            continue
+        }
+        $rule = Receive-Bounded -Job (Get-NetFirewallRule -AssociatedNetFirewallPortFilter $filter -AsJob)
+        if ([string]$rule.Enabled -ne 'True' -or [string]$rule.Direction -ne 'Inbound' -or [string]$rule.Action -ne 'Allow') {
+            continue
+        }
+        foreach ($name in $active) {
+            if ([string]$rule.Profile -eq 'Any' -or [string]$rule.Profile -like ('*' + $name + '*')) {
+                return $true
+            }
+        }
+    }
+    $false
+}
+
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
     detect_only     = ($DetectOnly -eq 'true')
     changed         = $false
     reboot_required = $false
-    actions         = [System.Collections.Generic.List[string]]::new()
-    findings        = [ordered]@{
-        before = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-        after  = [ordered]@{ Domain = $false; Private = $false; Public = $false }
-    }
-    errors          = [System.Collections.Generic.List[string]]::new()
+    refused         = $null
+    actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    findings        = [ordered]@{ rule = $RuleName; enabled_before = $null; enabled_after = $null }
+    errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
 
 try {
     $findings = $summary.findings
     Write-Step ('{0} on {1}, DetectOnly={2}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly)
-    $findings.before = Get-RdpRuleProfileState
-    $findings.after = $findings.before
-    # The TCP rule if it is disabled in the local store (a missing one is not an error: it cannot be enabled).
-    $names = @(Get-NetFirewallRule -Name $RdpTcpRule -ErrorAction SilentlyContinue | Where-Object { [string]$_.Enabled -ne 'True' } | ForEach-Object { $_.Name })
-
-    if ($findings.before.Values -notcontains $false) {
-        Add-Text -List $summary.actions -Text 'the Remote Desktop User Mode (TCP-In) rule is in effect on every profile: nothing to do'
+    $state = Get-RdpRuleProfileState
+    $copies = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore RSOP -Name $RdpTcpRule -AsJob)).Count
+    $listenerPort = [int](Get-RegistryValue -Path $RdpTcpKey -Name 'PortNumber' -Default 3389)
+    $refusal = ''
+    if ($null -eq $state) {
+        $refusal = 'the rule {0} does not exist: not created' -f $RuleName
     }
-    elseif ($names -notcontains $RdpTcpRule) {
-        # Enabled locally yet not in effect: a policy or the rule's profiles block it, which is theirs to decide.
-        Add-Text -List $summary.errors -Text 'the Remote Desktop User Mode (TCP-In) rule is enabled locally (or missing) but not in effect on every profile: a Group Policy or the rule''s profile settings decide; left as configured'
+    elseif ($copies -gt 0) {
+        $refusal = 'a Group Policy copy of {0} governs it: the policy''s owner decides' -f $RuleName
+    }
+    elseif ($state.Port -ne [string]$Port -or $listenerPort -ne $Port) {
+        $refusal = '{0} allows TCP {1} and the listener uses {2}, not {3}' -f $RuleName, $state.Port, $listenerPort, $Port
+    }
+    if ($null -ne $state) {
+        $findings.enabled_before = $state.Enabled
+        $findings.enabled_after = $state.Enabled
+    }
+    if ($refusal) {
+        $summary.refused = $refusal
+        Add-Text -List $summary.actions -Text ('refused: {0}' -f $refusal)
+    }
+    elseif (Test-AllowPath -ListenerPort $Port) {
+        Add-Text -List $summary.actions -Text ('an allow path for TCP {0} exists on the active profile: nothing to do' -f $Port)
     }
     elseif ($summary.detect_only) {
-        foreach ($name in $names) {
-            Add-Text -List $summary.actions -Text ('would enable {0}' -f $name)
-        }
+        Add-Text -List $summary.actions -Text ('would enable {0}' -f $RuleName)
     }
     else {
-        Enable-NetFirewallRule -Name $names
+        $names = @($RdpTcpRule)
+        $null = Receive-Bounded -Job (Enable-NetFirewallRule -Name $names -AsJob)
         $summary.changed = $true
-        foreach ($name in $names) {
-            Add-Text -List $summary.actions -Text ('enabled {0}' -f $name)
-        }
-        $findings.after = Get-RdpRuleProfileState
-        if ($findings.after.Values -contains $false) {
-            Add-Text -List $summary.errors -Text 'the Remote Desktop User Mode (TCP-In) rule is still not in effect on every profile: a Group Policy or the rule''s profile settings decide'
-        }
+        $findings.enabled_after = (Get-RdpRuleProfileState).Enabled
+        Add-Text -List $summary.actions -Text ('enabled {0}' -f $RuleName)
     }
 }
 catch {

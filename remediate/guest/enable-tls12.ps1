@@ -12,7 +12,7 @@
     'true' reports what would be set and changes nothing. Default 'false'.
 
 .OUTPUTS
-    Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
+    Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
     Undo: set the previous values (listed in the actions) under the same key and reboot.
@@ -27,7 +27,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'enable-tls12'
-$ScriptVersion = '1.1.0'
+$ScriptVersion = '2.0.0'
 
 $Tls12ServerKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\SecurityProviders\SCHANNEL\Protocols\TLS 1.2\Server'
 
@@ -47,10 +47,26 @@ function Add-Text {
     $List.Add($Text)
 }
 
+function ConvertTo-AsciiJson {
+    # Windows PowerShell 5.1 writes stdout in the OEM code page and ConvertTo-Json leaves non-ASCII characters as
+    # they are: escape each as \uXXXX, which is the same JSON in pure ASCII.
+    param([string]$Json)
+    $builder = New-Object -TypeName System.Text.StringBuilder
+    foreach ($character in $Json.ToCharArray()) {
+        if ([int]$character -gt 126) {
+            [void]$builder.AppendFormat('\u{0:x4}', [int]$character)
+        }
+        else {
+            [void]$builder.Append($character)
+        }
+    }
+    $builder.ToString()
+}
+
 function Write-Summary {
-    # The contract: one compact JSON object as the last line of output. Run Command keeps only the last 4096
-    # bytes, so the line stays within 4000: lists are cut to 20 entries, then actions (before errors) are
-    # dropped until it fits, and `truncated` counts what was dropped.
+    # The contract: one compact ASCII JSON object as the last line of output. Run Command keeps only the last
+    # 4096 bytes, so the line stays within 4000. The change record (actions) is kept first: lists are cut to 20
+    # entries, then errors are dropped before actions until it fits, and `truncated` counts what was dropped.
     param([System.Collections.IDictionary]$Summary)
     $dropped = 0
     foreach ($name in @('actions', 'errors')) {
@@ -63,13 +79,13 @@ function Write-Summary {
         if ($dropped -gt 0) {
             $Summary['truncated'] = $dropped
         }
-        $json = ConvertTo-Json -InputObject $Summary -Compress -Depth 8
-        if ([System.Text.Encoding]::UTF8.GetByteCount($json) -le 4000) {
+        $json = ConvertTo-AsciiJson -Json (ConvertTo-Json -InputObject $Summary -Compress -Depth 8)
+        if ($json.Length -le 4000) {
             break
         }
-        $list = $Summary['actions']
+        $list = $Summary['errors']
         if ($list.Count -eq 0) {
-            $list = $Summary['errors']
+            $list = $Summary['actions']
         }
         if ($list.Count -eq 0) {
             break
@@ -78,6 +94,20 @@ function Write-Summary {
         $dropped++
     }
     Write-Output $json
+}
+
+function Format-ErrorText {
+    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
+    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
+    param([System.Management.Automation.ErrorRecord]$Record)
+    $line = 0
+    if ($null -ne $Record.InvocationInfo) {
+        $line = $Record.InvocationInfo.ScriptLineNumber
+    }
+    if ($line -gt 0) {
+        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
+    }
+    $Record.Exception.Message
 }
 
 function Get-RegistryValue {
@@ -97,29 +127,16 @@ function Test-Tls12ServerEnabled {
     ($enabled -ne 0) -and ($disabledByDefault -eq 0)
 }
 
-function Format-ErrorText {
-    # An error for the summary, with its script line when PowerShell knows it. InvocationInfo can be $null, and
-    # under strict mode reading a member of $null throws: inside a catch that would cost the summary.
-    param([System.Management.Automation.ErrorRecord]$Record)
-    $line = 0
-    if ($null -ne $Record.InvocationInfo) {
-        $line = $Record.InvocationInfo.ScriptLineNumber
-    }
-    if ($line -gt 0) {
-        return ('{0} (line {1})' -f $Record.Exception.Message, $line)
-    }
-    $Record.Exception.Message
-}
-
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
     detect_only     = ($DetectOnly -eq 'true')
     changed         = $false
     reboot_required = $false
-    actions         = [System.Collections.Generic.List[string]]::new()
+    refused         = $null
+    actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
     findings        = [ordered]@{ enabled_before = $false; enabled_after = $false }
-    errors          = [System.Collections.Generic.List[string]]::new()
+    errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
 
 try {

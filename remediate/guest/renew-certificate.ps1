@@ -1,36 +1,39 @@
 <#
 .SYNOPSIS
-    Replaces the RDP listener's self-signed certificate when it is expired, expires soon or lost its private key,
-    the way Microsoft documents it: remove it, restart the Remote Desktop services, let Windows create a new one.
+    Renews Windows' own RDP certificate (SSLCertificateSHA1HashType 1) the way Microsoft documents it, or
+    re-pins a custom listener certificate (HashType 3) to the successor the engine names.
 
 .DESCRIPTION
-    Removes only self-signed certificates in Cert:\LocalMachine\Remote Desktop that are expired, expire within
-    ExpiryWarningDays or whose private key is gone. A certificate whose key exists but does not open stays: the
-    machine key store is broken and a new certificate would fail the same way. A certificate an administrator pinned
-    (SSLCertificateSHA1Hash under the RDP-Tcp key) stays unless it has expired; a pin to an expired or vanished
-    certificate is cleared so that the listener falls back to the self-signed one. When the listener's own
-    certificate was removed, its pin cleared, or it has none, restarts SessionEnv (which creates the certificate)
-    and TermService (which loads it), each stop and start bounded to 60 seconds, and reports the certificate the
-    listener then uses. Restarting TermService ends every remote session, so the script refuses while sessions
-    exist unless Force is 'true'. Private keys are never deleted. Never touches SecurityLayer, UserAuthentication
-    or MinEncryptionLevel (unlike the built-in ResetRDPCert, which turns TLS off).
+    Acts only on the certificate named by Thumbprint, and first re-checks what the engine was told: the
+    listener still uses that certificate; without Successor, it is Windows' own (HashType 1) and no remote
+    session (logon types 10 and 12) exists unless Force is 'true'; with Successor, the listener is pinned in the
+    registry (not by Group Policy) to a custom certificate (HashType 3) and the successor is in
+    Cert:\LocalMachine\My, valid now, for server authentication, with a key NETWORK SERVICE may read. When a
+    precondition no longer holds it reports `refused` with the reason and changes nothing.
+    Renewal: removes the certificate from Cert:\LocalMachine\Remote Desktop, restarts SessionEnv (which creates
+    the new certificate) and waits up to 60 seconds for the listener to report it; only when it does not is
+    TermService restarted too and waited for again. Every stop and start is bounded; a service this script
+    stopped is started again in finally. Re-pin: sets SSLCertificateSHA1Hash on Win32_TSGeneralSetting.
+    Never touches SecurityLayer, UserAuthentication or MinEncryptionLevel (unlike the built-in ResetRDPCert).
 
 .PARAMETER DetectOnly
-    'true' reports what would be removed and restarted, and changes nothing. Default 'false'.
+    'true' reports what would be done and changes nothing. Default 'false'.
 
 .PARAMETER Force
-    'true' restarts the services even while remote sessions exist (they end). Default 'false'.
+    'true' restarts SessionEnv even while remote sessions exist. Default 'false'.
 
-.PARAMETER ExpiryWarningDays
-    A certificate that expires within this many days is replaced too (proactive renewal). Default 30.
+.PARAMETER Thumbprint
+    The listener's certificate the engine decided about (40 hex digits; '' when the listener has none).
+
+.PARAMETER Successor
+    For a custom certificate: the certificate in LocalMachine\My to pin instead (40 hex digits). Default ''.
 
 .OUTPUTS
-    Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
+    Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
-    Undo: a removed self-signed certificate cannot be restored, and need not be: Windows makes a new one. To pin
-    a certificate again: Set-CimInstance on Win32_TSGeneralSetting (root\cimv2\TerminalServices) with
-    SSLCertificateSHA1Hash = '<thumbprint>'.
+    Undo: a removed self-signed certificate need not be restored: Windows makes a new one. A re-pin is undone by
+    setting SSLCertificateSHA1Hash back to the old thumbprint (reported in findings.thumbprint).
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
@@ -41,18 +44,29 @@ param(
     [ValidateSet('true', 'false')]
     [string]$Force = 'false',
 
-    [ValidateRange(0, 3650)]
-    [int]$ExpiryWarningDays = 30
+    [ValidatePattern('^([0-9A-Fa-f]{40})?$')]
+    [string]$Thumbprint = '',
+
+    [ValidatePattern('^([0-9A-Fa-f]{40})?$')]
+    [string]$Successor = ''
 )
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'renew-certificate'
-$ScriptVersion = '1.1.0'
+$ScriptVersion = '2.0.0'
 
-$MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
+$CimTimeoutSeconds = 20
+$CryptoPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto'
+$MachineKeysPath = Join-Path -Path $CryptoPath -ChildPath 'RSA\MachineKeys'
+$CngKeysPath = Join-Path -Path $CryptoPath -ChildPath 'Keys'
 $RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
+$RdpPolicyKey = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows NT\Terminal Services'
 $RdStore = 'Cert:\LocalMachine\Remote Desktop'
+$TokenSids = @{
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+}
 
 function Write-Step {
     # Progress for the Run Command output. Write-Host, not Write-Output, so that progress never becomes part of
@@ -70,10 +84,26 @@ function Add-Text {
     $List.Add($Text)
 }
 
+function ConvertTo-AsciiJson {
+    # Windows PowerShell 5.1 writes stdout in the OEM code page and ConvertTo-Json leaves non-ASCII characters as
+    # they are: escape each as \uXXXX, which is the same JSON in pure ASCII.
+    param([string]$Json)
+    $builder = New-Object -TypeName System.Text.StringBuilder
+    foreach ($character in $Json.ToCharArray()) {
+        if ([int]$character -gt 126) {
+            [void]$builder.AppendFormat('\u{0:x4}', [int]$character)
+        }
+        else {
+            [void]$builder.Append($character)
+        }
+    }
+    $builder.ToString()
+}
+
 function Write-Summary {
-    # The contract: one compact JSON object as the last line of output. Run Command keeps only the last 4096
-    # bytes, so the line stays within 4000: lists are cut to 20 entries, then actions (before errors) are
-    # dropped until it fits, and `truncated` counts what was dropped.
+    # The contract: one compact ASCII JSON object as the last line of output. Run Command keeps only the last
+    # 4096 bytes, so the line stays within 4000. The change record (actions) is kept first: lists are cut to 20
+    # entries, then errors are dropped before actions until it fits, and `truncated` counts what was dropped.
     param([System.Collections.IDictionary]$Summary)
     $dropped = 0
     foreach ($name in @('actions', 'errors')) {
@@ -86,13 +116,13 @@ function Write-Summary {
         if ($dropped -gt 0) {
             $Summary['truncated'] = $dropped
         }
-        $json = ConvertTo-Json -InputObject $Summary -Compress -Depth 8
-        if ([System.Text.Encoding]::UTF8.GetByteCount($json) -le 4000) {
+        $json = ConvertTo-AsciiJson -Json (ConvertTo-Json -InputObject $Summary -Compress -Depth 8)
+        if ($json.Length -le 4000) {
             break
         }
-        $list = $Summary['actions']
+        $list = $Summary['errors']
         if ($list.Count -eq 0) {
-            $list = $Summary['errors']
+            $list = $Summary['actions']
         }
         if ($list.Count -eq 0) {
             break
@@ -101,202 +131,6 @@ function Write-Summary {
         $dropped++
     }
     Write-Output $json
-}
-
-function Format-UtcTime {
-    # ISO 8601 in UTC whatever the machine's culture (ConvertTo-Json would write "\/Date(...)\/").
-    param([datetime]$Time)
-    $Time.ToUniversalTime().ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", [System.Globalization.CultureInfo]::InvariantCulture)
-}
-
-function Get-RegistryValue {
-    # A registry value, or $Default when the key or the value does not exist.
-    param([string]$Path, [string]$Name, [object]$Default)
-    $item = Get-ItemProperty -LiteralPath $Path -Name $Name -ErrorAction SilentlyContinue
-    if ($null -eq $item) {
-        return $Default
-    }
-    $item.$Name
-}
-
-function Get-ListenerThumbprint {
-    # The certificate the RDP listener uses, as Windows reports it; $null when it reports none.
-    $setting = Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName 'Win32_TSGeneralSetting' -Filter "TerminalName='RDP-tcp'"
-    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
-        return $null
-    }
-    ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
-}
-
-function Find-Certificate {
-    # The certificate with this thumbprint in the machine stores a listener certificate comes from, or $null.
-    param([string]$Thumbprint)
-    foreach ($store in @('Cert:\LocalMachine\Remote Desktop', 'Cert:\LocalMachine\My')) {
-        $path = Join-Path -Path $store -ChildPath $Thumbprint
-        if (Test-Path -LiteralPath $path) {
-            return @{ Certificate = (Get-Item -LiteralPath $path); Store = $store }
-        }
-    }
-    $null
-}
-
-function Get-ListenerKeyContainerPath {
-    # The self-signed listener certificate's key is the TSSecKeySet1 container: in MachineKeys, a file named after
-    # a fixed hash of that name and the machine GUID.
-    $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
-    if (-not $guid) {
-        return $null
-    }
-    Join-Path -Path $MachineKeysPath -ChildPath ('f686aace6942fb7f7ceb231212eef4a4_' + $guid)
-}
-
-function Get-PrivateKeyState {
-    # 'ok' when the key opens; 'missing' when the certificate has none or its key file is gone; 'unreadable'
-    # otherwise (what events 1057 "Keyset does not exist" and 36870 report).
-    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [string]$ContainerPath)
-    if (-not $Certificate.HasPrivateKey) {
-        return 'missing'
-    }
-    try {
-        $key = [System.Security.Cryptography.X509Certificates.RSACertificateExtensions]::GetRSAPrivateKey($Certificate)
-        if ($null -eq $key) {
-            $key = [System.Security.Cryptography.X509Certificates.ECDsaCertificateExtensions]::GetECDsaPrivateKey($Certificate)
-        }
-        if ($null -ne $key) {
-            $key.Dispose()
-            return 'ok'
-        }
-    }
-    catch {
-        Write-Step ('the private key of {0} does not open: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
-    }
-    if ($ContainerPath -and -not (Test-Path -LiteralPath $ContainerPath)) {
-        return 'missing'
-    }
-    'unreadable'
-}
-
-function Get-CertificateInfo {
-    # The contract's view of the listener certificate; $Found is what Find-Certificate returned.
-    param([string]$Thumbprint, [object]$Found, [datetime]$Now)
-    if ($null -eq $Found) {
-        return [ordered]@{ thumbprint = $Thumbprint; store = $null; not_before = $null; not_after = $null; expired = $null; self_signed = $null; private_key = 'missing' }
-    }
-    $certificate = $Found.Certificate
-    $selfSigned = $certificate.Subject -eq $certificate.Issuer
-    $container = ''
-    if ($selfSigned -and $Found.Store -eq 'Cert:\LocalMachine\Remote Desktop') {
-        $container = Get-ListenerKeyContainerPath
-    }
-    [ordered]@{
-        thumbprint  = $certificate.Thumbprint.ToUpperInvariant()
-        store       = $Found.Store
-        not_before  = Format-UtcTime -Time $certificate.NotBefore
-        not_after   = Format-UtcTime -Time $certificate.NotAfter
-        expired     = $certificate.NotAfter -le $Now
-        self_signed = $selfSigned
-        private_key = Get-PrivateKeyState -Certificate $certificate -ContainerPath $container
-    }
-}
-
-function Get-RdpSessionCount {
-    # Remote Desktop logon sessions (LogonType 10) that still own processes, connected or disconnected:
-    # restarting TermService ends them all.
-    $count = 0
-    foreach ($session in @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter 'LogonType = 10')) {
-        $processes = @()
-        try {
-            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')
-        }
-        catch {
-            # The session ended between the two queries: it no longer counts.
-            Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
-        }
-        if ($processes.Count -gt 0) {
-            $count++
-        }
-    }
-    $count
-}
-
-function Get-PinnedThumbprint {
-    # An administrator pins a certificate by setting SSLCertificateSHA1Hash (this registry value); without it the
-    # listener uses its self-signed certificate. Windows writes REG_BINARY; a value written by hand may be REG_SZ.
-    $value = Get-RegistryValue -Path $RdpTcpKey -Name 'SSLCertificateSHA1Hash' -Default $null
-    if ($null -eq $value) {
-        return $null
-    }
-    if ($value -is [byte[]]) {
-        $text = [System.BitConverter]::ToString($value) -replace '-', ''
-    }
-    else {
-        # Thumbprints copied from the certificate dialog carry spaces and invisible marks: keep the hex digits.
-        $text = ([string]$value) -replace '[^0-9A-Fa-f]', ''
-    }
-    if (-not $text -or $text -match '^0+$') {
-        return $null
-    }
-    $text.ToUpperInvariant()
-}
-
-function Get-RenewalReason {
-    # Why a certificate should be replaced, or $null when it should stay.
-    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [datetime]$Now, [datetime]$WarnBefore)
-    if ($Certificate.NotAfter -le $Now) {
-        return 'expired'
-    }
-    if ($Certificate.NotAfter -le $WarnBefore) {
-        return ('expires {0}' -f (Format-UtcTime -Time $Certificate.NotAfter))
-    }
-    $keyState = Get-PrivateKeyState -Certificate $Certificate -ContainerPath (Get-ListenerKeyContainerPath)
-    if ($keyState -ne 'ok') {
-        return ('private key ' + $keyState)
-    }
-    $null
-}
-
-function Restart-ServiceWithin {
-    # Stops a service and the dependents it has running, then starts it and those dependents again; each wait is
-    # bounded, so a service stuck in StopPending (hung sessions) becomes a TimeoutException, not a hang. The
-    # dependents are stopped here first because ServiceController.Stop() would wait for them without a limit;
-    # a dependent that was not running (stopped or disabled by an administrator) is left as it was.
-    param([string]$Name, [TimeSpan]$Timeout)
-    $service = Get-Service -Name $Name
-    $dependents = @($service.DependentServices | Where-Object { $_.Status -eq 'Running' })
-    foreach ($controller in @($dependents) + @($service)) {
-        $controller.Refresh()
-        if ($controller.Status -ne 'Stopped' -and $controller.Status -ne 'StopPending') {
-            $controller.Stop()
-        }
-        $controller.WaitForStatus('Stopped', $Timeout)
-    }
-    # DependentServices lists dependents in the reverse of their start order: start them in reverse again.
-    [array]::Reverse($dependents)
-    foreach ($controller in @($service) + @($dependents)) {
-        $controller.Start()
-        $controller.WaitForStatus('Running', $Timeout)
-    }
-}
-
-function Wait-ListenerCertificate {
-    # Windows creates the new certificate shortly after the services start: wait until the listener reports one
-    # that exists and is none of $Exclude (the one it used before the restart, the ones removed). WMI may fail
-    # while TermService starts: that is a reason to ask again, not to stop waiting.
-    param([string[]]$Exclude, [int]$TimeoutSeconds)
-    $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
-    while ((Get-Date) -lt $deadline) {
-        try {
-            $thumbprint = Get-ListenerThumbprint
-            if ($thumbprint -and $Exclude -notcontains $thumbprint -and $null -ne (Find-Certificate -Thumbprint $thumbprint)) {
-                return $thumbprint
-            }
-        }
-        catch {
-            Write-Step ('the listener does not answer yet: {0}' -f $_.Exception.Message)
-        }
-        Start-Sleep -Seconds 2
-    }
-    $null
 }
 
 function Format-ErrorText {
@@ -313,143 +147,387 @@ function Format-ErrorText {
     $Record.Exception.Message
 }
 
+function Get-RegistryValue {
+    # A registry value, or $Default when the key or the value does not exist.
+    param([string]$Path, [string]$Name, [object]$Default)
+    $item = Get-ItemProperty -LiteralPath $Path -Name $Name -ErrorAction SilentlyContinue
+    if ($null -eq $item) {
+        return $Default
+    }
+    $item.$Name
+}
+
+function Get-ListenerSetting {
+    # The RDP listener's WMI settings (Win32_TSGeneralSetting), within the CIM time limit: a hung WMI provider
+    # must not hold the VM's only Run Command slot.
+    Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName 'Win32_TSGeneralSetting' -Filter "TerminalName='RDP-tcp'" -OperationTimeoutSec $CimTimeoutSeconds
+}
+
+function Get-ListenerThumbprint {
+    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none.
+    $setting = Get-ListenerSetting
+    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+        return ''
+    }
+    ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
+}
+
+function Find-Certificate {
+    # The certificate with this thumbprint in the LocalMachine stores a listener certificate comes from, or $null.
+    param([string]$Thumbprint)
+    foreach ($store in @('Cert:\LocalMachine\Remote Desktop', 'Cert:\LocalMachine\My')) {
+        $path = Join-Path -Path $store -ChildPath $Thumbprint
+        if (Test-Path -LiteralPath $path) {
+            return @{ Certificate = (Get-Item -LiteralPath $path); Store = $store }
+        }
+    }
+    $null
+}
+
+function Resolve-KeyFile {
+    # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
+    # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
+    # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
+    # found; when it does not open, the file is unknown ($null), never guessed.
+    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
+    $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
+    if (-not $Certificate.HasPrivateKey) {
+        return $result
+    }
+    if ($WindowsOwn) {
+        $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
+        $result.Provider = 'csp'
+        $result.Container = 'TSSecKeySet1'
+        $result.File = 'f686aace6942fb7f7ceb231212eef4a4_' + $guid
+        $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        return $result
+    }
+    $result.Provider = $null
+    try {
+        $key = [System.Security.Cryptography.X509Certificates.RSACertificateExtensions]::GetRSAPrivateKey($Certificate)
+        if ($key -is [System.Security.Cryptography.RSACng]) {
+            $result.Provider = 'cng'
+            $result.Container = $key.Key.KeyName
+            $result.File = $key.Key.UniqueName
+            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
+        }
+        elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
+            $result.Provider = 'csp'
+            $result.Container = $key.CspKeyContainerInfo.KeyContainerName
+            $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
+            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        }
+    }
+    catch {
+        Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+    }
+    $result
+}
+
+function Get-KeyAccess {
+    # Whether SYSTEM and NETWORK SERVICE may read a key file, judged from its ACL as an access check would: a deny
+    # entry for any group in the account's token wins over every allow entry; an allow entry for any of them
+    # grants. $null values: the ACL could not be read (unknown, not broken).
+    param([string]$Path)
+    $access = @{ System = $null; NetworkService = $null; Denies = $null; Sddl = $null }
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $access
+    }
+    $access.Sddl = Format-Clip -Text ([string]$acl.Sddl) -Length 128
+    $rules = @($acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier]))
+    $read = [int][System.Security.AccessControl.FileSystemRights]::ReadData
+    $denies = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    foreach ($account in @('S-1-5-18', 'S-1-5-20')) {
+        $allowed = $false
+        $denied = $false
+        foreach ($rule in $rules) {
+            $sid = $rule.IdentityReference.Value
+            if ($TokenSids[$account] -notcontains $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
+                continue
+            }
+            $mask = [int]$rule.FileSystemRights
+            # Generic rights share no bit with the file rights they stand for: GENERIC_ALL, GENERIC_READ.
+            $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
+            if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
+                $denied = $true
+                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                    $denies.Add($sid)
+                }
+            }
+            elseif ($rule.AccessControlType -eq 'Allow' -and $grantsRead) {
+                $allowed = $true
+            }
+        }
+        if ($account -eq 'S-1-5-18') {
+            $access.System = $allowed -and -not $denied
+        }
+        else {
+            $access.NetworkService = $allowed -and -not $denied
+        }
+    }
+    $access.Denies = @($denies)
+    $access
+}
+
+function Get-RdpSessionCount {
+    # Remote Desktop logon sessions that still own processes, connected or disconnected: logon type 10
+    # (RemoteInteractive) or 12 (CachedRemoteInteractive, RDP with cached credentials). Each CIM call is bounded.
+    param([int]$LogonType)
+    $count = 0
+    $sessions = @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter ('LogonType = {0}' -f $LogonType) -OperationTimeoutSec $CimTimeoutSeconds)
+    foreach ($session in $sessions) {
+        $processes = @()
+        try {
+            $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process' -OperationTimeoutSec $CimTimeoutSeconds)
+        }
+        catch {
+            # The session ended between the two queries: it no longer counts.
+            Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
+        }
+        if ($processes.Count -gt 0) {
+            $count++
+        }
+    }
+    $count
+}
+
+function Format-Clip {
+    # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
+    # contract length, so that its length is its size in the summary.
+    param([string]$Text, [int]$Length)
+    if ($null -eq $Text) {
+        return $null
+    }
+    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    if ($Text.Length -gt $Length) {
+        return $Text.Substring(0, $Length)
+    }
+    $Text
+}
+
+function Restart-ServiceWithin {
+    # Stops a service and the dependents it has running, then starts it and those dependents again; each wait is
+    # bounded, so a service stuck in StopPending (hung sessions) becomes a TimeoutException, not a hang. The
+    # dependents are stopped here first because ServiceController.Stop() would wait for them without a limit;
+    # a dependent that was not running (stopped or disabled by an administrator) is left as it was. Every
+    # service stopped here is named in $Stopped, so that the caller's finally starts it again whatever fails.
+    param([string]$Name, [TimeSpan]$Timeout, [System.Collections.Generic.List[string]]$Stopped)
+    $service = Get-Service -Name $Name
+    $dependents = @($service.DependentServices | Where-Object { $_.Status -eq 'Running' })
+    foreach ($controller in @($dependents) + @($service)) {
+        $controller.Refresh()
+        if ($controller.Status -ne 'Stopped' -and $controller.Status -ne 'StopPending') {
+            $Stopped.Add($controller.ServiceName)
+            $controller.Stop()
+        }
+        $controller.WaitForStatus('Stopped', $Timeout)
+    }
+    # DependentServices lists dependents in the reverse of their start order: start them in reverse again.
+    [array]::Reverse($dependents)
+    foreach ($controller in @($service) + @($dependents)) {
+        $controller.Start()
+        $controller.WaitForStatus('Running', $Timeout)
+        $null = $Stopped.Remove($controller.ServiceName)
+    }
+}
+
+function Restore-Services {
+    # Runs in finally: every service this script stopped and did not start again is started, each wait bounded;
+    # a failure is recorded, never thrown, so the summary is still printed.
+    param([System.Collections.Generic.List[string]]$Stopped, [System.Collections.Generic.List[string]]$Errors)
+    foreach ($name in @($Stopped)) {
+        try {
+            $controller = Get-Service -Name $name
+            if ($controller.Status -ne 'Running') {
+                $controller.Start()
+                $controller.WaitForStatus('Running', (New-TimeSpan -Seconds 60))
+            }
+        }
+        catch [System.ServiceProcess.TimeoutException] {
+            Add-Text -List $Errors -Text ('{0} did not start again within 60 s: start it by hand' -f $name)
+        }
+        catch {
+            Add-Text -List $Errors -Text ('{0} did not start again: {1}' -f $name, (Format-ErrorText -Record $_))
+        }
+    }
+}
+
+function Wait-ListenerCertificate {
+    # Windows creates the new certificate shortly after SessionEnv starts: wait until the listener reports one
+    # that exists and is none of $Exclude (the one it used before the restart). WMI may fail while the services
+    # start: that is a reason to ask again, not to stop waiting.
+    param([string[]]$Exclude, [int]$TimeoutSeconds)
+    $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
+    while ((Get-Date) -lt $deadline) {
+        try {
+            $thumbprint = Get-ListenerThumbprint
+            if ($thumbprint -and $Exclude -notcontains $thumbprint -and $null -ne (Find-Certificate -Thumbprint $thumbprint)) {
+                return $thumbprint
+            }
+        }
+        catch {
+            Write-Step ('the listener does not answer yet: {0}' -f $_.Exception.Message)
+        }
+        Start-Sleep -Seconds 2
+    }
+    ''
+}
+
+function Get-Refusal {
+    # Why the script must not act on the facts it was given; '' when they still hold.
+    param([string]$Named, [string]$Current, [int64]$HashType, [int]$Sessions)
+    if ($Current -ne $Named) {
+        return ('the listener uses {0}, not {1}: the facts changed since the engine decided' -f $Current, $Named)
+    }
+    if ($Successor) {
+        return Get-RepinRefusal -HashType $HashType
+    }
+    if ($Current -and $HashType -ne 1) {
+        return ('{0} is not Windows'' own certificate (HashType {1}): not removed' -f $Current, $HashType)
+    }
+    if ($Sessions -gt 0 -and $Force -ne 'true') {
+        return ('{0} remote session(s) (logon types 10 and 12): restarting SessionEnv is not risked without Force' -f $Sessions)
+    }
+    ''
+}
+
+function Get-RepinRefusal {
+    # A re-pin needs a registry-pinned custom certificate and a valid successor whose key NETWORK SERVICE reads.
+    param([int64]$HashType)
+    if ($HashType -ne 3) {
+        return ('the listener''s certificate is not a custom one (HashType {0}): not re-pinned' -f $HashType)
+    }
+    if ($null -ne (Get-RegistryValue -Path $RdpPolicyKey -Name 'SSLCertificateSHA1Hash' -Default $null)) {
+        return 'Group Policy pins the listener''s certificate: its owner re-pins it'
+    }
+    $path = Join-Path -Path 'Cert:\LocalMachine\My' -ChildPath $Successor
+    if (-not (Test-Path -LiteralPath $path)) {
+        return ('{0} is not in Cert:\LocalMachine\My' -f $Successor)
+    }
+    $candidate = Get-Item -LiteralPath $path
+    $now = Get-Date
+    if ($candidate.NotBefore -gt $now -or $candidate.NotAfter -le $now) {
+        return ('{0} is not valid now' -f $Successor)
+    }
+    $key = Resolve-KeyFile -Certificate $candidate -WindowsOwn $false
+    if ($null -eq $key.Path -or (Get-KeyAccess -Path $key.Path).NetworkService -ne $true) {
+        return ('NETWORK SERVICE cannot read the key of {0}' -f $Successor)
+    }
+    ''
+}
+
+function Invoke-Renewal {
+    # Remove Windows' own certificate, restart SessionEnv, wait for the new one; TermService only if needed.
+    param([System.Collections.IDictionary]$Summary, [string]$Current, [System.Collections.Generic.List[string]]$Stopped)
+    $findings = $Summary.findings
+    if ($Summary.detect_only) {
+        if ($Current) {
+            Add-Text -List $Summary.actions -Text ('would remove {0} from {1}' -f $Current, $RdStore)
+        }
+        Add-Text -List $Summary.actions -Text 'would restart SessionEnv and wait up to 60 s for the new certificate (TermService only if the listener does not take it)'
+        return
+    }
+    $timeout = New-TimeSpan -Seconds 60
+    if ($Current -and (Test-Path -LiteralPath (Join-Path -Path $RdStore -ChildPath $Current))) {
+        Remove-Item -LiteralPath (Join-Path -Path 'Cert:\LocalMachine\Remote Desktop' -ChildPath $Current)
+        $findings.removed = $Current
+        $Summary.changed = $true
+        Add-Text -List $Summary.actions -Text ('removed {0} from {1}' -f $Current, $RdStore)
+    }
+    Write-Step 'restarting SessionEnv'
+    Restart-ServiceWithin -Name 'SessionEnv' -Timeout $timeout -Stopped $Stopped
+    $findings.restarted.Add('SessionEnv')
+    $Summary.changed = $true
+    Add-Text -List $Summary.actions -Text 'restarted SessionEnv'
+    $new = Wait-ListenerCertificate -Exclude @($Current) -TimeoutSeconds 60
+    if (-not $new) {
+        Write-Step 'the listener did not take a new certificate: restarting TermService'
+        Restart-ServiceWithin -Name 'TermService' -Timeout $timeout -Stopped $Stopped
+        $findings.restarted.Add('TermService')
+        Add-Text -List $Summary.actions -Text 'restarted TermService (the listener had not taken the new certificate)'
+        $new = Wait-ListenerCertificate -Exclude @($Current) -TimeoutSeconds 60
+    }
+    if ($new) {
+        $findings.listener = $new
+        Add-Text -List $Summary.actions -Text ('the listener now uses {0}' -f $new)
+    }
+    else {
+        $findings.listener = $null
+        $Summary.reboot_required = $true
+        Add-Text -List $Summary.errors -Text 'Windows did not create a new certificate within 60 s (see events 1057, 1058)'
+    }
+}
+
+function Invoke-Repin {
+    # Pin the listener to the successor (SSLCertificateSHA1Hash on Win32_TSGeneralSetting), within the CIM limit.
+    param([System.Collections.IDictionary]$Summary, [string]$Current)
+    $findings = $Summary.findings
+    $target = $Successor.ToUpperInvariant()
+    if ($Summary.detect_only) {
+        Add-Text -List $Summary.actions -Text ('would set SSLCertificateSHA1Hash to {0} (now {1})' -f $target, $Current)
+        return
+    }
+    $setting = Get-ListenerSetting
+    Set-CimInstance -InputObject $setting -Property @{ SSLCertificateSHA1Hash = $target } -OperationTimeoutSec $CimTimeoutSeconds
+    $findings.pinned = $target
+    $findings.listener = Get-ListenerThumbprint
+    $Summary.changed = $true
+    Add-Text -List $Summary.actions -Text ('set SSLCertificateSHA1Hash to {0} (was {1})' -f $target, $Current)
+}
+
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
     detect_only     = ($DetectOnly -eq 'true')
     changed         = $false
     reboot_required = $false
-    actions         = [System.Collections.Generic.List[string]]::new()
+    refused         = $null
+    actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
     findings        = [ordered]@{
-        removed            = [System.Collections.Generic.List[string]]::new()
-        pin_cleared        = $false
-        active_sessions    = 0
-        services_restarted = $false
-        new_certificate    = $null
+        thumbprint = $null
+        removed    = $null
+        pinned     = $null
+        sessions   = 0
+        restarted  = New-Object -TypeName 'System.Collections.Generic.List[string]'
+        listener   = $null
     }
-    errors          = [System.Collections.Generic.List[string]]::new()
+    errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
+$stopped = New-Object -TypeName 'System.Collections.Generic.List[string]'
 
 try {
-    $now = Get-Date
     $findings = $summary.findings
-    Write-Step ('{0} on {1}, DetectOnly={2}, Force={3}, ExpiryWarningDays={4}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly, $Force, $ExpiryWarningDays)
-
-    $pinned = Get-PinnedThumbprint
-    # Windows creates the Remote Desktop store with its first certificate: a missing store holds none, and the
-    # restart below recreates it.
-    $certificates = @()
-    if (Test-Path -LiteralPath $RdStore) {
-        $certificates = @(Get-ChildItem -LiteralPath $RdStore)
+    Write-Step ('{0} on {1}, DetectOnly={2}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly)
+    $named = $Thumbprint.ToUpperInvariant()
+    if ($named) {
+        $findings.thumbprint = $named
     }
-    $stale = [System.Collections.Generic.List[object]]::new()
-    foreach ($certificate in $certificates) {
-        $reason = Get-RenewalReason -Certificate $certificate -Now $now -WarnBefore $now.AddDays($ExpiryWarningDays)
-        if ($null -eq $reason) {
-            continue
-        }
-        if ($certificate.Subject -ne $certificate.Issuer) {
-            Add-Text -List $summary.errors -Text ('{0}: {1}, but it is not self-signed: left in place' -f $certificate.Thumbprint, $reason)
-        }
-        elseif ($reason -eq 'private key unreadable') {
-            # Windows cannot make a new key in a broken store either: repairing the store is what helps.
-            Add-Text -List $summary.errors -Text ('{0}: its private key does not open; a new certificate would fail the same way until the machine key store is repaired (repair-machinekeys, then reset-machinekeys): left in place' -f $certificate.Thumbprint)
-        }
-        elseif ($certificate.Thumbprint -eq $pinned -and $certificate.NotAfter -gt $now) {
-            Add-Text -List $summary.errors -Text ('{0}: {1}, but an administrator pinned it and it has not expired: left in place' -f $certificate.Thumbprint, $reason)
-        }
-        else {
-            $stale.Add(@{ Thumbprint = $certificate.Thumbprint.ToUpperInvariant(); Reason = $reason })
-        }
+    $setting = Get-ListenerSetting
+    $current = Get-ListenerThumbprint
+    if ($current) {
+        $findings.listener = $current
     }
-
-    # A pin to a certificate that expired or no longer exists keeps the listener from using a new one.
-    $pinIsStale = $false
-    if ($pinned) {
-        $pinnedFound = Find-Certificate -Thumbprint $pinned
-        $pinIsStale = ($null -eq $pinnedFound) -or ($pinnedFound.Certificate.NotAfter -le $now)
+    $findings.sessions = (Get-RdpSessionCount -LogonType 10) + (Get-RdpSessionCount -LogonType 12)
+    $refusal = Get-Refusal -Named $named -Current $current -HashType ([int64]$setting.SSLCertificateSHA1HashType) -Sessions $findings.sessions
+    if ($refusal) {
+        $summary.refused = $refusal
+        Add-Text -List $summary.actions -Text ('refused: {0}' -f $refusal)
     }
-    $listener = Get-ListenerThumbprint
-    $listenerFound = $null
-    if ($listener) {
-        $listenerFound = Find-Certificate -Thumbprint $listener
-        $findings.new_certificate = Get-CertificateInfo -Thumbprint $listener -Found $listenerFound -Now $now
-    }
-    # Only a change to what the listener uses needs the restart (which ends every session): its own certificate
-    # removed, its pin cleared, or no certificate at all. Other stale certificates are simply removed.
-    $restart = $pinIsStale -or $null -eq $listenerFound -or @($stale | Where-Object { $_.Thumbprint -eq $listener }).Count -gt 0
-    $findings.active_sessions = Get-RdpSessionCount
-    $refuse = $restart -and $findings.active_sessions -gt 0 -and $Force -ne 'true'
-
-    if ($stale.Count -eq 0 -and -not $restart) {
-        Add-Text -List $summary.actions -Text ('the listener certificate {0} is usable until {1}: nothing to do' -f $listener, $findings.new_certificate.not_after)
-    }
-    elseif ($summary.detect_only) {
-        foreach ($entry in $stale) {
-            Add-Text -List $summary.actions -Text ('would remove {0} from {1} ({2})' -f $entry.Thumbprint, $RdStore, $entry.Reason)
-        }
-        if ($pinIsStale) {
-            Add-Text -List $summary.actions -Text ('would clear the stale pin to {0}' -f $pinned)
-        }
-        if ($refuse) {
-            Add-Text -List $summary.actions -Text ('would refuse: {0} remote session(s) exist; Force=true would end them' -f $findings.active_sessions)
-        }
-        elseif ($restart) {
-            Add-Text -List $summary.actions -Text 'would restart SessionEnv and TermService so that Windows creates a new certificate'
-        }
-    }
-    elseif ($refuse) {
-        Add-Text -List $summary.errors -Text ('refused: {0} remote session(s) exist and restarting TermService would end them; run again with Force=true' -f $findings.active_sessions)
+    elseif ($Successor) {
+        Invoke-Repin -Summary $summary -Current $current
     }
     else {
-        foreach ($entry in $stale) {
-            Remove-Item -LiteralPath (Join-Path -Path 'Cert:\LocalMachine\Remote Desktop' -ChildPath $entry.Thumbprint)
-            $findings.removed.Add($entry.Thumbprint)
-            $summary.changed = $true
-            Add-Text -List $summary.actions -Text ('removed {0} from {1} ({2})' -f $entry.Thumbprint, $RdStore, $entry.Reason)
-        }
-        if ($pinIsStale) {
-            Remove-ItemProperty -LiteralPath $RdpTcpKey -Name 'SSLCertificateSHA1Hash'
-            $findings.pin_cleared = $true
-            $summary.changed = $true
-            Add-Text -List $summary.actions -Text ('cleared the stale pin to {0}' -f $pinned)
-        }
-        if ($restart) {
-            Write-Step 'restarting SessionEnv and TermService'
-            $summary.changed = $true
-            $findings.new_certificate = $null
-            $timeout = [TimeSpan]::FromSeconds(60)
-            $restarted = $true
-            foreach ($name in @('SessionEnv', 'TermService')) {
-                try {
-                    Restart-ServiceWithin -Name $name -Timeout $timeout
-                }
-                catch [System.ServiceProcess.TimeoutException] {
-                    Add-Text -List $summary.errors -Text ('{0} or a service depending on it did not stop or start within 60 seconds (hung sessions can hold TermService in StopPending): check the Remote Desktop services, or reboot' -f $name)
-                    $restarted = $false
-                    break
-                }
-            }
-            $findings.services_restarted = $restarted
-        }
-        if ($findings.services_restarted) {
-            Add-Text -List $summary.actions -Text 'restarted SessionEnv and TermService'
-            $exclude = @($findings.removed)
-            if ($listener) {
-                $exclude += $listener
-            }
-            $current = Wait-ListenerCertificate -Exclude $exclude -TimeoutSeconds 60
-            if ($current) {
-                $findings.new_certificate = Get-CertificateInfo -Thumbprint $current -Found (Find-Certificate -Thumbprint $current) -Now (Get-Date)
-                Add-Text -List $summary.actions -Text ('the listener now uses {0}, valid until {1}' -f $current, $findings.new_certificate.not_after)
-            }
-            else {
-                Add-Text -List $summary.errors -Text 'Windows did not create a new certificate within 60 seconds (see events 1057 and 1058): repair the machine key store, then run this again'
-            }
-        }
+        Invoke-Renewal -Summary $summary -Current $current -Stopped $stopped
     }
 }
 catch {
     Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
+}
+finally {
+    Restore-Services -Stopped $stopped -Errors $summary.errors
 }
 Write-Summary -Summary $summary

@@ -1,48 +1,72 @@
 <#
 .SYNOPSIS
-    Repairs the permissions of the machine key store the way Microsoft documents it, so that the RDP listener can
-    use its certificate's private key again (events 1057, 1058 "Access is denied", 36870).
+    Repairs the one key file of the listener's certificate the engine names (grant read, or remove the deny
+    entries that stop SYSTEM or NETWORK SERVICE), sets that one key container aside, or restores
+    Administrators' full control of the MachineKeys folder itself. Never recursive.
 
 .DESCRIPTION
-    Targeted first: the listener's key container (TSSecKeySet1 in MachineKeys), then the MachineKeys folder itself,
-    each only when its permissions are wrong (an ACL SYSTEM may not even read is wrong). For each: save the
-    current ACL (icacls /save), take ownership (takeown, as SYSTEM, the default owner), then grant by SID, because
-    account names are localized: SYSTEM (*S-1-5-18), NETWORK SERVICE (*S-1-5-20) and Administrators
-    (*S-1-5-32-544). When the ACL cannot be read (no entry for SYSTEM, another owner), ownership comes first,
-    since the owner may always read and change the ACL; then the save and the grants.
-    Never recursive: granting NETWORK SERVICE read on every machine key (icacls /t) would hand other services'
-    private keys to any NETWORK SERVICE process. The before and after ACLs are logged under
-    C:\ProgramData\rdp-remediate\<time>-repair-machinekeys\. A reboot is required.
+    Mode 'grant', 'remove-deny', 'set-aside': first re-checks that the listener still uses the certificate
+    named by Thumbprint and that its key is the file named by KeyFile (resolved again from the certificate:
+    CSP keys in Crypto\RSA\MachineKeys, CNG keys in Crypto\Keys); otherwise reports `refused`. 'grant' refuses
+    when a deny entry applies (icacls /grant cannot undo a deny); 'remove-deny' removes the deny entries for
+    the SIDs in SYSTEM's and NETWORK SERVICE's tokens, then grants; both grant SYSTEM full control and NETWORK
+    SERVICE read by SID on that one file (KB 2001849), after saving its ACL with icacls /save. 'set-aside' is
+    only for Windows' own certificate (HashType 1): it renames the key file to
+    <file>.<yyyyMMddTHHmmssZ>.rdp-remediate.bak (never deleted) so that the renewal makes a new key.
+    Mode 'folder': saves the folder's ACL, takes ownership of the folder only and grants Administrators full
+    control (KB 278381).
 
 .PARAMETER DetectOnly
-    'true' reports what would be repaired and changes nothing. Default 'false'.
+    'true' reports what would change and changes nothing. Default 'false'.
+
+.PARAMETER Mode
+    'grant', 'remove-deny', 'set-aside' or 'folder'. Default 'grant'.
+
+.PARAMETER Thumbprint
+    The listener's certificate (40 hex digits). Required except for Mode 'folder'.
+
+.PARAMETER KeyFile
+    The key file's name (no path). Required except for Mode 'folder'.
 
 .OUTPUTS
-    Progress lines, then one compact JSON line: the rdp-remediate guest summary (contract.schema.json).
+    Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
-    Undo: icacls "<parent folder>" /restore "<log folder>\<name>.acl" restores a saved ACL; the log's acl.log
-    holds the previous owner and ACL in SDDL (or says the ACL was unreadable before ownership was taken).
+    Undo: icacls <folder> /restore <log_path>\<name>.acl puts the saved ACL back; a set-aside key file is renamed
+    back to its name.
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
 param(
     [ValidateSet('true', 'false')]
-    [string]$DetectOnly = 'false'
+    [string]$DetectOnly = 'false',
+
+    [ValidateSet('grant', 'remove-deny', 'set-aside', 'folder')]
+    [string]$Mode = 'grant',
+
+    [ValidatePattern('^([0-9A-Fa-f]{40})?$')]
+    [string]$Thumbprint = '',
+
+    [ValidatePattern('^([0-9A-Za-z_.-]{1,200})?$')]
+    [string]$KeyFile = ''
 )
 
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'repair-machinekeys'
-$ScriptVersion = '1.1.0'
+$ScriptVersion = '2.0.0'
 
-$MachineKeysPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto\RSA\MachineKeys'
-# Windows' default rights: Administrators own the folder; SYSTEM owns the listener's key, NETWORK SERVICE reads it.
-$FolderRights = @{ 'S-1-5-32-544' = 'FullControl' }
-$ContainerRights = @{ 'S-1-5-18' = 'FullControl'; 'S-1-5-20' = 'Read' }
-# Microsoft's documented grants, by SID.
-$FolderGrants = @('*S-1-5-18:(F)', '*S-1-5-20:(R)', '*S-1-5-32-544:(F)')
-$ContainerGrants = @('*S-1-5-18:(F)', '*S-1-5-20:(R)', '*S-1-5-32-544:(R)')
+$CimTimeoutSeconds = 20
+$CryptoPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto'
+$MachineKeysPath = Join-Path -Path $CryptoPath -ChildPath 'RSA\MachineKeys'
+$CngKeysPath = Join-Path -Path $CryptoPath -ChildPath 'Keys'
+$LogRoot = Join-Path -Path $env:ProgramData -ChildPath 'rdp-remediate'
+$KeyGrants = @('*S-1-5-18:(F)', '*S-1-5-20:(R)')
+$FolderGrants = @('*S-1-5-32-544:(F)')
+$TokenSids = @{
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+}
 
 function Write-Step {
     # Progress for the Run Command output. Write-Host, not Write-Output, so that progress never becomes part of
@@ -60,10 +84,26 @@ function Add-Text {
     $List.Add($Text)
 }
 
+function ConvertTo-AsciiJson {
+    # Windows PowerShell 5.1 writes stdout in the OEM code page and ConvertTo-Json leaves non-ASCII characters as
+    # they are: escape each as \uXXXX, which is the same JSON in pure ASCII.
+    param([string]$Json)
+    $builder = New-Object -TypeName System.Text.StringBuilder
+    foreach ($character in $Json.ToCharArray()) {
+        if ([int]$character -gt 126) {
+            [void]$builder.AppendFormat('\u{0:x4}', [int]$character)
+        }
+        else {
+            [void]$builder.Append($character)
+        }
+    }
+    $builder.ToString()
+}
+
 function Write-Summary {
-    # The contract: one compact JSON object as the last line of output. Run Command keeps only the last 4096
-    # bytes, so the line stays within 4000: lists are cut to 20 entries, then actions (before errors) are
-    # dropped until it fits, and `truncated` counts what was dropped.
+    # The contract: one compact ASCII JSON object as the last line of output. Run Command keeps only the last
+    # 4096 bytes, so the line stays within 4000. The change record (actions) is kept first: lists are cut to 20
+    # entries, then errors are dropped before actions until it fits, and `truncated` counts what was dropped.
     param([System.Collections.IDictionary]$Summary)
     $dropped = 0
     foreach ($name in @('actions', 'errors')) {
@@ -76,13 +116,13 @@ function Write-Summary {
         if ($dropped -gt 0) {
             $Summary['truncated'] = $dropped
         }
-        $json = ConvertTo-Json -InputObject $Summary -Compress -Depth 8
-        if ([System.Text.Encoding]::UTF8.GetByteCount($json) -le 4000) {
+        $json = ConvertTo-AsciiJson -Json (ConvertTo-Json -InputObject $Summary -Compress -Depth 8)
+        if ($json.Length -le 4000) {
             break
         }
-        $list = $Summary['actions']
+        $list = $Summary['errors']
         if ($list.Count -eq 0) {
-            $list = $Summary['errors']
+            $list = $Summary['actions']
         }
         if ($list.Count -eq 0) {
             break
@@ -91,122 +131,6 @@ function Write-Summary {
         $dropped++
     }
     Write-Output $json
-}
-
-function Get-RegistryValue {
-    # A registry value, or $Default when the key or the value does not exist.
-    param([string]$Path, [string]$Name, [object]$Default)
-    $item = Get-ItemProperty -LiteralPath $Path -Name $Name -ErrorAction SilentlyContinue
-    if ($null -eq $item) {
-        return $Default
-    }
-    $item.$Name
-}
-
-function Get-ListenerKeyContainerPath {
-    # The self-signed listener certificate's key is the TSSecKeySet1 container: in MachineKeys, a file named after
-    # a fixed hash of that name and the machine GUID.
-    $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
-    if (-not $guid) {
-        return $null
-    }
-    Join-Path -Path $MachineKeysPath -ChildPath ('f686aace6942fb7f7ceb231212eef4a4_' + $guid)
-}
-
-function Test-AclGrants {
-    # True when each SID in $Required is allowed at least the given rights and is denied nothing. An ACL this
-    # account may not even read is not right either: it is the typical broken key container (no entry for
-    # SYSTEM, another owner), and reading it must not stop the script.
-    param([string]$Path, [hashtable]$Required)
-    try {
-        $acl = Get-Acl -LiteralPath $Path
-    }
-    catch [System.UnauthorizedAccessException] {
-        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
-        return $false
-    }
-    $rules = $acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier])
-    foreach ($sid in $Required.Keys) {
-        $needed = [int][System.Security.AccessControl.FileSystemRights]$Required[$sid]
-        $allowed = 0
-        foreach ($rule in $rules) {
-            # An inherit-only entry is for the children, not for this file or folder.
-            if ($rule.IdentityReference.Value -ne $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
-                continue
-            }
-            if ($rule.AccessControlType -eq 'Deny') {
-                return $false
-            }
-            $allowed = $allowed -bor (Get-FileRights -Mask ([int]$rule.FileSystemRights))
-        }
-        if (($allowed -band $needed) -ne $needed) {
-            return $false
-        }
-    }
-    $true
-}
-
-function Get-FileRights {
-    # An entry's access mask as file rights. An entry may hold generic rights, which share no bit with the file
-    # rights they stand for: GENERIC_ALL (0x10000000) means FullControl, GENERIC_READ (0x80000000) means Read.
-    param([int]$Mask)
-    if ($Mask -band 0x10000000) {
-        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::FullControl
-    }
-    if ($Mask -band 0x80000000) {
-        $Mask = $Mask -bor [int][System.Security.AccessControl.FileSystemRights]::Read
-    }
-    $Mask
-}
-
-function Get-TimeStamp {
-    # UTC, sortable, safe in file names: 20261123T100000Z.
-    (Get-Date).ToUniversalTime().ToString("yyyyMMdd'T'HHmmss'Z'", [System.Globalization.CultureInfo]::InvariantCulture)
-}
-
-function Assert-ExitCode {
-    # Windows tools report failure only through their exit code: turn it into an error.
-    param([string]$Tool, [object[]]$Output)
-    if ($LASTEXITCODE -ne 0) {
-        throw ('{0} failed with exit code {1}: {2}' -f $Tool, $LASTEXITCODE, ($Output -join ' '))
-    }
-}
-
-function Save-AclSnapshot {
-    # Owner and permissions of each path, in SDDL, appended to the log; an ACL this account may not read is
-    # logged as such (taking ownership makes it readable).
-    param([string[]]$Paths, [string]$File, [string]$Label)
-    foreach ($item in $Paths) {
-        try {
-            $sddl = (Get-Acl -LiteralPath $item).Sddl
-        }
-        catch [System.UnauthorizedAccessException] {
-            $sddl = 'ACL unreadable: ' + $_.Exception.Message
-        }
-        Add-Content -LiteralPath $File -Value ('{0} {1}: {2}' -f $Label, $item, $sddl)
-    }
-}
-
-function Repair-Acl {
-    # One file or folder, never recursive: save its ACL for icacls /restore, take ownership, grant by SID. When
-    # even the save is denied (no entry for SYSTEM, another owner), ownership comes first: the owner may always
-    # read and change the ACL, so the save then works.
-    param([string]$Path, [string[]]$Grants, [string]$LogFolder, [string]$LogFile)
-    $saved = Join-Path -Path $LogFolder -ChildPath ((Split-Path -Path $Path -Leaf) + '.acl')
-    $output = icacls.exe $Path /save $saved
-    $unreadable = $LASTEXITCODE -ne 0
-    if ($unreadable) {
-        Write-Step ('the ACL of {0} is unreadable: taking ownership first' -f $Path)
-        Add-Content -LiteralPath $LogFile -Value ('ACL unreadable {0}: icacls /save said: {1}; took ownership before saving it' -f $Path, ($output -join ' '))
-    }
-    $output = takeown.exe /f $Path
-    Assert-ExitCode -Tool 'takeown' -Output $output
-    if ($unreadable) {
-        $output = icacls.exe $Path /save $saved
-        Assert-ExitCode -Tool 'icacls /save' -Output $output
-    }
-    $output = icacls.exe $Path /grant $Grants
-    Assert-ExitCode -Tool 'icacls /grant' -Output $output
 }
 
 function Format-ErrorText {
@@ -223,83 +147,345 @@ function Format-ErrorText {
     $Record.Exception.Message
 }
 
+function Get-RegistryValue {
+    # A registry value, or $Default when the key or the value does not exist.
+    param([string]$Path, [string]$Name, [object]$Default)
+    $item = Get-ItemProperty -LiteralPath $Path -Name $Name -ErrorAction SilentlyContinue
+    if ($null -eq $item) {
+        return $Default
+    }
+    $item.$Name
+}
+
+function Get-ListenerSetting {
+    # The RDP listener's WMI settings (Win32_TSGeneralSetting), within the CIM time limit: a hung WMI provider
+    # must not hold the VM's only Run Command slot.
+    Get-CimInstance -Namespace 'root\cimv2\TerminalServices' -ClassName 'Win32_TSGeneralSetting' -Filter "TerminalName='RDP-tcp'" -OperationTimeoutSec $CimTimeoutSeconds
+}
+
+function Get-ListenerThumbprint {
+    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none.
+    $setting = Get-ListenerSetting
+    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+        return ''
+    }
+    ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
+}
+
+function Find-Certificate {
+    # The certificate with this thumbprint in the LocalMachine stores a listener certificate comes from, or $null.
+    param([string]$Thumbprint)
+    foreach ($store in @('Cert:\LocalMachine\Remote Desktop', 'Cert:\LocalMachine\My')) {
+        $path = Join-Path -Path $store -ChildPath $Thumbprint
+        if (Test-Path -LiteralPath $path) {
+            return @{ Certificate = (Get-Item -LiteralPath $path); Store = $store }
+        }
+    }
+    $null
+}
+
+function Resolve-KeyFile {
+    # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
+    # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
+    # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
+    # found; when it does not open, the file is unknown ($null), never guessed.
+    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
+    $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
+    if (-not $Certificate.HasPrivateKey) {
+        return $result
+    }
+    if ($WindowsOwn) {
+        $guid = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Microsoft\Cryptography' -Name 'MachineGuid' -Default ''
+        $result.Provider = 'csp'
+        $result.Container = 'TSSecKeySet1'
+        $result.File = 'f686aace6942fb7f7ceb231212eef4a4_' + $guid
+        $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        return $result
+    }
+    $result.Provider = $null
+    try {
+        $key = [System.Security.Cryptography.X509Certificates.RSACertificateExtensions]::GetRSAPrivateKey($Certificate)
+        if ($key -is [System.Security.Cryptography.RSACng]) {
+            $result.Provider = 'cng'
+            $result.Container = $key.Key.KeyName
+            $result.File = $key.Key.UniqueName
+            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
+        }
+        elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
+            $result.Provider = 'csp'
+            $result.Container = $key.CspKeyContainerInfo.KeyContainerName
+            $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
+            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        }
+    }
+    catch {
+        Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+    }
+    $result
+}
+
+function Get-KeyAccess {
+    # Whether SYSTEM and NETWORK SERVICE may read a key file, judged from its ACL as an access check would: a deny
+    # entry for any group in the account's token wins over every allow entry; an allow entry for any of them
+    # grants. $null values: the ACL could not be read (unknown, not broken).
+    param([string]$Path)
+    $access = @{ System = $null; NetworkService = $null; Denies = $null; Sddl = $null }
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $access
+    }
+    $access.Sddl = Format-Clip -Text ([string]$acl.Sddl) -Length 128
+    $rules = @($acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier]))
+    $read = [int][System.Security.AccessControl.FileSystemRights]::ReadData
+    $denies = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    foreach ($account in @('S-1-5-18', 'S-1-5-20')) {
+        $allowed = $false
+        $denied = $false
+        foreach ($rule in $rules) {
+            $sid = $rule.IdentityReference.Value
+            if ($TokenSids[$account] -notcontains $sid -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
+                continue
+            }
+            $mask = [int]$rule.FileSystemRights
+            # Generic rights share no bit with the file rights they stand for: GENERIC_ALL, GENERIC_READ.
+            $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
+            if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
+                $denied = $true
+                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                    $denies.Add($sid)
+                }
+            }
+            elseif ($rule.AccessControlType -eq 'Allow' -and $grantsRead) {
+                $allowed = $true
+            }
+        }
+        if ($account -eq 'S-1-5-18') {
+            $access.System = $allowed -and -not $denied
+        }
+        else {
+            $access.NetworkService = $allowed -and -not $denied
+        }
+    }
+    $access.Denies = @($denies)
+    $access
+}
+
+function Format-Clip {
+    # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
+    # contract length, so that its length is its size in the summary.
+    param([string]$Text, [int]$Length)
+    if ($null -eq $Text) {
+        return $null
+    }
+    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    if ($Text.Length -gt $Length) {
+        return $Text.Substring(0, $Length)
+    }
+    $Text
+}
+
+function Assert-ExitCode {
+    # Windows tools report failure only through their exit code: turn it into an error.
+    param([string]$Tool, [object[]]$Output)
+    if ($LASTEXITCODE -ne 0) {
+        throw ('{0} failed with exit code {1}: {2}' -f $Tool, $LASTEXITCODE, ($Output -join ' '))
+    }
+}
+
+function Get-TimeStamp {
+    # A UTC time stamp for backup names: sorts by time, never collides with an earlier run.
+    (Get-Date).ToUniversalTime().ToString("yyyyMMdd'T'HHmmss'Z'", [System.Globalization.CultureInfo]::InvariantCulture)
+}
+
+function Repair-Acl {
+    # One file or folder, never recursive: save its ACL for icacls /restore, take ownership, remove the named
+    # deny entries, grant by SID. When even the save is denied (no entry for SYSTEM, another owner), ownership
+    # comes first: the owner may always read and change the ACL, so the save then works.
+    param([string]$Path, [string[]]$Grants, [string[]]$Denies, [string]$LogFolder, [string]$LogFile)
+    $saved = Join-Path -Path $LogFolder -ChildPath ((Split-Path -Path $Path -Leaf) + '.acl')
+    $output = icacls.exe $Path /save $saved
+    $unreadable = $LASTEXITCODE -ne 0
+    if ($unreadable) {
+        Write-Step ('the ACL of {0} is unreadable: taking ownership first' -f $Path)
+        Add-Content -LiteralPath $LogFile -Value ('ACL unreadable {0}: icacls /save said: {1}; took ownership before saving it' -f $Path, ($output -join ' '))
+    }
+    $output = takeown.exe /f $Path
+    Assert-ExitCode -Tool 'takeown' -Output $output
+    if ($unreadable) {
+        $output = icacls.exe $Path /save $saved
+        Assert-ExitCode -Tool 'icacls /save' -Output $output
+    }
+    foreach ($sid in $Denies) {
+        $output = icacls.exe $Path /remove:d ('*' + $sid)
+        Assert-ExitCode -Tool 'icacls /remove:d' -Output $output
+    }
+    $output = icacls.exe $Path /grant $Grants
+    Assert-ExitCode -Tool 'icacls /grant' -Output $output
+}
+
+function New-LogFolder {
+    # Where the ACLs before and after are kept: one folder per run.
+    $folder = Join-Path -Path $LogRoot -ChildPath ('{0}-repair-machinekeys' -f (Get-TimeStamp))
+    $null = New-Item -ItemType Directory -Path $folder -Force
+    $folder
+}
+
+function Get-TargetRefusal {
+    # The listener still uses the named certificate and its key is the named file; '' when so.
+    param([object]$Setting, [object]$Key)
+    $current = Get-ListenerThumbprint
+    if (-not $Thumbprint -or $current -ne $Thumbprint.ToUpperInvariant()) {
+        return ('the listener uses {0}, not {1}: the facts changed since the engine decided' -f $current, $Thumbprint)
+    }
+    if ($null -eq $Key -or $Key.File -ne $KeyFile) {
+        return ('{0} is not the key file of {1}' -f $KeyFile, $current)
+    }
+    if (-not (Test-Path -LiteralPath $Key.Path)) {
+        return ('{0} does not exist' -f $Key.Path)
+    }
+    if ($Mode -eq 'set-aside' -and [int64]$Setting.SSLCertificateSHA1HashType -ne 1) {
+        return ('{0} is not Windows'' own certificate (HashType {1}): its key stays' -f $current, $Setting.SSLCertificateSHA1HashType)
+    }
+    ''
+}
+
+function Resolve-ListenerKey {
+    # The listener certificate's key file, resolved again from the certificate itself.
+    param([object]$Setting)
+    $found = Find-Certificate -Thumbprint $Thumbprint.ToUpperInvariant()
+    if ($null -eq $found) {
+        return $null
+    }
+    $windowsOwn = [int64]$Setting.SSLCertificateSHA1HashType -eq 1 -and $found.Store -eq 'Cert:\LocalMachine\Remote Desktop'
+    Resolve-KeyFile -Certificate $found.Certificate -WindowsOwn $windowsOwn
+}
+
+function Invoke-KeyRepair {
+    # grant / remove-deny / set-aside on the one key file.
+    param([System.Collections.IDictionary]$Summary, [object]$Key)
+    $findings = $Summary.findings
+    $access = Get-KeyAccess -Path $Key.Path
+    $findings.ok_before = $access.System -and $access.NetworkService
+    $findings.ok_after = $findings.ok_before
+    if ($Mode -eq 'set-aside') {
+        $backup = '{0}.{1}.rdp-remediate.bak' -f $Key.File, (Get-TimeStamp)
+        if ($Summary.detect_only) {
+            Add-Text -List $Summary.actions -Text ('would rename {0} to {1}' -f $Key.Path, $backup)
+            return
+        }
+        Rename-Item -LiteralPath $Key.Path -NewName $backup
+        $findings.log_path = Join-Path -Path (Split-Path -Path $Key.Path -Parent) -ChildPath $backup
+        $findings.ok_after = $null
+        $Summary.changed = $true
+        Add-Text -List $Summary.actions -Text ('renamed {0} to {1} (set aside, not deleted)' -f $Key.Path, $backup)
+        return
+    }
+    if ($findings.ok_before -eq $true) {
+        Add-Text -List $Summary.actions -Text ('SYSTEM and NETWORK SERVICE can read {0}: nothing to do' -f $Key.File)
+        return
+    }
+    $denies = @($access.Denies)
+    if ($Mode -eq 'grant' -and $denies.Count -gt 0) {
+        $Summary.refused = 'deny entries for {0} on {1}: a grant cannot undo a deny (remove-deny does)' -f ($denies -join ', '), $Key.File
+        Add-Text -List $Summary.actions -Text ('refused: {0}' -f $Summary.refused)
+        return
+    }
+    if ($Summary.detect_only) {
+        Add-Text -List $Summary.actions -Text ('would remove the deny entries [{0}] and grant {1} on {2}' -f ($denies -join ', '), ($KeyGrants -join ' '), $Key.Path)
+        return
+    }
+    $log = New-LogFolder
+    $logFile = Join-Path -Path $log -ChildPath 'acl.log'
+    Repair-Acl -Path $Key.Path -Grants $KeyGrants -Denies $denies -LogFolder $log -LogFile $logFile
+    $Summary.changed = $true
+    $Summary.reboot_required = $true
+    $findings.removed_denies = $denies
+    $findings.log_path = $log
+    $after = Get-KeyAccess -Path $Key.Path
+    $findings.ok_after = $after.System -and $after.NetworkService
+    Add-Text -List $Summary.actions -Text ('removed deny entries [{0}] and granted {1} on {2}; ACL saved in {3}' -f ($denies -join ', '), ($KeyGrants -join ' '), $Key.Path, $log)
+}
+
+function Invoke-FolderRepair {
+    # Administrators' full control of MachineKeys itself (this folder only, KB 278381).
+    param([System.Collections.IDictionary]$Summary)
+    $findings = $Summary.findings
+    $findings.target = $MachineKeysPath
+    $findings.ok_before = Test-FolderAdministrators -Path $MachineKeysPath
+    $findings.ok_after = $findings.ok_before
+    if ($findings.ok_before -eq $true) {
+        Add-Text -List $Summary.actions -Text 'Administrators have full control of MachineKeys: nothing to do'
+        return
+    }
+    if ($Summary.detect_only) {
+        Add-Text -List $Summary.actions -Text ('would take ownership of {0} (this folder only) and grant {1}' -f $MachineKeysPath, ($FolderGrants -join ' '))
+        return
+    }
+    $log = New-LogFolder
+    Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -Denies @() -LogFolder $log -LogFile (Join-Path -Path $log -ChildPath 'acl.log')
+    $Summary.changed = $true
+    $Summary.reboot_required = $true
+    $findings.log_path = $log
+    $findings.ok_after = Test-FolderAdministrators -Path $MachineKeysPath
+    Add-Text -List $Summary.actions -Text ('took ownership of {0} and granted {1}; ACL saved in {2}' -f $MachineKeysPath, ($FolderGrants -join ' '), $log)
+}
+
+function Test-FolderAdministrators {
+    # Administrators have full control of the folder itself; $null when its ACL is unreadable.
+    param([string]$Path)
+    try {
+        $acl = Get-Acl -LiteralPath $Path
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the ACL of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+        return $null
+    }
+    $full = [int][System.Security.AccessControl.FileSystemRights]::FullControl
+    $allowed = 0
+    foreach ($rule in @($acl.GetAccessRules($true, $true, [System.Security.Principal.SecurityIdentifier]))) {
+        if ($rule.IdentityReference.Value -ne 'S-1-5-32-544' -or $rule.PropagationFlags.HasFlag([System.Security.AccessControl.PropagationFlags]::InheritOnly)) {
+            continue
+        }
+        if ($rule.AccessControlType -eq 'Deny') {
+            return $false
+        }
+        $allowed = $allowed -bor [int]$rule.FileSystemRights
+    }
+    ($allowed -band $full) -eq $full
+}
+
 $summary = [ordered]@{
     script          = $ScriptName
     version         = $ScriptVersion
     detect_only     = ($DetectOnly -eq 'true')
     changed         = $false
     reboot_required = $false
-    actions         = [System.Collections.Generic.List[string]]::new()
-    findings        = [ordered]@{
-        key_container               = $null
-        key_container_acl_ok_before = $null
-        key_container_acl_ok_after  = $null
-        folder_acl_ok_before        = $false
-        folder_acl_ok_after         = $false
-        log_path                    = $null
-    }
-    errors          = [System.Collections.Generic.List[string]]::new()
+    refused         = $null
+    actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    findings        = [ordered]@{ mode = $Mode; target = $null; ok_before = $null; ok_after = $null; removed_denies = @(); log_path = $null }
+    errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
 
 try {
-    $findings = $summary.findings
-    Write-Step ('{0} on {1}, DetectOnly={2}' -f $ScriptVersion, $env:COMPUTERNAME, $DetectOnly)
-    if (-not (Test-Path -LiteralPath $MachineKeysPath)) {
-        throw ('{0} does not exist: reset-machinekeys recreates it' -f $MachineKeysPath)
-    }
-    $container = Get-ListenerKeyContainerPath
-    if ($container -and -not (Test-Path -LiteralPath $container)) {
-        $container = $null
-    }
-    $findings.folder_acl_ok_before = Test-AclGrants -Path $MachineKeysPath -Required $FolderRights
-    $findings.folder_acl_ok_after = $findings.folder_acl_ok_before
-    if ($container) {
-        $findings.key_container = Split-Path -Path $container -Leaf
-        $findings.key_container_acl_ok_before = Test-AclGrants -Path $container -Required $ContainerRights
-        $findings.key_container_acl_ok_after = $findings.key_container_acl_ok_before
-    }
-    $repairContainer = $findings.key_container_acl_ok_before -eq $false
-    $repairFolder = -not $findings.folder_acl_ok_before
-
-    if (-not $repairContainer -and -not $repairFolder) {
-        Add-Text -List $summary.actions -Text 'MachineKeys and the listener key container have the required permissions: nothing to do'
-    }
-    elseif ($summary.detect_only) {
-        if ($repairContainer) {
-            Add-Text -List $summary.actions -Text ('would take ownership of {0} and grant {1}' -f $container, ($ContainerGrants -join ' '))
-        }
-        if ($repairFolder) {
-            Add-Text -List $summary.actions -Text ('would take ownership of {0} and grant {1}' -f $MachineKeysPath, ($FolderGrants -join ' '))
-        }
+    Write-Step ('{0} on {1}, Mode={2}, DetectOnly={3}' -f $ScriptVersion, $env:COMPUTERNAME, $Mode, $DetectOnly)
+    if ($Mode -eq 'folder') {
+        Invoke-FolderRepair -Summary $summary
     }
     else {
-        $logFolder = Join-Path -Path $env:ProgramData -ChildPath ('rdp-remediate\{0}-repair-machinekeys' -f (Get-TimeStamp))
-        $null = New-Item -ItemType Directory -Path $logFolder -Force
-        $findings.log_path = $logFolder
-        $logFile = Join-Path -Path $logFolder -ChildPath 'acl.log'
-        $paths = @($MachineKeysPath)
-        if ($container) {
-            $paths += $container
+        $setting = Get-ListenerSetting
+        $key = Resolve-ListenerKey -Setting $setting
+        $refusal = Get-TargetRefusal -Setting $setting -Key $key
+        if ($refusal) {
+            $summary.refused = $refusal
+            Add-Text -List $summary.actions -Text ('refused: {0}' -f $refusal)
         }
-        Save-AclSnapshot -Paths $paths -File $logFile -Label 'before'
-        if ($repairContainer) {
-            Write-Step ('repairing {0}' -f $container)
-            Repair-Acl -Path $container -Grants $ContainerGrants -LogFolder $logFolder -LogFile $logFile
-            $summary.changed = $true
-            $summary.reboot_required = $true
-            Add-Text -List $summary.actions -Text ('took ownership of {0} and granted {1}' -f $container, ($ContainerGrants -join ' '))
-            $findings.key_container_acl_ok_after = Test-AclGrants -Path $container -Required $ContainerRights
+        else {
+            $summary.findings.target = $key.Path
+            Invoke-KeyRepair -Summary $summary -Key $key
         }
-        if ($repairFolder) {
-            Write-Step ('repairing {0}' -f $MachineKeysPath)
-            Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -LogFolder $logFolder -LogFile $logFile
-            $summary.changed = $true
-            $summary.reboot_required = $true
-            Add-Text -List $summary.actions -Text ('took ownership of {0} and granted {1}' -f $MachineKeysPath, ($FolderGrants -join ' '))
-            $findings.folder_acl_ok_after = Test-AclGrants -Path $MachineKeysPath -Required $FolderRights
-        }
-        Save-AclSnapshot -Paths $paths -File $logFile -Label 'after'
-        Add-Text -List $summary.actions -Text ('logged the ACLs before and after in {0}; reboot to apply' -f $logFolder)
     }
 }
 catch {

@@ -48,27 +48,32 @@ def within(seconds: float) -> float:
 
 def test_diagnose_returns_the_validated_summary(emulator: Emulator, azure_clients: AzureClients) -> None:
     _, vm = the_vm(emulator, "expired-certificate")
-    summary = run_script(azure_clients, vm, "diagnose", {"ExpiryWarningDays": "30"}, within(30))
+    summary = run_script(azure_clients, vm, "diagnose", {}, within(30))
     assert summary["script"] == "diagnose"
-    assert summary["findings"]["listener_certificate"]["expired"] is True
-    assert summary["findings"]["recommended"] == ["renew-certificate"]
+    assert summary["findings"]["listener"]["hash_type"] == 1
+    assert summary["findings"]["events"]["1058"]["count"] == 1
     assert run_commands(emulator) == [202]
 
 
 def test_a_repair_changes_the_guest(emulator: Emulator, azure_clients: AzureClients) -> None:
     guest_vm, vm = the_vm(emulator, "expired-certificate")
-    summary = run_script(azure_clients, vm, "renew-certificate", {}, within(30))
+    with emulator.fleet.lock:
+        assert guest_vm.guest.certificate is not None
+        old = guest_vm.guest.certificate.thumbprint
+    summary = run_script(azure_clients, vm, "renew-certificate", {"Thumbprint": old}, within(30))
     assert summary["changed"] is True
     with emulator.fleet.lock:
         assert guest_vm.guest.certificate is not None
-        assert summary["findings"]["new_certificate"]["thumbprint"] == guest_vm.guest.certificate.thumbprint
+        assert summary["findings"]["listener"] == guest_vm.guest.certificate.thumbprint != old
 
 
 def test_detect_only_reaches_the_script_and_changes_nothing(emulator: Emulator, azure_clients: AzureClients) -> None:
     guest_vm, vm = the_vm(emulator, "expired-certificate")
     with emulator.fleet.lock:
         before = guest_vm.guest.certificate
-    summary = run_script(azure_clients, vm, "renew-certificate", {"DetectOnly": "true"}, within(30))
+        assert before is not None
+    parameters = {"DetectOnly": "true", "Thumbprint": before.thumbprint}
+    summary = run_script(azure_clients, vm, "renew-certificate", parameters, within(30))
     assert summary["detect_only"] is True and summary["changed"] is False
     assert any(action.startswith("would remove") for action in summary["actions"])
     with emulator.fleet.lock:
@@ -86,7 +91,7 @@ def test_a_run_command_in_progress_is_waited_out(emulator: Emulator, azure_clien
 
     sleeps = Sleeps(the_other_command_ends)
     summary = run_script(azure_clients, vm, "diagnose", {}, within(60), sleep=sleeps)
-    assert summary["findings"]["recommended"] == []
+    assert summary["errors"] == [] and summary["findings"]["key"]["network_service_read"] is True
     assert run_commands(emulator) == [409, 202]
     assert len(sleeps.waits) == 1
 
@@ -156,7 +161,7 @@ def test_oversized_output_cut_to_its_tail_still_yields_the_summary(
     assert len(stdout.encode("utf-8")) == 4096
     assert not stdout.startswith("progress: checking item 0000")
     summary = run_script(azure_clients, vm, "diagnose", {}, within(60))
-    assert summary["findings"]["recommended"] == ["enable-firewall-rule"]
+    assert summary["findings"]["firewall"]["builtin_rule"]["enabled"] is False
 
 
 def test_a_script_parameter_it_does_not_take_is_refused_before_any_call(

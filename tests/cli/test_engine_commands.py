@@ -40,7 +40,7 @@ def test_run_remediates_and_status_and_history_read_it_back(cli_env: None, capsy
     assert code == 0 and result["outcome"] == "remediated" and result["rebooted"] is True
     code, status = run_json(capsys, "status", str(result["requestId"]))
     assert code == 0 and status["outcome"] == "remediated"
-    assert [step["name"] for step in status["steps"]][-1] == "verify-guest"
+    assert [step["name"] for step in status["steps"]][-2:] == ["verify-guest", "plan-1-after"]
     code, history = run_json(capsys, "history", "--vm", ID + "vm-expired-certificate")
     assert code == 0 and history["remediations"][0]["requestId"] == result["requestId"]
 

@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from remediate.azure.vm import VmView
-from remediate.engine import plans, policy
+from remediate.engine import policy
 from remediate.ledger import VmState
-from remediate.model import Plan, RemediationRequest, Trigger, VmId
+from remediate.model import RemediationRequest, Trigger, VmId
 from remediate.settings import Settings
 
 SUB = "00000000-0000-4000-8000-000000000001"
@@ -111,13 +111,3 @@ def test_circuit_breaker_opens_on_mostly_failures() -> None:
     assert policy.circuit_refusal(rules, ["failed", "remediated", "remediated", "remediated", "skipped"]) is None
     reason = policy.circuit_refusal(rules, ["failed", "failed", "remediated", "unverified", "healthy"])
     assert reason is not None and "circuit breaker open" in reason
-
-
-def test_plans_order_repairs_key_store_first() -> None:
-    repairs = plans.repairs_for(
-        Plan.AUTO, ["enable-tls12", "renew-certificate", "repair-machinekeys"], "healthy", force=False
-    )
-    assert repairs == ["repair-machinekeys", "renew-certificate", "enable-tls12"]
-    assert plans.repairs_for(Plan.AUTO, [], "certificate-expired", force=False) == ["renew-certificate"]
-    assert plans.repairs_for(Plan.AUTO, [], "healthy", force=False) == []
-    assert plans.repairs_for(Plan.FULL, [], "healthy", force=False) == ["reset-machinekeys", "renew-certificate"]

@@ -57,7 +57,7 @@ def test_escalation_is_not_tried_when_the_key_store_is_not_the_problem(engine: E
             vm.guest.firewall = dict.fromkeys(vm.guest.firewall, False)
 
     result = engine.workflow(engine.request("firewall-closed"), progress=policy_reapplies).run()
-    assert result.outcome is Outcome.FAILED and "reset would not help" in result.reason
+    assert result.outcome is Outcome.FAILED and "repeating it would not help" in result.reason
     assert engine.posts_to("firewall-closed").count(RESTART) == 1
 
 

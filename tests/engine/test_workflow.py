@@ -21,12 +21,15 @@ RC, RESTART = "runCommand", "restart"
     [
         # diagnose, renew, restart, in-guest verification
         ("expired-certificate", [RC, RC, RESTART, RC]),
-        # diagnose, ACL repair, renewal (no-op), restart, verification
-        ("keystore-acl", [RC, RC, RC, RESTART, RC]),
+        # diagnose, read granted on the one key file, restart, verification
+        ("keystore-acl", [RC, RC, RESTART, RC]),
+        ("key-deny", [RC, RC, RESTART, RC]),
+        # the key container set aside, Windows' own certificate renewed through SessionEnv
+        ("key-corrupt", [RC, RC, RC, RESTART, RC]),
+        # the successor of an expired custom certificate is pinned
+        ("custom-certificate", [RC, RC, RESTART, RC]),
         ("firewall-closed", [RC, RC, RESTART, RC]),
         ("tls12-disabled", [RC, RC, RESTART, RC]),
-        # first round cannot fix it; escalation renames MachineKeys, renews, restarts again
-        ("keystore-corrupt", [RC, RC, RC, RESTART, RC, RC, RC, RESTART, RC]),
     ],
 )
 def test_broken_vms_are_remediated_and_verified(engine: Engine, scenario: str, posts: list[str]) -> None:
@@ -90,18 +93,56 @@ def test_diagnose_only_runs_only_the_read_only_script(engine: Engine) -> None:
     assert engine.posts_to("expired-certificate") == [RC]
 
 
-def test_full_plan_renames_machinekeys_and_renews(engine: Engine) -> None:
-    result = engine.run("expired-certificate", plan=Plan.FULL)
+def test_full_plan_renames_machinekeys_only_with_force_when_other_keys_depend_on_it(engine: Engine) -> None:
+    refused = engine.run("expired-certificate", plan=Plan.FULL)
+    assert refused.outcome is Outcome.FAILED and "Windows Azure CRP Certificate Generator" in refused.reason
+    assert engine.posts_to("expired-certificate") == [RC]  # diagnose only: nothing changed
+    assert not engine.vm("expired-certificate").guest.machinekeys_backups
+
+
+def test_a_broken_store_is_not_renamed_while_the_agent_transport_key_lives_in_it(engine: Engine) -> None:
+    """Set aside the one key and renew (one reboot); Windows still cannot make a key; the store rename would
+    take the Azure agent's transport key with it, so it is refused, and nothing reboots again."""
+    result = engine.run("keystore-corrupt")
+    assert result.outcome is Outcome.FAILED, result.reason
+    assert "refused reset-machinekeys" in result.reason and "rerun with force" in result.reason
+    assert engine.posts_to("keystore-corrupt") == [RC, RC, RC, RESTART, RC]
+    assert not engine.vm("keystore-corrupt").guest.machinekeys_backups
+
+
+def test_with_force_the_store_is_renamed_last_and_the_vm_recovers(engine: Engine) -> None:
+    result = engine.run("keystore-corrupt", force=True)
     assert result.outcome is Outcome.REMEDIATED, result.reason
-    assert engine.posts_to("expired-certificate") == [RC, RC, RC, RESTART, RC]
-    assert engine.vm("expired-certificate").guest.machinekeys_backups  # renamed, never deleted
+    # diagnose, set aside the key, renew, restart, verify; then the rename, restart, verify
+    assert engine.posts_to("keystore-corrupt") == [RC, RC, RC, RESTART, RC, RC, RESTART, RC]
+    guest = engine.vm("keystore-corrupt").guest
+    assert len(guest.machinekeys_backups) == 1  # renamed once, never deleted
+    record = engine.ledger.get(result.request_id)
+    assert record is not None
+    assert [s.name for s in record.steps if s.name.startswith(("set-aside", "renew", "reset"))] == [
+        "set-aside-key",
+        "renew-certificate",
+        "reset-machinekeys-2",
+    ]
 
 
 class Killed(BaseException):
     """Stands for the worker process dying: not an Exception, so nothing in the workflow catches it."""
 
 
-STEPS = ["preflight", "locate", "probe", "diagnose", "renew-certificate", "reboot", "wait", "verify", "verify-guest"]
+STEPS = [
+    "preflight",
+    "locate",
+    "probe",
+    "diagnose",
+    "plan",
+    "renew-certificate",
+    "reboot",
+    "wait",
+    "verify",
+    "verify-guest",
+    "plan-1-after",
+]
 
 
 @pytest.mark.parametrize("kill_step", STEPS)

@@ -208,6 +208,7 @@ class ScriptParameter:
     validate_set: tuple[str, ...]
     validate_range: tuple[int, int] | None
     default: str | None
+    validate_pattern: str | None = None
 
 
 def script_parameters(tree: Tree) -> list[ScriptParameter]:
@@ -230,6 +231,7 @@ def _script_parameter(node: Node) -> ScriptParameter:
     type_name = ""
     choices: tuple[str, ...] = ()
     bounds: tuple[int, int] | None = None
+    pattern: str | None = None
     for attribute in (n for n in walk(node) if n.type == "attribute"):
         literal = next((c for c in attribute.children if c.type == "type_literal"), None)
         if literal is not None:
@@ -241,7 +243,9 @@ def _script_parameter(node: Node) -> ScriptParameter:
             choices = tuple(values)
         elif attribute_name == "validaterange":
             bounds = (int(values[0]), int(values[1]))
+        elif attribute_name == "validatepattern":
+            pattern = values[0]
     default_node = next((c for c in node.children if c.type == "script_parameter_default"), None)
     default_literal = next((n for n in walk(default_node) if n.type in _LITERALS), None) if default_node else None
     default = _literal(default_literal) if default_literal is not None else None
-    return ScriptParameter(name, type_name, choices, bounds, default)
+    return ScriptParameter(name, type_name, choices, bounds, default, pattern)

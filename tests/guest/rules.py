@@ -171,7 +171,8 @@ def firewall_by_rule_name(tree: Tree) -> list[str]:
         flags = {arg.lower() for arg in command.args}
         if flags & {"-displaygroup", "-displayname", "-group"}:
             problems.append(f"{command.name} selects rules by group or display name")
-        if "-name" not in flags:
+        # Reading may enumerate (an allow path can be any rule); changing names its one rule.
+        if "-name" not in flags and not command.lowered.startswith("get-"):
             problems.append(f"{command.name} without -Name")
     for value, _ in psast.strings(tree):
         if value.lower().startswith("remotedesktop-") and value not in USER_MODE_RULES:
@@ -359,6 +360,28 @@ def undefined_variables(tree: Tree) -> list[str]:
     return [f"{name} (line {line}) is never assigned" for name, line in sorted(used.items()) if name not in defined]
 
 
+# CIM cmdlets take a time limit of their own; the CDXML cmdlets (NetSecurity, NetTCPIP, NetConnection) do not,
+# so they run as jobs that Receive-Bounded waits for within the limit. A hung WMI provider must not hold the VM's
+# only Run Command slot for 90 minutes.
+CIM_COMMANDS = frozenset({"get-ciminstance", "set-ciminstance", "invoke-cimmethod", "get-cimassociatedinstance"})
+CDXML_PREFIXES = ("get-netfirewall", "enable-netfirewall", "get-nettcpconnection", "get-netconnectionprofile")
+
+
+def bounded_cim_calls(tree: Tree) -> list[str]:
+    """Every CIM call carries -OperationTimeoutSec; every CDXML call runs with -AsJob inside Receive-Bounded."""
+    problems = []
+    for command in psast.commands(tree):
+        flags = {arg.lower() for arg in command.args}
+        if command.lowered in CIM_COMMANDS and "-operationtimeoutsec" not in flags:
+            problems.append(f"{command.name} without -OperationTimeoutSec")
+        if command.lowered.startswith(CDXML_PREFIXES):
+            outer = next((a for a in psast.ancestors(command.node) if a.type == "command"), None)
+            wrapped = outer is not None and psast.text(outer).lower().startswith("receive-bounded ")
+            if "-asjob" not in flags or not wrapped:
+                problems.append(f"{command.name} not run as a job bounded by Receive-Bounded")
+    return problems
+
+
 RULES: dict[str, Rule] = {
     "forbidden_commands": forbidden_commands,
     "forbidden_text": forbidden_text,
@@ -373,9 +396,17 @@ RULES: dict[str, Rule] = {
     "bounded_service_control": bounded_service_control,
     "guarded_invocation_info": guarded_invocation_info,
     "acl_reads_guarded": acl_reads_guarded,
+    "bounded_cim_calls": bounded_cim_calls,
 }
 
 NEGATIVE_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "bounded_cim_calls": (
+        "$setting = Get-CimInstance -ClassName 'Win32_TSGeneralSetting' -Namespace 'root\\cimv2\\TerminalServices'",
+        "Set-CimInstance -InputObject $setting -Property @{ SSLCertificateSHA1Hash = $t }",
+        "$p = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process')",
+        "$rules = @(Get-NetFirewallRule -PolicyStore RSOP -Name $RdpTcpRule)",
+        "$job = Get-NetTCPConnection -State Listen -AsJob",
+    ),
     "undefined_variables": (
         "$summary = @{}\nWrite-Output $sumary",
         "foreach ($item in $list) { Write-Output $item }",
@@ -422,6 +453,7 @@ NEGATIVE_EXAMPLES: dict[str, tuple[str, ...]] = {
         "$rules = @(Get-NetFirewallRule -PolicyStore ActiveStore -Group $RdpRuleGroup -Direction Inbound)",
         "$RdpRuleGroup = '@FirewallAPI.dll,-28752'",
         "Get-NetFirewallRule -Direction Inbound | Enable-NetFirewallRule",
+        "Disable-NetFirewallRule -AssociatedNetFirewallPortFilter $filter",
         "Enable-NetFirewallRule -Name 'RemoteDesktop-Shadow-In-TCP'",
         "$names = @('RemoteDesktop-UserMode-In-TCP', 'RemoteDesktop-Shadow-In-TCP')",
     ),

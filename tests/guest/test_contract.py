@@ -11,7 +11,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from remediate.guest import contract
-from remediate.guest.contract import GuestOutputError, parse_output, recommended_repairs, validate_summary
+from remediate.guest.contract import GuestOutputError, parse_output, validate_summary
 from remediate.model import PermanentError
 from sim import guest as sim_guest
 from sim.fleet import make_vm
@@ -26,6 +26,7 @@ def tls_summary(**changes: Any) -> dict[str, Any]:
         "detect_only": False,
         "changed": True,
         "reboot_required": True,
+        "refused": None,
         "actions": ["set Enabled=1 and DisabledByDefault=0; reboot to apply"],
         "findings": {"enabled_before": False, "enabled_after": True},
         "errors": [],
@@ -117,12 +118,8 @@ def test_diagnose_never_reports_a_change(diagnosis: dict[str, Any]) -> None:
 
 def test_diagnose_findings_are_checked_deeply(diagnosis: dict[str, Any]) -> None:
     broken = copy.deepcopy(diagnosis)
-    broken["findings"]["listener_certificate"]["thumbprint"] = "not-a-thumbprint"
+    broken["findings"]["listener"]["thumbprint"] = "not-a-thumbprint"
     with pytest.raises(GuestOutputError, match="thumbprint"):
-        validate_summary(broken, "diagnose")
-    broken = copy.deepcopy(diagnosis)
-    broken["findings"]["recommended"] = ["format-disk"]
-    with pytest.raises(GuestOutputError, match="recommended"):
         validate_summary(broken, "diagnose")
 
 
@@ -182,7 +179,7 @@ def test_quotes_of_long_output_are_clipped() -> None:
     assert len(caught.value.reason) < 1500
 
 
-# --- the diagnose rule ---------------------------------------------------------------------------------------
+# --- facts, not recommendations -----------------------------------------------------------------------------
 
 
 def _with(findings: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -195,64 +192,134 @@ def _with(findings: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return changed
 
 
-RULE_CASES: list[tuple[str, Any, list[str]]] = [
-    ("listener_certificate", None, ["renew-certificate"]),
-    ("listener_certificate.expired", True, ["renew-certificate"]),
-    ("listener_certificate.expired", None, ["renew-certificate"]),  # pinned to a certificate in no store
-    ("listener_certificate.private_key", "missing", ["renew-certificate"]),
-    ("listener_certificate.private_key", "unreadable", ["reset-machinekeys", "renew-certificate"]),
-    ("listener_certificate.not_after", "2026-12-01T00:00:00Z", ["renew-certificate"]),
-    ("machinekeys.key_container_acl_ok", False, ["repair-machinekeys"]),
-    ("machinekeys.folder_acl_ok", False, ["repair-machinekeys"]),
-    ("machinekeys.folder_exists", False, ["reset-machinekeys"]),
-    ("firewall_rule_group.Public", False, ["enable-firewall-rule"]),
-    ("tls12_server_enabled", False, ["enable-tls12"]),
-]
+def test_diagnose_reports_facts_and_no_recommendation(diagnosis: dict[str, Any]) -> None:
+    assert "recommended" not in diagnosis["findings"]
+    assert not hasattr(contract, "recommended_repairs")
+    broken = copy.deepcopy(diagnosis)
+    broken["findings"]["recommended"] = ["reset-machinekeys"]
+    with pytest.raises(GuestOutputError, match="recommended"):
+        validate_summary(broken, "diagnose")
 
 
-def test_a_healthy_diagnosis_recommends_nothing(diagnosis: dict[str, Any]) -> None:
-    assert recommended_repairs(diagnosis["findings"], NOW, 30) == []
+@pytest.mark.parametrize(
+    "fact", ["listener", "key", "machinekeys", "other_keys", "roles", "firewall", "sessions", "tls", "events"]
+)
+def test_every_fact_may_be_unknown(diagnosis: dict[str, Any], fact: str) -> None:
+    """A check that failed or timed out leaves its fact null: the contract takes that, never a made-up value."""
+    unknown = copy.deepcopy(diagnosis)
+    unknown["findings"][fact] = None
+    unknown["errors"] = [f"{fact}: timed out"]
+    assert validate_summary(unknown, "diagnose") is unknown
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), RULE_CASES)
-def test_recommended_repairs(diagnosis: dict[str, Any], path: str, value: Any, expected: list[str]) -> None:
-    assert recommended_repairs(_with(diagnosis["findings"], path, value), NOW, 30) == expected
-
-
-def test_repairs_come_in_the_order_to_apply_them(diagnosis: dict[str, Any]) -> None:
-    findings = _with(diagnosis["findings"], "tls12_server_enabled", False)
-    findings = _with(findings, "firewall_rule_group.Domain", False)
-    findings = _with(findings, "listener_certificate.private_key", "unreadable")
-    findings = _with(findings, "machinekeys.key_container_acl_ok", False)
-    assert recommended_repairs(findings, NOW, 30) == [
-        "repair-machinekeys",
-        "renew-certificate",
-        "enable-firewall-rule",
-        "enable-tls12",
-    ]
-
-
-def test_the_expiry_warning_window_is_honoured(diagnosis: dict[str, Any]) -> None:
-    findings = _with(diagnosis["findings"], "listener_certificate.not_after", "2026-12-01T10:00:00Z")
-    assert recommended_repairs(findings, NOW, 30) == ["renew-certificate"]
-    assert recommended_repairs(findings, NOW, 7) == []
-
-
-# A certificate renew-certificate leaves in place (a CA's, or one an admin keeps in the personal store) is no
-# reason to recommend it, unless it expired: then renew clears the pin and Windows' own certificate takes over.
-FOREIGN_CERTIFICATE_CASES: list[tuple[dict[str, Any], list[str]]] = [
-    ({"self_signed": False, "store": "Cert:\\LocalMachine\\My", "not_after": "2026-12-01T00:00:00Z"}, []),
-    ({"self_signed": False, "private_key": "missing"}, []),
-    ({"self_signed": True, "store": "Cert:\\LocalMachine\\My", "private_key": "missing"}, []),
-    ({"self_signed": False, "store": "Cert:\\LocalMachine\\My", "expired": True}, ["renew-certificate"]),
-    ({"self_signed": True, "private_key": "missing"}, ["renew-certificate"]),
-]
-
-
-@pytest.mark.parametrize(("changes", "expected"), FOREIGN_CERTIFICATE_CASES)
-def test_renewal_is_recommended_only_for_what_it_repairs(
-    diagnosis: dict[str, Any], changes: dict[str, Any], expected: list[str]
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("rdp_config.security_layer", 3),
+        ("rdp_config.security_layer", 0xFFFFFFFF),
+        ("rdp_config.user_authentication", 7),
+        ("rdp_config.port", 0),
+        ("listener.hash_type", 0),
+    ],
+)
+def test_registry_values_outside_their_documented_range_are_facts_too(
+    diagnosis: dict[str, Any], path: str, value: int
 ) -> None:
-    findings = copy.deepcopy(diagnosis["findings"])
-    findings["listener_certificate"].update(changes)
-    assert recommended_repairs(findings, NOW, 30) == expected
+    summary = copy.deepcopy(diagnosis)
+    summary["findings"] = _with(summary["findings"], path, value)
+    assert validate_summary(summary, "diagnose") is summary
+
+
+def test_a_refused_script_changed_nothing() -> None:
+    refused = tls_summary(refused="the facts changed", changed=True)
+    with pytest.raises(GuestOutputError, match="changed"):
+        validate_summary(refused, "enable-tls12")
+    assert validate_summary(tls_summary(refused="the facts changed", changed=False), "enable-tls12")
+
+
+def test_free_text_must_be_ascii_that_json_never_escapes(diagnosis: dict[str, Any]) -> None:
+    summary = copy.deepcopy(diagnosis)
+    summary["findings"]["other_keys"] = {"count": 1, "names": ['Zertifikat f\u00fcr "IIS"']}
+    with pytest.raises(GuestOutputError, match="other_keys"):
+        validate_summary(summary, "diagnose")
+
+
+# --- the 4096-byte bound, proved from the contract ---------------------------------------------------------------
+
+_ESCAPED = 6  # the most a character can take in the ASCII JSON the scripts print (\uXXXX)
+
+
+def _largest(node: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """The largest JSON value the contract allows at `node`, as characters (each free character at its worst)."""
+    if "$ref" in node:
+        merged = {**defs[node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return _largest(merged, defs)
+    if "anyOf" in node:
+        return max((_largest(option, defs) for option in node["anyOf"]), key=_size)
+    if "enum" in node:
+        return max(node["enum"], key=_size)
+    if "const" in node:
+        return node["const"]
+    kinds = node.get("type", "object")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    return max((_largest_of(kind, node, defs) for kind in kinds), key=_size)
+
+
+def _largest_of(kind: str, node: dict[str, Any], defs: dict[str, Any]) -> Any:
+    if kind == "object":
+        return {key: _largest(value, defs) for key, value in node.get("properties", {}).items()}
+    if kind == "array":
+        assert "maxItems" in node, f"an array without maxItems: {node}"
+        return [_largest(node["items"], defs)] * node["maxItems"]
+    if kind == "string":
+        if "maxLength" not in node:
+            pattern = node.get("pattern", "")
+            assert "{" in pattern, f"a string without a length bound: {node}"
+            return "x" * max(int(n) for n in __import__("re").findall(r"\{(?:\d+,)?(\d+)\}", pattern))
+        # A pattern that admits no backslash or quote keeps each character one byte; free text may be escaped.
+        pattern = node.get("pattern")
+        per_character = 1 if pattern and "\\\\" not in pattern and '"' not in pattern else _ESCAPED
+        if pattern and "\\\\" in pattern:
+            per_character = 2
+        return "x" * (node["maxLength"] * per_character)
+    if kind == "integer":
+        return -(10**10) if node.get("minimum", -1) < 0 else int(node.get("maximum", 10**19))
+    if kind == "number":
+        return -1.2345678901234567e-300
+    if kind == "boolean":
+        return False
+    return None
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+@pytest.mark.parametrize("name", contract.SCRIPTS)
+def test_no_summary_can_exceed_what_run_command_keeps(name: str) -> None:
+    """With empty actions and errors (Write-Summary drops those first), the largest summary the contract allows
+    still fits in 4000 bytes: the JSON line survives Run Command's 4096-byte tail in every branch."""
+    schema = contract.schema()
+    defs = schema["$defs"]
+    branch = next(b for b in schema["allOf"] if b["if"]["properties"].get("script", {}).get("const") == name)
+    findings = _largest(branch["then"]["properties"]["findings"], defs)
+    refused = _largest(branch["then"]["properties"].get("refused", schema["properties"]["refused"]), defs)
+    envelope = {
+        "script": name,
+        "version": "99.99.99",
+        "detect_only": False,
+        "changed": False,
+        "reboot_required": False,
+        "refused": refused,
+        "actions": [],
+        "findings": findings,
+        "errors": [],
+        "truncated": 10**6,
+    }
+    assert _size(envelope) <= 4000, f"{name}: up to {_size(envelope)} bytes"
+
+
+def test_the_bound_check_notices_an_unbounded_list() -> None:
+    loose = {"type": "array", "items": {"type": "string", "maxLength": 10}}
+    with pytest.raises(AssertionError, match="maxItems"):
+        _largest(loose, {})

@@ -1,46 +1,23 @@
-"""The emulator's simulated Windows guest: every script answers with a contract-valid summary and does what its
-documentation says, to the guest state the RDP listener and the next diagnose see."""
+"""The emulator's simulated Windows guest: every script answers with a contract-valid summary, reports facts as
+Microsoft documents Windows, re-checks its precondition, and does to the guest what its documentation says."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from typing import Any
 
 import pytest
 
-from remediate.guest.contract import (
-    SCRIPTS,
-    GuestOutputError,
-    parse_output,
-    recommended_repairs,
-    script_text,
-    script_version,
-)
+from remediate.engine.decide import Action, Context, decide
+from remediate.guest.contract import SCRIPTS, GuestOutputError, parse_output, script_text, script_version
 from sim import guest as sim_guest
-from sim.fleet import DAY, VirtualMachine, make_vm
+from sim.fleet import DAY, EVERYONE, NETWORK_SERVICE, SCENARIOS, SESSIONENV, VirtualMachine, make_vm
 
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(minutes=5)
-WINDOWS_SCENARIOS = (
-    "healthy",
-    "expired-certificate",
-    "expiring-soon",
-    "keystore-acl",
-    "keystore-corrupt",
-    "firewall-closed",
-    "tls12-disabled",
-)
-EXPECTED_RECOMMENDATIONS = {
-    "healthy": [],
-    "expired-certificate": ["renew-certificate"],
-    "expiring-soon": ["renew-certificate"],
-    "keystore-acl": ["repair-machinekeys", "renew-certificate"],
-    "keystore-corrupt": ["repair-machinekeys", "renew-certificate"],
-    "firewall-closed": ["enable-firewall-rule"],
-    "tls12-disabled": ["enable-tls12"],
-}
+NOT_WINDOWS_GUESTS = {"linux", "deallocated", "agent-not-ready", "opted-out", "out-of-scope", "never-returns"}
+WINDOWS_SCENARIOS = tuple(s for s in SCENARIOS if s not in NOT_WINDOWS_GUESTS)
 
 
 def vm_in(scenario: str) -> VirtualMachine:
@@ -52,7 +29,12 @@ def run(vm: VirtualMachine, script: str, now: dt.datetime = NOW, **parameters: s
     output = sim_guest.run_script(vm, script_text(script), parameters, now)
     assert output.stderr == ""
     last_line = output.stdout.rstrip("\n").rsplit("\n", 1)[-1]
-    assert len(last_line.encode("utf-8")) < 4096
+    assert len(last_line.encode("ascii")) <= 4000
+    return parse_output(output.stdout, output.stderr, script)
+
+
+def run_at(vm: VirtualMachine, script: str, now: dt.datetime, parameters: dict[str, str]) -> dict[str, Any]:
+    output = sim_guest.run_script(vm, script_text(script), parameters, now)
     return parse_output(output.stdout, output.stderr, script)
 
 
@@ -60,217 +42,239 @@ def guest_state(vm: VirtualMachine) -> dict[str, Any]:
     return dataclasses.asdict(vm.guest)
 
 
+def probe_of(vm: VirtualMachine, now: dt.datetime) -> str:
+    """What the RDP probe would say, from the same guest state the emulator's listener serves."""
+    guest = vm.guest
+    if not (guest.services_running and guest.firewall_open):
+        return "refused"
+    if not guest.key_usable or guest.certificate is None:
+        return "no-certificate"
+    return "certificate-expired" if guest.certificate.expired(now) else "healthy"
+
+
+def plan_for(vm: VirtualMachine, now: dt.datetime = NOW, **context: Any) -> Any:
+    return decide(run(vm, "diagnose", now=now), probe_of(vm, now), Context(now, **context))
+
+
 @pytest.mark.parametrize("detect_only", ["false", "true"])
 @pytest.mark.parametrize("scenario", WINDOWS_SCENARIOS)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_answers_every_scenario_within_the_contract(script: str, scenario: str, detect_only: str) -> None:
     vm = vm_in(scenario)
+    steps = [s for s in plan_for(vm).steps if s.script == script]
+    parameters = dict(steps[0].parameters) if steps else {}
     before = guest_state(vm)
-    summary = run(vm, script, DetectOnly=detect_only)
+    summary = run(vm, script, DetectOnly=detect_only, **parameters)
     assert summary["detect_only"] is (detect_only == "true")
-    if detect_only == "true" or script == "diagnose":
-        assert guest_state(vm) == before, "DetectOnly and diagnose change nothing"
+    if detect_only == "true" or script == "diagnose" or summary["refused"]:
+        assert guest_state(vm) == before, "DetectOnly, diagnose and a refusal change nothing"
         assert summary["changed"] is False
     if summary["changed"]:
         assert guest_state(vm) != before
 
 
-@pytest.mark.parametrize("scenario", WINDOWS_SCENARIOS)
-def test_diagnose_recommends_what_the_scenario_needs(scenario: str) -> None:
-    summary = run(vm_in(scenario), "diagnose")
-    findings = summary["findings"]
-    assert findings["recommended"] == EXPECTED_RECOMMENDATIONS[scenario]
-    assert findings["recommended"] == recommended_repairs(findings, NOW, 30)
+# --- diagnose: facts as Windows shows them --------------------------------------------------------------------
 
 
-def test_diagnose_reports_what_it_sees() -> None:
-    expired = run(vm_in("expired-certificate"), "diagnose")["findings"]
-    assert expired["listener_certificate"]["expired"] is True
-    assert expired["events_24h"]["1058"] == 1
-    broken_keys = run(vm_in("keystore-acl"), "diagnose")["findings"]
-    assert broken_keys["listener_certificate"]["private_key"] == "unreadable"
-    assert broken_keys["machinekeys"]["key_container_acl_ok"] is False
-    assert broken_keys["events_24h"] == {"1057": 1, "1058": 0, "36870": 1, "36871": 0}
-    closed = run(vm_in("firewall-closed"), "diagnose")["findings"]
-    assert closed["firewall_rule_group"] == {"Domain": False, "Private": False, "Public": False}
-    assert run(vm_in("tls12-disabled"), "diagnose")["findings"]["tls12_server_enabled"] is False
+def test_diagnose_reports_whose_certificate_it_is() -> None:
+    own = run(vm_in("expired-certificate"), "diagnose")["findings"]
+    assert own["listener"]["hash_type"] == 1 and own["listener"]["pin"] == "none"
+    assert own["listener"]["store"] == "Cert:\\LocalMachine\\Remote Desktop"
+    assert own["events"]["1058"]["count"] == 1 and "expired" in own["events"]["1058"]["last"]
+    policy = run(vm_in("policy-certificate"), "diagnose")["findings"]["listener"]
+    assert (policy["hash_type"], policy["pin"], policy["store"]) == (2, "policy", "Cert:\\LocalMachine\\My")
+    custom = run(vm_in("custom-certificate"), "diagnose")["findings"]["listener"]
+    assert (custom["hash_type"], custom["pin"]) == (3, "registry")
+    assert len(custom["successors"]) == 1
 
 
-def test_diagnose_honours_the_expiry_warning_window() -> None:
-    vm = vm_in("expiring-soon")  # expires in 3 days
-    assert run(vm, "diagnose", ExpiryWarningDays="30")["findings"]["recommended"] == ["renew-certificate"]
-    assert run(vm, "diagnose", ExpiryWarningDays="1")["findings"]["recommended"] == []
+def test_diagnose_resolves_the_key_file_and_who_may_read_it() -> None:
+    healthy = run(vm_in("healthy"), "diagnose")["findings"]["key"]
+    assert healthy["provider"] == "csp" and healthy["container"] == "TSSecKeySet1"
+    assert healthy["file"].startswith("f686aace6942fb7f7ceb231212eef4a4_")
+    assert healthy["system_read"] is True and healthy["network_service_read"] is True and healthy["denies"] == []
+    lost = run(vm_in("keystore-acl"), "diagnose")["findings"]["key"]
+    assert lost["network_service_read"] is False and lost["system_read"] is True and lost["denies"] == []
+    denied = run(vm_in("key-deny"), "diagnose")["findings"]["key"]
+    assert denied["denies"] == [EVERYONE] and denied["network_service_read"] is False
+    assert f"(D;;GR;;;{EVERYONE})" in denied["sddl"]
+
+
+def test_the_default_key_acl_depends_on_the_build_and_only_system_and_network_service_matter() -> None:
+    """Before 17763 Administrators read Windows' own key; from 17763 NT SERVICE\\SessionEnv does (unconfirmed from
+    Microsoft material). Both builds' defaults read as healthy: the engine judges SYSTEM and NETWORK SERVICE only."""
+    for build, third in (("10.0.14393.7000", "S-1-5-32-544"), ("10.0.20348.2700", SESSIONENV)):
+        vm = make_vm("healthy", 0, now=NOW)
+        vm.guest.os_build = build
+        vm.guest.key = vm.guest.own_key()
+        assert third in vm.guest.key.readers
+        assert plan_for(vm).clean
+
+
+def test_diagnose_names_what_else_lives_in_machinekeys() -> None:
+    facts = run(vm_in("healthy"), "diagnose")["findings"]
+    assert facts["other_keys"]["count"] == 1
+    assert facts["other_keys"]["names"] == ["Windows Azure CRP Certificate Generator (My)"]
+    assert facts["roles"] == [] and facts["machinekeys"]["backup_age_hours"] is None
+
+
+def test_diagnose_reports_reachability_not_one_rule() -> None:
+    custom = run(vm_in("firewall-custom-allow"), "diagnose")["findings"]["firewall"]
+    assert custom["builtin_rule"]["enabled"] is False
+    assert [p["rule"] for p in custom["allow_paths"]] == ["RDP from jump hosts"]
+    policy = run(vm_in("firewall-policy"), "diagnose")["findings"]["firewall"]
+    assert policy["policy_copies"] == 1 and policy["allow_paths"] == []
+    assert policy["profiles"]["Public"] == {"enabled": True, "active": True}
+
+
+def test_cached_credential_sessions_are_counted() -> None:
+    assert run(vm_in("cached-session"), "diagnose")["findings"]["sessions"] == {"remote": 0, "cached": 1}
+
+
+def test_a_hung_wmi_provider_leaves_its_facts_unknown_and_the_rest_read() -> None:
+    summary = run(vm_in("wmi-hung"), "diagnose")
+    facts = summary["findings"]
+    assert facts["listener"] is None and facts["key"] is None and facts["sessions"] is None
+    assert facts["tls"] is not None and facts["firewall"] is not None and facts["events"]["1058"]["count"] == 1
+    assert {error.split(":")[0] for error in summary["errors"]} == set(sim_guest._CIM_CHECKS)
+    assert all("OperationTimeout" in error for error in summary["errors"])
 
 
 def test_events_older_than_a_day_are_not_counted() -> None:
     vm = vm_in("expired-certificate")
-    assert run(vm, "diagnose", now=NOW + 2 * DAY)["findings"]["events_24h"]["1058"] == 0
+    assert run(vm, "diagnose", now=NOW + 2 * DAY)["findings"]["events"]["1058"] == {"count": 0, "last": None}
 
 
-# --- renew-certificate -----------------------------------------------------------------------------------
+# --- the repair scripts re-check what they were told -------------------------------------------------------------
 
 
-def test_renewal_replaces_an_expired_certificate() -> None:
+def test_renewal_restarts_sessionenv_only_and_replaces_windows_own_certificate() -> None:
     vm = vm_in("expired-certificate")
     old = vm.guest.certificate
     assert old is not None
-    summary = run(vm, "renew-certificate")
+    summary = run(vm, "renew-certificate", Thumbprint=old.thumbprint)
     findings = summary["findings"]
-    assert summary["changed"] is True
-    assert summary["reboot_required"] is False
-    assert findings["removed"] == [old.thumbprint]
-    assert findings["services_restarted"] is True
+    assert summary["changed"] is True and summary["refused"] is None
+    assert findings["removed"] == old.thumbprint and findings["restarted"] == ["SessionEnv"]
     new = vm.guest.certificate
-    assert new is not None and not new.expired(NOW)
-    assert findings["new_certificate"]["thumbprint"] == new.thumbprint != old.thumbprint
+    assert new is not None and not new.expired(NOW) and findings["listener"] == new.thumbprint != old.thumbprint
     assert vm.guest.key_usable
 
 
-def test_renewal_of_a_healthy_certificate_changes_nothing() -> None:
-    vm = vm_in("healthy")
+def test_renewal_refuses_when_the_listener_moved_on() -> None:
+    vm = vm_in("expired-certificate")
     before = guest_state(vm)
-    summary = run(vm, "renew-certificate")
-    assert summary["changed"] is False
-    assert summary["findings"]["removed"] == []
-    assert summary["findings"]["new_certificate"]["thumbprint"] == vm.guest.certificate.thumbprint  # type: ignore[union-attr]
+    summary = run(vm, "renew-certificate", Thumbprint="A" * 40)
+    assert summary["refused"] and "the facts changed" in summary["refused"]
+    assert summary["changed"] is False and guest_state(vm) == before
+
+
+def test_renewal_never_removes_a_certificate_that_is_not_windows_own() -> None:
+    vm = vm_in("policy-certificate")
+    assert vm.guest.certificate is not None
+    summary = run(vm, "renew-certificate", Thumbprint=vm.guest.certificate.thumbprint)
+    assert summary["refused"] and "HashType 2" in summary["refused"]
+
+
+def test_renewal_refuses_under_a_cached_credential_session_unless_forced() -> None:
+    vm = vm_in("cached-session")
+    assert vm.guest.certificate is not None
+    thumbprint = vm.guest.certificate.thumbprint
+    refused = run(vm, "renew-certificate", Thumbprint=thumbprint)
+    assert refused["refused"] and "logon types 10 and 12" in refused["refused"] and refused["findings"]["sessions"] == 1
+    forced = run(vm, "renew-certificate", Thumbprint=thumbprint, Force="true")
+    assert forced["changed"] is True
+
+
+def test_a_custom_certificate_is_re_pinned_to_its_successor() -> None:
+    vm = vm_in("custom-certificate")
+    (step,) = plan_for(vm).steps
+    assert step.action is Action.REPIN_CERTIFICATE
+    summary = run_at(vm, "renew-certificate", NOW, dict(step.parameters))
+    assert summary["changed"] is True and summary["findings"]["pinned"] == dict(step.parameters)["Successor"]
+    assert vm.guest.key_usable and plan_for(vm, LATER).clean
+
+
+def test_a_grant_cannot_undo_a_deny_and_remove_deny_can() -> None:
+    vm = vm_in("key-deny")
+    (step,) = plan_for(vm).steps
+    target = dict(step.parameters)
+    grant = run_at(vm, "repair-machinekeys", NOW, {**target, "Mode": "grant"})
+    assert grant["refused"] and "a grant cannot undo a deny" in grant["refused"]
+    fixed = run_at(vm, "repair-machinekeys", NOW, target)
+    assert fixed["changed"] and fixed["findings"]["removed_denies"] == [EVERYONE] and fixed["findings"]["ok_after"]
+    assert vm.guest.key is not None and vm.guest.key.readable_by(NETWORK_SERVICE)
+    again = run_at(vm, "repair-machinekeys", NOW, target)
+    assert again["changed"] is False, "idempotent: nothing left to do"
+
+
+def test_a_key_repair_refuses_a_file_that_is_not_the_listeners_key() -> None:
+    vm = vm_in("keystore-acl")
+    assert vm.guest.certificate is not None
+    summary = run(vm, "repair-machinekeys", Thumbprint=vm.guest.certificate.thumbprint, KeyFile="someone-elses-key")
+    assert summary["refused"] and "is not the key of" in summary["refused"]
+
+
+def test_only_windows_own_key_container_is_set_aside() -> None:
+    custom = vm_in("custom-certificate")
+    assert custom.guest.certificate is not None and custom.guest.key is not None
+    target = {"Thumbprint": custom.guest.certificate.thumbprint, "KeyFile": custom.guest.key.name}
+    refused = run_at(custom, "repair-machinekeys", NOW, {**target, "Mode": "set-aside"})
+    assert refused["refused"] and "HashType 3" in refused["refused"]
+    own = vm_in("key-corrupt")
+    assert own.guest.certificate is not None and own.guest.key is not None
+    name = own.guest.key.name
+    summary = run(
+        own, "repair-machinekeys", Mode="set-aside", Thumbprint=own.guest.certificate.thumbprint, KeyFile=name
+    )
+    assert summary["changed"] and summary["findings"]["log_path"].endswith(".rdp-remediate.bak")
+    assert own.guest.key is None, "renamed, so the renewal makes a new container"
+
+
+def test_the_store_reset_lists_what_it_would_set_aside_and_refuses_without_force() -> None:
+    vm = vm_in("keystore-corrupt")
+    before = guest_state(vm)
+    listed = run(vm, "reset-machinekeys", DetectOnly="true", Force="true")
+    assert "would set aside the key of Windows Azure CRP Certificate Generator" in listed["actions"]
+    assert listed["findings"]["would_set_aside"]["count"] == 1
+    refused = run(vm, "reset-machinekeys")
+    assert refused["refused"] and "Windows Azure CRP Certificate Generator" in refused["refused"]
     assert guest_state(vm) == before
 
 
-def test_proactive_renewal_follows_the_warning_window() -> None:
-    vm = vm_in("expiring-soon")
-    assert run(vm, "renew-certificate", ExpiryWarningDays="1")["changed"] is False
-    summary = run(vm, "renew-certificate", ExpiryWarningDays="30")
-    assert summary["changed"] is True
-    assert vm.guest.certificate is not None and vm.guest.certificate.not_after > NOW + 30 * DAY
-
-
-def test_renewal_refuses_to_end_sessions_unless_forced() -> None:
-    vm = vm_in("expired-certificate")
-    vm.guest.active_sessions = 2
-    old = vm.guest.certificate
-    refused = run(vm, "renew-certificate")
-    assert refused["changed"] is False
-    assert any("Force=true" in error for error in refused["errors"])
-    assert refused["findings"]["active_sessions"] == 2
-    assert vm.guest.certificate is old
-    forced = run(vm, "renew-certificate", Force="true")
-    assert forced["changed"] is True and forced["errors"] == []
-    assert vm.guest.active_sessions == 0
-
-
-def test_detect_only_renewal_says_it_would_refuse_with_sessions() -> None:
-    vm = vm_in("expired-certificate")
-    vm.guest.active_sessions = 1
-    summary = run(vm, "renew-certificate", DetectOnly="true")
-    assert summary["errors"] == []
-    assert any(action.startswith("would refuse") for action in summary["actions"])
-
-
-def test_renewal_leaves_a_certificate_whose_key_does_not_open() -> None:
-    """The key store is broken: a new certificate would fail the same way, so the old one stays."""
-    vm = vm_in("keystore-acl")
-    certificate = vm.guest.certificate
-    summary = run(vm, "renew-certificate")
-    assert summary["changed"] is False
-    assert any("does not open" in error for error in summary["errors"])
-    assert vm.guest.certificate is certificate
-
-
-def test_renewal_on_a_broken_key_store_leaves_no_certificate_and_says_why() -> None:
-    vm = vm_in("expired-certificate")
-    vm.guest.key_store = "acl-broken"
-    summary = run(vm, "renew-certificate")
-    assert summary["changed"] is True
-    assert summary["findings"]["new_certificate"] is None
-    assert any("did not create a new certificate" in error for error in summary["errors"])
-    assert vm.guest.certificate is None
-    assert (1057, NOW) in vm.guest.events
-
-
-def test_a_pinned_certificate_stays_until_it_expires() -> None:
-    vm = vm_in("expiring-soon")
-    vm.guest.certificate_pinned = True
-    pinned = vm.guest.certificate
-    summary = run(vm, "renew-certificate")
-    assert summary["changed"] is False
-    assert any("pinned" in error for error in summary["errors"])
-    assert vm.guest.certificate is pinned
-
-    expired = vm_in("expired-certificate")
-    expired.guest.certificate_pinned = True
-    summary = run(expired, "renew-certificate")
-    assert summary["findings"]["pin_cleared"] is True
-    assert not expired.guest.certificate_pinned
-    assert expired.guest.key_usable
-
-
-# --- repair-machinekeys / reset-machinekeys -----------------------------------------------------------------
-
-
-def test_acl_repair_makes_the_existing_key_usable_after_a_reboot() -> None:
-    vm = vm_in("keystore-acl")
-    certificate = vm.guest.certificate
-    summary = run(vm, "repair-machinekeys")
-    findings = summary["findings"]
-    assert summary["changed"] is True and summary["reboot_required"] is True
-    assert (findings["folder_acl_ok_before"], findings["folder_acl_ok_after"]) == (False, True)
-    assert (findings["key_container_acl_ok_before"], findings["key_container_acl_ok_after"]) == (False, True)
-    assert findings["log_path"] == sim_guest.LOG_ROOT + r"\20261123T100000Z-repair-machinekeys"
-    assert vm.guest.key_usable and vm.guest.certificate is certificate
-
-
-def test_acl_repair_of_a_corrupt_store_leads_diagnose_to_the_reset() -> None:
+def test_the_store_reset_is_idempotent_within_a_day() -> None:
     vm = vm_in("keystore-corrupt")
-    assert run(vm, "repair-machinekeys")["changed"] is True
-    assert not vm.guest.key_usable
-    findings = run(vm, "diagnose")["findings"]
-    assert findings["machinekeys"]["key_container_acl_ok"] is True
-    assert findings["recommended"] == ["reset-machinekeys", "renew-certificate"]
-    assert run(vm, "repair-machinekeys")["changed"] is False  # the permissions are right: nothing to repair
-
-
-def test_reset_keeps_a_timestamped_backup_and_windows_makes_a_new_certificate_at_boot() -> None:
-    vm = vm_in("keystore-corrupt")
-    summary = run(vm, "reset-machinekeys")
-    backup = summary["findings"]["backup_path"]
-    assert summary["findings"]["renamed"] is True and summary["reboot_required"] is True
-    assert re.fullmatch(
-        r"C:\\ProgramData\\Microsoft\\Crypto\\RSA\\MachineKeys\.20261123T100000Z\.rdp-remediate\.bak", backup
+    first = run(vm, "reset-machinekeys", Force="true")
+    assert first["changed"] and first["findings"]["renamed"] and "built a new MachineKeys" in first["actions"][0]
+    second = run(vm, "reset-machinekeys", now=LATER, Force="true")
+    assert second["refused"] and "less than a day old" in second["refused"]
+    assert len(vm.guest.machinekeys_backups) == 1
+    assert run(vm, "diagnose", now=LATER)["findings"]["machinekeys"]["backup_age_hours"] == pytest.approx(
+        0.08, abs=0.01
     )
-    assert vm.guest.machinekeys_backups == [backup]
-    assert run(vm, "diagnose")["findings"]["listener_certificate"]["private_key"] == "missing"
-    sim_guest.boot(vm, LATER)
-    assert vm.guest.key_usable
-    assert run(vm, "diagnose", now=LATER)["findings"]["recommended"] == []
 
 
-def test_a_second_reset_never_overwrites_a_backup() -> None:
-    vm = vm_in("keystore-corrupt")
-    run(vm, "reset-machinekeys")
-    same_second = run(vm, "reset-machinekeys")
-    assert same_second["changed"] is False
-    assert any("already exists" in error for error in same_second["errors"])
-    assert run(vm, "reset-machinekeys", now=NOW + dt.timedelta(seconds=1))["changed"] is True
-    assert len(set(vm.guest.machinekeys_backups)) == 2
+def test_the_firewall_rule_is_not_enabled_where_policy_governs_or_a_path_exists() -> None:
+    policy = run(vm_in("firewall-policy"), "enable-firewall-rule")
+    assert policy["refused"] and "Group Policy" in policy["refused"]
+    custom = vm_in("firewall-custom-allow")
+    before = guest_state(custom)
+    assert run(custom, "enable-firewall-rule")["changed"] is False and guest_state(custom) == before
+    closed = vm_in("firewall-closed")
+    assert run(closed, "enable-firewall-rule")["changed"] is True and closed.guest.firewall_open
 
 
-# --- firewall, TLS, boot -------------------------------------------------------------------------------------
-
-
-def test_the_firewall_rule_group_is_enabled_on_every_profile() -> None:
+def test_the_firewall_rule_is_refused_for_a_listener_on_another_port() -> None:
     vm = vm_in("firewall-closed")
-    summary = run(vm, "enable-firewall-rule")
-    assert summary["findings"]["before"] == {"Domain": False, "Private": False, "Public": False}
-    assert summary["findings"]["after"] == {"Domain": True, "Private": True, "Public": True}
-    assert summary["reboot_required"] is False
-    assert vm.guest.firewall_open
+    vm.guest.rdp_port = 3390
+    summary = run(vm, "enable-firewall-rule", Port="3390")
+    assert summary["refused"] and "3389" in summary["refused"]
 
 
 def test_tls12_is_configured_now_and_effective_after_boot() -> None:
     vm = vm_in("tls12-disabled")
     summary = run(vm, "enable-tls12")
-    assert summary["findings"] == {"enabled_before": False, "enabled_after": True}
-    assert summary["reboot_required"] is True
+    assert summary["changed"] and summary["reboot_required"]
     assert vm.guest.tls12_enabled is False  # SCHANNEL reads the registry at boot
     sim_guest.boot(vm, LATER)
     assert vm.guest.tls12_enabled is True and vm.guest.pending_tls12 is None
@@ -284,59 +288,90 @@ def test_boot_does_not_replace_an_expired_certificate() -> None:
     assert (1058, LATER) in vm.guest.events
 
 
-def test_boot_ends_sessions_and_fails_to_make_a_certificate_on_a_broken_store() -> None:
+def test_boot_ends_sessions_and_fails_to_make_a_key_in_a_broken_store() -> None:
     vm = vm_in("keystore-corrupt")
+    vm.guest.active_sessions = vm.guest.cached_sessions = 2
+    vm.guest.key = None
     vm.guest.certificate = None
-    vm.guest.active_sessions = 3
     sim_guest.boot(vm, LATER)
-    assert vm.guest.certificate is None
+    assert vm.guest.sessions == 0 and vm.guest.certificate is None
     assert (1057, LATER) in vm.guest.events
-    assert vm.guest.active_sessions == 0
+
+
+# --- the engine's plan, carried out on the simulated guest -------------------------------------------------------
+
+# What following the engine's plan does to each scenario (rounds until the facts are clean; the rest end refused
+# or reported with nothing changed).
+REPAIRED_IN = {
+    "healthy": 0,
+    "expired-certificate": 1,
+    "expiring-soon": 1,
+    "keystore-acl": 1,
+    "key-deny": 1,
+    "key-corrupt": 1,
+    "custom-certificate": 1,
+    "firewall-closed": 1,
+    "tls12-disabled": 1,
+    "firewall-custom-allow": 0,
+}
 
 
 @pytest.mark.parametrize("scenario", WINDOWS_SCENARIOS)
-def test_following_diagnose_repairs_every_scenario(scenario: str) -> None:
-    """diagnose, its repairs in order, a reboot when asked; a corrupt store takes a second round (the reset)."""
+def test_following_the_engines_plan(scenario: str) -> None:
     vm = vm_in(scenario)
-    rounds, now = 0, NOW
-    while recommended := run(vm, "diagnose", now=now)["findings"]["recommended"]:
+    now, done, rounds = NOW, frozenset[str](), 0
+    decision = plan_for(vm, now)
+    while decision.steps and rounds < 3:
         rounds += 1
-        assert rounds <= 2, f"{scenario} still needs {recommended}"
-        summaries = [run(vm, script, now=now) for script in recommended]
-        if any(s["reboot_required"] for s in summaries):
-            now += dt.timedelta(minutes=5)
-            sim_guest.boot(vm, now)
-    assert rounds == {"healthy": 0, "keystore-corrupt": 2}.get(scenario, 1)
-    assert vm.guest.key_usable and vm.guest.firewall_open and vm.guest.tls12_enabled
+        summaries = [run_at(vm, step.script, now, dict(step.parameters)) for step in decision.steps]
+        done |= {step.key for step, s in zip(decision.steps, summaries, strict=True) if not s["refused"]}
+        now += dt.timedelta(minutes=5)
+        sim_guest.boot(vm, now)
+        decision = decide(run(vm, "diagnose", now=now), probe_of(vm, now), Context(now, done=done))
+    if scenario in REPAIRED_IN:
+        assert decision.clean and rounds == REPAIRED_IN[scenario], decision.explain()
+        assert probe_of(vm, now) == "healthy"
+    else:
+        assert not decision.clean and not decision.steps, decision.explain()
+    assert not vm.guest.machinekeys_backups, "no scenario renames the store without force"
 
 
 # --- PowerShell's parameter binding and unknown scripts -------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("parameters", "error_id"),
+    ("script", "parameters", "error_id"),
     [
-        ({"Bogus": "1"}, "NamedParameterNotFound"),
-        ({"DetectOnly": "yes"}, "ParameterArgumentValidationError"),
-        ({"ExpiryWarningDays": "ten"}, "ParameterArgumentTransformationError"),
-        ({"ExpiryWarningDays": "99999"}, "ParameterArgumentValidationError"),
+        ("diagnose", {"Bogus": "1"}, "NamedParameterNotFound"),
+        ("diagnose", {"DetectOnly": "yes"}, "ParameterArgumentValidationError"),
+        ("diagnose", {"ExpiryWarningDays": "30"}, "NamedParameterNotFound"),
+        ("enable-firewall-rule", {"Port": "ten"}, "ParameterArgumentTransformationError"),
+        ("enable-firewall-rule", {"Port": "99999"}, "ParameterArgumentValidationError"),
+        ("enable-firewall-rule", {"RuleName": "RemoteDesktop-Shadow-In-TCP"}, "ParameterArgumentValidationError"),
+        ("renew-certificate", {"Thumbprint": "'; Remove-Item C:\\ -Recurse; '"}, "ParameterArgumentValidationError"),
+        (
+            "repair-machinekeys",
+            {"KeyFile": "..\\..\\Windows\\System32\\config\\SAM"},
+            "ParameterArgumentValidationError",
+        ),
     ],
 )
-def test_bad_parameters_fail_like_powershell(parameters: dict[str, str], error_id: str) -> None:
+def test_bad_parameters_fail_like_powershell(script: str, parameters: dict[str, str], error_id: str) -> None:
     vm = vm_in("expired-certificate")
     before = guest_state(vm)
-    output = sim_guest.run_script(vm, script_text("diagnose"), parameters, NOW)
+    output = sim_guest.run_script(vm, script_text(script), parameters, NOW)
     assert output.stdout == ""
     assert error_id in output.stderr
     with pytest.raises(GuestOutputError, match=error_id):
-        parse_output(output.stdout, output.stderr, "diagnose")
+        parse_output(output.stdout, output.stderr, script)
     assert guest_state(vm) == before
 
 
 def test_parameter_names_and_choices_ignore_case() -> None:
     vm = vm_in("expired-certificate")
-    summary = run(vm, "renew-certificate", detectonly="TRUE")
-    assert summary["detect_only"] is True and summary["changed"] is False
+    assert vm.guest.certificate is not None
+    summary = run(vm, "renew-certificate", detectonly="TRUE", thumbprint=vm.guest.certificate.thumbprint.lower())
+    assert summary["detect_only"] is True and summary["changed"] is False and summary["refused"] is None
 
 
 def test_a_script_without_a_known_name_is_not_run() -> None:
@@ -346,35 +381,21 @@ def test_a_script_without_a_known_name_is_not_run() -> None:
     assert "'Format-Volume' is not recognized" in output.stderr
 
 
-def test_long_lists_are_truncated_to_fit_the_output_tail() -> None:
+def test_trimming_keeps_the_change_record_first_and_prints_ascii() -> None:
     summary = {
         "script": "enable-tls12",
         "version": script_version("enable-tls12"),
         "detect_only": False,
         "changed": True,
         "reboot_required": True,
-        "actions": [f"action {i} " + "x" * 400 for i in range(30)],
+        "refused": None,
+        "actions": [f"action {i} f\u00fcr " + "x" * 400 for i in range(12)],
         "findings": {"enabled_before": False, "enabled_after": True},
-        "errors": ["the first error"],
+        "errors": ["an error " + "y" * 280 for _ in range(5)],
     }
     line = sim_guest.summary_line(summary)
+    assert line.isascii() and len(line) <= 4000
     parsed = parse_output(line + "\n", "", "enable-tls12")
-    assert len(line.encode("utf-8")) <= 4000
-    assert parsed["errors"] == ["the first error"]
-    assert parsed["truncated"] == 30 - len(parsed["actions"])
-    assert all(len(action) <= 300 for action in parsed["actions"])
-
-
-def test_the_firewall_repair_names_only_the_user_mode_tcp_rule() -> None:
-    """Shadow lets an administrator watch sessions, and UDP may be off on purpose: neither is enabled."""
-    for detect_only in ("true", "false"):
-        summary = run(vm_in("firewall-closed"), "enable-firewall-rule", DetectOnly=detect_only)
-        named = {action.split()[-1] for action in summary["actions"]}
-        assert named == {"RemoteDesktop-UserMode-In-TCP"}
-
-
-def test_renewal_reports_the_certificate_the_listener_uses_afterwards() -> None:
-    vm = vm_in("expired-certificate")
-    summary = run(vm, "renew-certificate")
-    assert vm.guest.certificate is not None
-    assert f"the listener now uses {vm.guest.certificate.thumbprint}" in " ".join(summary["actions"])
+    assert parsed["errors"] == [], "errors go before the change record"
+    assert parsed["actions"][0].startswith("action 0 f?r")
+    assert parsed["truncated"] == 5 + 12 - len(parsed["actions"])

@@ -23,19 +23,20 @@ def run_script(clients: AzureClients, vm: str, script: str, **parameters: str) -
 
 
 @pytest.mark.parametrize(
-    ("vm", "recommended"),
-    [("vm-healthy", []), ("vm-expired-certificate", ["renew-certificate"])],
+    ("vm", "hash_type", "event_1058"),
+    [("vm-healthy", 1, 0), ("vm-expired-certificate", 1, 1), ("vm-policy-certificate", 2, 1)],
 )
 def test_diagnose_ps1_returns_a_valid_json_summary(
-    azure_clients: AzureClients, vm: str, recommended: list[str]
+    azure_clients: AzureClients, vm: str, hash_type: int, event_1058: int
 ) -> None:
-    stdout, stderr = run_script(azure_clients, vm, "diagnose", DetectOnly="true", ExpiryWarningDays="14")
+    stdout, stderr = run_script(azure_clients, vm, "diagnose", DetectOnly="true")
 
     summary = parse_output(stdout, stderr, "diagnose")
 
     assert summary["script"] == "diagnose"
     assert summary["changed"] is False
-    assert summary["findings"]["recommended"] == recommended
+    assert summary["findings"]["listener"]["hash_type"] == hash_type
+    assert summary["findings"]["events"]["1058"]["count"] == event_1058
 
 
 def test_the_summary_survives_the_4096_byte_cut(emulator: Emulator, azure_clients: AzureClients) -> None:
@@ -44,4 +45,4 @@ def test_the_summary_survives_the_4096_byte_cut(emulator: Emulator, azure_client
     stdout, stderr = run_script(azure_clients, "vm-expired-certificate", "diagnose")
 
     assert len(stdout.encode()) == 4096
-    assert parse_output(stdout, stderr, "diagnose")["findings"]["recommended"] == ["renew-certificate"]
+    assert parse_output(stdout, stderr, "diagnose")["findings"]["events"]["1058"]["count"] == 1

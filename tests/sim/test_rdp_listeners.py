@@ -29,6 +29,14 @@ EXPECTED: dict[str, ProbeStatus] = {
     "opted-out": ProbeStatus.CERTIFICATE_EXPIRED,
     "out-of-scope": ProbeStatus.CERTIFICATE_EXPIRED,
     "never-returns": ProbeStatus.CERTIFICATE_EXPIRED,
+    "key-deny": ProbeStatus.NO_CERTIFICATE,
+    "key-corrupt": ProbeStatus.NO_CERTIFICATE,
+    "custom-certificate": ProbeStatus.CERTIFICATE_EXPIRED,
+    "policy-certificate": ProbeStatus.CERTIFICATE_EXPIRED,
+    "firewall-policy": ProbeStatus.REFUSED,
+    "firewall-custom-allow": ProbeStatus.HEALTHY,
+    "cached-session": ProbeStatus.CERTIFICATE_EXPIRED,
+    "wmi-hung": ProbeStatus.CERTIFICATE_EXPIRED,
 }
 
 
@@ -110,6 +118,7 @@ def test_renewed_certificate_shows_on_the_next_probe(fleet: Fleet, listeners: Rd
 
     with fleet.lock:
         new = vm.guest.new_certificate(now)
+    assert new is not None
     result = _probe(listeners, vm, now)
 
     assert result.status == ProbeStatus.HEALTHY
@@ -121,7 +130,7 @@ def test_renewed_certificate_shows_on_the_next_probe(fleet: Fleet, listeners: Rd
     ("scenario", "repair"),
     [
         ("firewall-closed", lambda vm: vm.guest.firewall.update(Domain=True, Private=True, Public=True)),
-        ("keystore-acl", lambda vm: setattr(vm.guest, "key_store", "ok")),
+        ("keystore-acl", lambda vm: vm.guest.key.readers.add("S-1-5-20")),
         ("tls12-disabled", lambda vm: setattr(vm.guest, "tls12_enabled", True)),
         ("deallocated", lambda vm: setattr(vm, "power_state", "running")),
     ],
