@@ -439,9 +439,9 @@ function Invoke-Renewal {
         Add-Text -List $Summary.actions -Text ('removed {0} from {1}' -f $Current, $RdStore)
     }
     Write-Step 'restarting SessionEnv'
+    $Summary.changed = $true
     Restart-ServiceWithin -Name 'SessionEnv' -Timeout $timeout -Stopped $Stopped
     $findings.restarted.Add('SessionEnv')
-    $Summary.changed = $true
     Add-Text -List $Summary.actions -Text 'restarted SessionEnv'
     $new = Wait-ListenerCertificate -Exclude @($Current) -TimeoutSeconds 60
     if (-not $new) {

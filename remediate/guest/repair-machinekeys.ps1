@@ -376,6 +376,7 @@ function Invoke-KeyRepair {
             Add-Text -List $Summary.actions -Text ('would rename {0} to {1}' -f $Key.Path, $backup)
             return
         }
+        $Summary.changed = $true
         Rename-Item -LiteralPath $Key.Path -NewName $backup
         $findings.log_path = Join-Path -Path (Split-Path -Path $Key.Path -Parent) -ChildPath $backup
         $findings.ok_after = $null
@@ -399,9 +400,10 @@ function Invoke-KeyRepair {
     }
     $log = New-LogFolder
     $logFile = Join-Path -Path $log -ChildPath 'acl.log'
-    Repair-Acl -Path $Key.Path -Grants $KeyGrants -Denies $denies -LogFolder $log -LogFile $logFile
+    # Changed from here on, even if a later icacls fails: takeown has already given the file a new owner.
     $Summary.changed = $true
     $Summary.reboot_required = $true
+    Repair-Acl -Path $Key.Path -Grants $KeyGrants -Denies $denies -LogFolder $log -LogFile $logFile
     $findings.removed_denies = $denies
     $findings.log_path = $log
     $after = Get-KeyAccess -Path $Key.Path
@@ -425,9 +427,10 @@ function Invoke-FolderRepair {
         return
     }
     $log = New-LogFolder
-    Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -Denies @() -LogFolder $log -LogFile (Join-Path -Path $log -ChildPath 'acl.log')
+    # Changed from here on, even if a later icacls fails: takeown has already given the folder a new owner.
     $Summary.changed = $true
     $Summary.reboot_required = $true
+    Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -Denies @() -LogFolder $log -LogFile (Join-Path -Path $log -ChildPath 'acl.log')
     $findings.log_path = $log
     $findings.ok_after = Test-FolderAdministrators -Path $MachineKeysPath
     Add-Text -List $Summary.actions -Text ('took ownership of {0} and granted {1}; ACL saved in {2}' -f $MachineKeysPath, ($FolderGrants -join ' '), $log)

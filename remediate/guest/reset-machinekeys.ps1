@@ -340,8 +340,8 @@ try {
         }
         else {
             $newName = 'MachineKeys.{0}.rdp-remediate.new' -f $stamp
-            $null = New-KeyStoreFolder -Name $newName
             $summary.changed = $true
+            $null = New-KeyStoreFolder -Name $newName
             Invoke-Swap -Summary $summary -NewName $newName -BackupName ('MachineKeys.{0}.rdp-remediate.bak' -f $stamp)
         }
     }
