@@ -312,7 +312,7 @@ class Workflow:
         done: frozenset[str] = frozenset()
         for number in range(1, plans.MAX_ROUNDS + 1):
             if number > 1:
-                refusal = self._attempts_refusal(decision)
+                refusal = self._attempts_refusal(number, decision)
                 if refusal:
                     return Outcome.FAILED, refusal
             verdict = self._round(number, decision, ip, done)
@@ -321,13 +321,13 @@ class Workflow:
             done, decision = verdict.done, verdict.decision
         return Outcome.FAILED, f"still broken after {plans.MAX_ROUNDS} rounds: {decision.explain()}"
 
-    def _attempts_refusal(self, decision: Decision) -> str | None:
+    def _attempts_refusal(self, number: int, decision: Decision) -> str | None:
         state = self.ledger.vm_state(self.request.vm)
         window_start = self._now() - dt.timedelta(hours=self.settings.attempt_window_hours)
         if state.attempts_since(window_start) >= self.settings.max_attempts:
             steps = ", ".join(s.action.value for s in decision.steps)
             return f"still broken: {decision.explain()}; no attempts left for {steps} (RDPR_MAX_ATTEMPTS)"
-        self.ledger.record_attempt(self.request.vm, f"{self.request.request_id}#escalation")
+        self.ledger.record_attempt(self.request.vm, f"{self.request.request_id}#round-{number}")
         return None
 
     def _round(
