@@ -100,9 +100,12 @@ TOKENS = {
     SYSTEM: frozenset({SYSTEM, EVERYONE, AUTHENTICATED_USERS, ADMINISTRATORS}),
     NETWORK_SERVICE: frozenset({NETWORK_SERVICE, EVERYONE, AUTHENTICATED_USERS, SERVICE}),
 }
-# The Azure guest agent's transport certificate for protected extension settings lives in LocalMachine\My with
-# its key in MachineKeys on every VM that runs extensions (Run Command is one): Microsoft Learn, "Troubleshoot
-# Azure Windows VM extension failures" names it "Windows Azure CRP Certificate Generator".
+# The Azure guest agent's transport certificate for extensions' protected settings: "On an Azure IaaS VM that uses
+# extensions ... certificates that have the subject Windows Azure CRP Certificate Generator ... stored in the
+# computer's personal certificate store" (Microsoft Learn, "Azure virtual machine extensions and features for
+# Windows", learn.microsoft.com/azure/virtual-machines/extensions/features-windows). Run Command is an extension,
+# so every VM rdp-remediate works on has one, its CSP key in MachineKeys. (The same article says the agent
+# re-creates it if needed; rdp-remediate still counts it as something a store rename sets aside.)
 CRP_CERTIFICATE = "Windows Azure CRP Certificate Generator"
 # Windows' own RDP key: container TSSecKeySet1, file named after a fixed hash of it and the MachineGuid.
 LISTENER_KEY_PREFIX = "f686aace6942fb7f7ceb231212eef4a4_"
@@ -180,8 +183,8 @@ class Guest:
     other_keys: list[str] = field(default_factory=lambda: [CRP_CERTIFICATE])
     roles: list[str] = field(default_factory=list)
     # Firewall: the built-in rule RemoteDesktop-UserMode-In-TCP per profile (local), the profiles' on/off state,
-    # which profile is active (an Azure VM's network is Public unless domain-joined), Group Policy copies of the
-    # rule and custom allow rules.
+    # which profile is active (the network's category; Public here, which no Microsoft source pins down for Azure
+    # VMs, so the scenarios name it), Group Policy copies of the rule and custom allow rules.
     firewall: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(FIREWALL_PROFILES, True))
     firewall_enabled: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(FIREWALL_PROFILES, True))
     active_profiles: tuple[str, ...] = ("Public",)

@@ -242,13 +242,12 @@ def _diagnose(run: _Run) -> dict[str, Any]:
         },
     }
     if guest.wmi_hung:
-        # Each CIM call ends at -OperationTimeoutSec with "The WS-Management service cannot complete the
-        # operation within the time specified" (a hung WMI provider): its fact is unknown, the others are read.
+        # Each CIM call ends at its -OperationTimeoutSec (a hung WMI provider): its fact is unknown, the others are
+        # read (Microsoft Learn, Get-CimInstance: -OperationTimeoutSec). The message wording is ours.
         for check in _CIM_CHECKS:
             findings[check] = None
             run.errors.append(
-                f"{check}: The WS-Management service cannot complete the operation within the time specified "
-                f"in OperationTimeout ({CIM_TIMEOUT_SECONDS} s)"
+                f"{check}: the CIM operation did not complete within its OperationTimeoutSec ({CIM_TIMEOUT_SECONDS} s)"
             )
     return findings
 
@@ -407,8 +406,9 @@ def _renew_certificate(run: _Run) -> dict[str, Any]:
         findings["removed"] = current
         run.actions.append(f"removed {current} from {REMOTE_DESKTOP_STORE}")
     run.changed = True
-    # Microsoft's documented renewal: SessionEnv (Remote Desktop Configuration) makes the certificate; the
-    # sessions survive (Learn: "Remote Desktop listener certificate configurations").
+    # Microsoft's documented renewal: remove the certificate, stop and start SessionEnv (Remote Desktop
+    # Configuration), which makes the new one (Microsoft Learn, "An internal error occurs when you try to connect
+    # to an Azure VM through Remote Desktop", troubleshoot-rdp-internal-error, step 2).
     findings["restarted"].append("SessionEnv")
     run.actions.append("restarted SessionEnv")
     new = guest.new_certificate(now)

@@ -290,8 +290,14 @@ function Receive-Bounded {
         Remove-Job -Job $Job -Force
         throw ('{0} did not answer within {1} s' -f $Job.Command, $CimTimeoutSeconds)
     }
-    $output = Receive-Job -Job $Job
+    # "No matching objects" (a rule that does not exist, nothing listening) is an empty answer, not a failure.
+    $jobErrors = @()
+    $output = Receive-Job -Job $Job -ErrorAction SilentlyContinue -ErrorVariable jobErrors
     Remove-Job -Job $Job -Force
+    $failures = @($jobErrors | Where-Object { [string]$_.CategoryInfo.Category -ne 'ObjectNotFound' })
+    if ($failures.Count -gt 0) {
+        throw $failures[0]
+    }
     $output
 }
 
@@ -352,7 +358,12 @@ function Get-RdpSetting {
     if ($null -eq $value) {
         $value = Get-RegistryValue -Path $Path -Name $Name -Default $Default
     }
-    [int64]([uint32]([int64]$value -band 0xFFFFFFFF))
+    # A REG_DWORD reads as a signed Int32 (0xFFFFFFFF is -1): report it as the unsigned value it is.
+    $number = [int64]$value
+    if ($number -lt 0) {
+        $number += 4294967296
+    }
+    $number
 }
 
 function Get-ListenerFacts {

@@ -146,8 +146,14 @@ function Receive-Bounded {
         Remove-Job -Job $Job -Force
         throw ('{0} did not answer within {1} s' -f $Job.Command, $CimTimeoutSeconds)
     }
-    $output = Receive-Job -Job $Job
+    # "No matching objects" (a rule that does not exist, nothing listening) is an empty answer, not a failure.
+    $jobErrors = @()
+    $output = Receive-Job -Job $Job -ErrorAction SilentlyContinue -ErrorVariable jobErrors
     Remove-Job -Job $Job -Force
+    $failures = @($jobErrors | Where-Object { [string]$_.CategoryInfo.Category -ne 'ObjectNotFound' })
+    if ($failures.Count -gt 0) {
+        throw $failures[0]
+    }
     $output
 }
 

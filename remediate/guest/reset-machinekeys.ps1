@@ -323,8 +323,8 @@ try {
     if ($age -ge 0 -and $age -lt 24) {
         $refusal = 'a MachineKeys backup {0:N1} hours old exists: the reset already ran' -f $age
     }
-    elseif (($others.count -gt 0 -or $roles.Count -gt 0) -and $Force -ne 'true') {
-        $refusal = 'it would set aside the keys of {0} other certificate(s) [{1}] and affect roles [{2}]: not without Force' -f $others.count, ($others.names -join ', '), ($roles -join ', ')
+    elseif (($others['count'] -gt 0 -or $roles.Count -gt 0) -and $Force -ne 'true') {
+        $refusal = 'it would set aside the keys of {0} other certificate(s) [{1}] and affect roles [{2}]: not without Force' -f $others['count'], ($others['names'] -join ', '), ($roles -join ', ')
     }
     if ($refusal) {
         $summary.refused = $refusal
@@ -333,7 +333,7 @@ try {
     else {
         $stamp = Get-TimeStamp
         if ($summary.detect_only) {
-            foreach ($name in $others.names) {
+            foreach ($name in $others['names']) {
                 Add-Text -List $summary.actions -Text ('would set aside the key of {0}' -f $name)
             }
             Add-Text -List $summary.actions -Text ('would build a new MachineKeys and swap it in; the old one kept as MachineKeys.{0}.rdp-remediate.bak' -f $stamp)
