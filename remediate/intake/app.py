@@ -10,6 +10,7 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from remediate import telemetry
 from remediate.model import VmId
 from remediate.settings import Settings, get_settings
 
@@ -95,6 +96,8 @@ def get_app() -> App:
     with _lock:
         if _app is None:
             _app = App(get_settings())
+            # Here, on the first invocation, not at import: the OpenTelemetry SDK stays out of the cold start.
+            telemetry.configure()
         return _app
 
 
