@@ -7,7 +7,6 @@ The same `AlertIntake` the Function runs, with a sink that records instead of qu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from remediate.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from remediate.cli.common import print_json
 from remediate.intake.service import AlertDecision, AlertIntake, ComputerResolver, RecordingSink
 from remediate.model import VmId
 from remediate.settings import Settings
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(decision: AlertDecision) -> dict[str, Any]:
-    """The `--json` object: accepted, reason, alert_id, vm_ids, unresolved, ignored."""
+    """The `--json` object (printed camelCase): accepted, reason, alert_id, vm_ids, unresolved, ignored."""
     if decision.accepted:
         count = len(decision.accepted)
         reason = f"{count} remediation request{'s' if count != 1 else ''} would be enqueued"
@@ -100,7 +100,7 @@ def _quiet_intake_log() -> Iterator[None]:
 
 
 def _print_json(report: dict[str, Any]) -> None:
-    print(json.dumps(report, indent=2))
+    print_json(report)
 
 
 def _print_text(decision: AlertDecision, report: dict[str, Any]) -> None:

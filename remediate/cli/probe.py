@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import json
 import os
 import re
 from typing import Any
 
+from remediate.cli.common import print_json
 from remediate.model import ConfigurationError
 from remediate.probe import ProbeResult, probe
 from remediate.settings import SPECS, SettingSpec
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
     else:
         print(render(result))
     return EXIT_OK if result.rdp_works else EXIT_PROBLEM

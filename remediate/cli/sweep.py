@@ -1,10 +1,38 @@
-"""`rdp-remediate sweep`: run the scheduled sweep once, now, and print what it found and queued."""
+"""`rdp-remediate sweep`: run the scheduled sweep once, now, and print what it found and queued.
+
+A report-mode sweep needs no ledger: it reads Azure and probes, and records its findings in the fleet inventory
+when storage is configured (skipped, and said, when it is not).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from remediate.cli.common import add_json_flag, print_json, services
+from remediate.cli.common import (
+    AZURE_SETTINGS,
+    STORAGE_SETTINGS,
+    add_json_flag,
+    check_signed_in,
+    fleet_store,
+    print_json,
+    services,
+    settings_epilog,
+    storage_configured,
+)
+from remediate.settings import get_settings
+
+EPILOG = settings_epilog(
+    *AZURE_SETTINGS,
+    "RDPR_SWEEP_MODE",
+    "RDPR_SWEEP_PROBE",
+    "RDPR_LOG_WORKSPACE_ID",
+    "RDPR_EXPIRY_WARNING_DAYS",
+    "RDPR_SWEEP_MAX_VMS",
+    "RDPR_SWEEP_MAX_PERCENT",
+    *STORAGE_SETTINGS,
+    examples=("rdp-remediate sweep --mode report", "rdp-remediate sweep --mode report --json > findings.json"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,14 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from remediate.azure.clients import get_clients
     from remediate.intake.queue import RequestQueue
+    from remediate.intake.service import RecordingSink
     from remediate.intake.sweep import run_sweep
 
-    settings, ledger, clients = services()
-    queue = RequestQueue.from_settings(settings, ledger)
-    if settings.emulator:
-        queue.create()
-    report = run_sweep(settings, clients, queue, ledger, mode=args.mode)
+    settings = get_settings()
+    mode = args.mode or settings.sweep_mode
+    if mode == "remediate":
+        settings, ledger, clients = services(settings)
+        queue = RequestQueue.from_settings(settings, ledger)
+        if settings.emulator:
+            queue.create()
+        report = run_sweep(settings, clients, queue, ledger, mode=mode, store=fleet_store(settings))
+    else:
+        clients = get_clients(settings)
+        check_signed_in(clients)
+        store = fleet_store(settings) if storage_configured(settings) else None
+        if store is None:
+            print("  no storage configured: the findings are not kept in the fleet inventory", file=sys.stderr)
+        report = run_sweep(settings, clients, RecordingSink(), None, mode=mode, store=store)
     if args.json:
         print_json(report.to_json())
         return 0

@@ -16,6 +16,7 @@ from remediate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.fleet import FleetStore
     from remediate.intake.queue import RequestQueue
     from remediate.intake.requests import Selector
     from remediate.intake.service import AlertIntake, RunbookIntake
@@ -42,6 +43,15 @@ class App:
         if self.settings.emulator:
             ledger.create_tables()  # in Azure the Bicep creates them; the identity needs no table-create right
         return ledger
+
+    @cached_property
+    def fleet(self) -> FleetStore:
+        from remediate.fleet import FleetStore
+
+        store = FleetStore.from_settings(self.settings)
+        if self.settings.emulator:
+            store.create_tables()
+        return store
 
     @cached_property
     def queue(self) -> RequestQueue:
