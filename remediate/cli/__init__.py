@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unlock": ("remediate.cli.unlock", "release a VM's lock left by a stopped run (refused while it restarts)"),
     "sweep": ("remediate.cli.sweep", "run the sweep once: find broken or expiring RDP certificates in scope"),
     "fleet": ("remediate.cli.fleet", "the fleet's RDP certificates as the last sweeps saw them, and the forecast"),
+    "report": ("remediate.cli.report", "one self-contained HTML report: forecast, outcomes, per-request evidence"),
     "demo": ("remediate.cli.demo", "the whole product on the local Azure emulator (no Azure needed)"),
 }
 
