@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Here, on the first invocation, not at import: the OpenTelemetry SDK stays out of the cold start.
+        telemetry.configure()
 
     @cached_property
     def clients(self) -> AzureClients:
@@ -106,8 +108,6 @@ def get_app() -> App:
     with _lock:
         if _app is None:
             _app = App(get_settings())
-            # Here, on the first invocation, not at import: the OpenTelemetry SDK stays out of the cold start.
-            telemetry.configure()
         return _app
 
 
