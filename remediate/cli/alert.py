@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from remediate.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
-from remediate.cli.common import print_json
+from remediate.cli.common import AZURE_SETTINGS, print_json, settings_epilog
 from remediate.intake.service import AlertDecision, AlertIntake, ComputerResolver, RecordingSink
 from remediate.model import VmId
 from remediate.settings import Settings
+
+EPILOG = settings_epilog(
+    *AZURE_SETTINGS,
+    "RDPR_OPT_OUT_TAG",
+    examples=(
+        "rdp-remediate alert examples/alerts/metric-vm.json --offline",
+        "rdp-remediate alert examples/alerts/log-v2-workspace-computer.json --json",
+    ),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

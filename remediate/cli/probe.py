@@ -20,6 +20,12 @@ from remediate.probe import ProbeResult, probe
 from remediate.settings import SPECS, SettingSpec
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
+EPILOG = """examples:
+  rdp-remediate probe 10.0.1.4
+  rdp-remediate probe vm01.contoso.com --port 3390 --json
+
+settings read (environment; README "Configuration"):
+  RDPR_RDP_PORT, RDPR_PROBE_TIMEOUT_SECONDS, RDPR_EXPIRY_WARNING_DAYS (options override them)"""
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens, 253 characters at most.
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
