@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from remediate.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE
+from remediate.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, EXIT_PENDING, EXIT_REFUSED, EXIT_UNAVAILABLE
 from remediate.ledger import Ledger
 from remediate.model import VmId
 from remediate.settings import Settings
@@ -130,12 +130,15 @@ def test_ctrl_c_records_the_request_interrupted_frees_the_lock_and_resume_finish
     assert ledger.vm_state(VmId.parse(VM)).owner is None  # no lock left behind
     record = ledger.get(request_id)
     assert record is not None and record.state == "interrupted" and record.outcome is None
+    assert cli(env, "status", request_id).returncode == EXIT_PENDING  # not finished: 3
 
     resumed = cli(env, "run", "--resume", request_id, "--json", timeout=180)
     assert resumed.returncode == EXIT_OK, resumed.stderr
     record = ledger.get(request_id)
     assert record is not None and record.outcome == "remediated"
     assert ledger.vm_state(VmId.parse(VM)).owner is None
+    again = cli(env, "run", "--resume", request_id)
+    assert again.returncode == EXIT_REFUSED and "already finished" in one_line(again.stderr)
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["run", "--help"], ["fleet", "--help"]])

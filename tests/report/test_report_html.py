@@ -4,6 +4,7 @@ the browser's resolver is pointed nowhere); a screenshot is left in ci-artifacts
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -109,3 +110,18 @@ def test_the_report_renders_in_chromium_with_no_console_error(
     assert "rename the new MachineKeys away, rename C:\\ProgramData" in text  # the undo of the reset, with its path
     assert "a restart: nothing to undo" in text
     shutil.copy(page, ARTIFACTS / "report.html")
+
+
+def test_a_report_of_one_request_and_of_an_unknown_one(
+    cli_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["run", "--vm", ID + "vm-firewall-closed", "--json"])
+    request_id = json.loads(capsys.readouterr().out)["requestId"]
+    page = tmp_path / "one.html"
+    assert main(["report", "--request", request_id, "--html", str(page)]) == 0
+    html = page.read_text()
+    assert html.count('class="card"') == 1 and f"request {request_id}" in html
+    assert "disable &#x27;Remote Desktop - User Mode (TCP-In)&#x27; again" in html  # the firewall change's undo
+    assert "Listener certificates expiring" not in html  # no sweep recorded: no forecast pretended
+    assert main(["report", "--request", "0" * 32, "--html", str(tmp_path / "none.html")]) == 2
+    assert "no request" in capsys.readouterr().err
