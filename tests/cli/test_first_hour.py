@@ -103,6 +103,9 @@ def test_a_report_sweep_needs_no_storage() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert "need attention" in done.stdout and "not kept in the fleet inventory" in done.stderr
+        # Piped, the progress is plain lines: probes done out of the total, ending with all of them.
+        counts = [line.split()[1] for line in done.stderr.splitlines() if line.strip().startswith("probed ")]
+        assert counts and counts[-1].split("/")[0] == counts[-1].split("/")[1]
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
