@@ -13,7 +13,8 @@ exporter sends and what it expects back, with the sources:
 * Answers `{"itemsReceived", "itemsAccepted", "errors": [{"index", "statusCode", "message"}]}`: 200 when all
   were accepted, 206 when some were not, 400 when none was; an envelope older than 48 hours is refused with
   "103: Field 'time' on type 'Envelope' is older than the allowed min date" (same example file).
-* Other SDKs (Java, .NET) gzip the body (`Content-Encoding: gzip`); the Python exporter does not. Both are read.
+* The Python exporter posts plain JSON (its pipeline has no compression policy: `export/_base.py`); a body sent
+  with `Content-Encoding: gzip` is decoded as HTTP defines it (RFC 9110, section 8.4).
 
 Unkind where Azure is: an envelope whose `iKey` is not this resource's is refused, not stored.
 """
@@ -155,15 +156,10 @@ def _decode(body: bytes, encoding: str) -> list[Any]:
             body = gzip.decompress(body)
         except (OSError, EOFError, zlib.error) as exc:
             raise ValueError(f"body is not gzip: {exc}") from None
-    text = body.decode("utf-8", errors="strict").strip()
     try:
-        data = json.loads(text)
-    except ValueError:
-        # Newline-delimited envelopes (x-json-stream), as some SDKs send them.
-        try:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except ValueError as exc:
-            raise ValueError(f"body is not JSON: {exc}") from None
+        data = json.loads(body.decode("utf-8", errors="strict"))
+    except ValueError as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
     return data if isinstance(data, list) else [data]
 
 
