@@ -79,7 +79,7 @@ def sweep(timer: func.TimerRequest) -> None:
     from remediate.intake.sweep import run_sweep
 
     current = get_app()
-    report = run_sweep(current.settings, current.clients, current.queue, current.ledger)
+    report = run_sweep(current.settings, current.clients, current.queue, current.ledger, store=current.fleet)
     log.info(
         "sweep finished",
         extra={

@@ -104,6 +104,9 @@ var storageLayout = {
     '${tablePrefix}vms'
     '${tablePrefix}audit'
     '${tablePrefix}dedup'
+    '${tablePrefix}fleet'
+    '${tablePrefix}fleethistory'
+    '${tablePrefix}sweeps'
   ]
 }
 

@@ -43,6 +43,8 @@ REQUEST_ROW = "request"
 
 # Request states: queued (accepted, not started), running, done (outcome recorded).
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+# Stopped by an operator (Ctrl-C, unlock) before its outcome: not done, so running it again resumes it.
+INTERRUPTED = "interrupted"
 
 
 def utcnow() -> dt.datetime:
@@ -172,6 +174,10 @@ class Ledger:
 
     def mark_running(self, request_id: str) -> None:
         self._merge_request(request_id, {"State": RUNNING})
+
+    def mark_interrupted(self, request_id: str, reason: str) -> None:
+        """The request stopped before its outcome; its journal stays, so `run --resume` continues it."""
+        self._merge_request(request_id, {"State": INTERRUPTED, "OutcomeReason": reason[:8000]})
 
     def record_step(self, request_id: str, index: int, step: StepResult) -> None:
         entity = {

@@ -2,13 +2,20 @@
 
 Prints ONE JSON line on stdout (the emulator's `describe()`: URLs, CA certificate, subscriptions, workspace,
 fleet summary), then serves until SIGTERM or SIGINT and exits 0. Logs go to stderr.
+
+`--with-azurite` also starts Azurite (Table and Queue storage); `--print-env` prints, instead of the JSON line,
+the exact `export` lines that point `rdp-remediate` at both, ending with the line `# ready`:
+
+    eval "$(.venv/bin/python -m sim --with-azurite --print-env &)"   # or copy the lines into another shell
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -16,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from sim.azurite import Azurite
 from sim.fleet import MIXES, Fleet, demo_fleet, generated_fleet, load_fleet
 from sim.server import Emulator
 
@@ -34,7 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--page-size", type=int, default=100, help="VMs per page of a VM list")
     parser.add_argument("--no-listeners", action="store_true", help="do not start the RDP listeners")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--with-azurite", action="store_true", help="also start Azurite (the ledger's storage)")
+    parser.add_argument("--print-env", action="store_true", help="print `export` lines instead of the JSON line")
     return parser
+
+
+def export_lines(emulator: Emulator, azurite: Azurite | None) -> list[str]:
+    """Shell lines that set every variable the CLI needs to use this emulator (and Azurite), quoted for sh."""
+    env = emulator.settings_env([f"/subscriptions/{sub}" for sub in emulator.fleet.subscription_ids])
+    if azurite is not None:
+        env["RDPR_STORAGE_CONNECTION"] = azurite.connection_string
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
 
 
 def make_fleet(args: argparse.Namespace) -> Fleet:
@@ -53,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    azurite: Azurite | None = None
     try:
         fleet = make_fleet(args)
         emulator = Emulator(
@@ -63,8 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rdp_port=args.rdp_port,
             listeners=not args.no_listeners,
         )
+        if args.with_azurite:
+            azurite = Azurite().start()
         emulator.start()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
+        if azurite is not None:
+            azurite.stop()
         print(f"python -m sim: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -76,11 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        print(json.dumps(emulator.describe()), flush=True)
+        if args.print_env:
+            print("\n".join([*export_lines(emulator, azurite), "# ready"]), flush=True)
+        else:
+            print(json.dumps(emulator.describe()), flush=True)
         while not stop.wait(1.0):  # wake now and then so signals are handled promptly on every platform
             pass
     finally:
         emulator.stop()
+        if azurite is not None:
+            with contextlib.suppress(Exception):
+                azurite.stop()
     return 0
 
 

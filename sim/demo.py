@@ -57,15 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="demo-report.json", help="where to write the JSON report")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    from sim.appinsights import Ingestion
     from sim.azurite import Azurite
     from sim.fleet import demo_fleet
     from sim.server import Emulator
 
-    say(f"starting the Azure emulator ({len(SCENARIO_ORDER)} VMs, one per scenario) and Azurite ...")
+    say(
+        f"starting the Azure emulator ({len(SCENARIO_ORDER)} VMs, one per scenario), Azurite "
+        "and Application Insights ingestion ..."
+    )
     fleet = demo_fleet()
-    with Azurite() as azurite, Emulator(fleet, time_scale=args.time_scale, rdp_port=_free_rdp_port()) as emulator:
-        _configure(emulator, azurite)
+    with (
+        Azurite() as azurite,
+        Emulator(fleet, time_scale=args.time_scale, rdp_port=_free_rdp_port()) as emulator,
+        Ingestion() as ingestion,
+    ):
+        _configure(emulator, azurite, ingestion)
         report = _run(fleet)
+        _telemetry_summary(ingestion)
     Path(args.report).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     _print_table(report)
     say(f"\nreport written to {args.report}; demo took {time.monotonic() - started:.1f} s")
@@ -83,11 +92,16 @@ def _free_rdp_port() -> int:
     return free_port("127.0.0.2")
 
 
-def _configure(emulator: Any, azurite: Any) -> None:
+def _configure(emulator: Any, azurite: Any, ingestion: Any) -> None:
     """Point the product at the emulators exactly as an operator would: environment variables."""
     env = emulator.settings_env()
     env.update(
         {
+            # Telemetry through the real Azure Monitor exporter, to the local ingestion endpoint.
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": ingestion.connection_string,
+            "REQUESTS_CA_BUNDLE": ingestion.ca_cert,
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
             "RDPR_STORAGE_CONNECTION": azurite.connection_string,
             "RDPR_QUEUE_NAME": "remediation-requests",
             "RDPR_SWEEP_MODE": "remediate",
@@ -104,6 +118,22 @@ def _configure(emulator: Any, azurite: Any) -> None:
 
     get_settings.cache_clear()
     reset_app(Settings.from_env(os.environ))
+
+
+def _telemetry_summary(ingestion: Any) -> None:
+    from collections import Counter
+
+    from remediate import telemetry
+
+    telemetry.flush()
+    events = Counter(m["customDimensions"].get("event") for m in ingestion.messages())
+    traces = {
+        m["operationId"] for m in ingestion.messages() if m["customDimensions"].get("event") == "remediation.outcome"
+    }
+    say(
+        f"\n5. Application Insights received {events['remediation.outcome']} outcomes, {events['remediation.step']} "
+        f"steps and {events['sweep.vm']} sweep observations as customDimensions, in {len(traces)} request traces"
+    )
 
 
 def _run(fleet: Any) -> list[dict[str, Any]]:
@@ -265,10 +295,10 @@ def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
             "outcome": "not requested",
             "finding": "",
             "actions": [],
-            "action_details": [],
+            "actionDetails": [],
             "rebooted": False,
             "verification": None,
-            "duration_s": None,
+            "durationSeconds": None,
             "trigger": None,
             "reason": "",
         }
@@ -291,12 +321,12 @@ def _entry(vm: Any, scenario: str, record: Any) -> dict[str, Any]:
         "trigger": record.trigger,
         "finding": finding,
         "actions": changed,
-        "action_details": details,
+        "actionDetails": details,
         "rebooted": record.rebooted,
         "verification": (verify.summary or {}).get("status") if verify else None,
-        "duration_s": round(duration, 1) if duration is not None else None,
+        "durationSeconds": round(duration, 1) if duration is not None else None,
         "reason": record.outcome_reason,
-        "request_id": record.request_id,
+        "requestId": record.request_id,
     }
 
 
@@ -315,32 +345,32 @@ def _finding(steps: dict[str, Any]) -> str:
 
 
 def _print_table(report: list[dict[str, Any]]) -> None:
-    header = ("VM", "scenario", "finding", "actions", "rebooted", "verification", "outcome", "duration")
-    rows = [
-        (
+    """The verdict table, at most 120 columns wide (long cells wrap inside their column)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("VM", no_wrap=True)  # named after its scenario (the JSON report has both)
+    table.add_column("finding", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("actions", min_width=18, max_width=20)  # one repair per line
+    for name in ("rebooted", "verified", "outcome", "duration"):
+        table.add_column(name, no_wrap=True)
+    for e in report:
+        table.add_row(
             e["vm"],
-            e["scenario"],
-            _clip(e["finding"] or e["reason"], 44),
-            ", ".join(e["actions"]) or "-",
+            e["finding"] or e["reason"],
+            "\n".join(e["actions"]) or "-",
             "yes" if e["rebooted"] else "no",
             e["verification"] or "-",
             e["outcome"] + ("" if e["outcome"] == e["expected"] else f" (expected {e['expected']})"),
-            f"{e['duration_s']:.1f} s" if e["duration_s"] is not None else "-",
+            f"{e['durationSeconds']:.1f} s" if e["durationSeconds"] is not None else "-",
         )
-        for e in report
-    ]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     say("")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        say("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    Console(width=120, highlight=False, force_terminal=sys.stdout.isatty()).print(table)
     say("")
     for e in report:
         if e["reason"]:
             say(f"{e['vm']}: {e['outcome']}: {e['reason']}")
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 if __name__ == "__main__":

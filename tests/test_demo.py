@@ -41,3 +41,7 @@ def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
     for untouched in ("policy-certificate", "firewall-policy", "firewall-custom-allow", "cached-session", "wmi-hung"):
         assert by_scenario[untouched]["actions"] == [] and by_scenario[untouched]["rebooted"] is False, untouched
     assert "VM " in finished.stdout and "outcome" in finished.stdout  # the table was printed
+    table = finished.stdout.split("\n\n")  # the table is the block that starts with the header
+    header = next(block for block in table if block.lstrip().startswith("VM "))
+    assert max(len(line) for line in header.splitlines()) <= 120
+    assert all(key == key[:1].lower() + key[1:] and "_" not in key for e in report for key in e)  # camelCase

@@ -153,6 +153,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'Authorization=AAD;ClientId=${identityClientId}'
         }
+        // With host.json telemetryMode OpenTelemetry: the Python worker configures Azure Monitor itself and
+        // streams the product's log records with their fields as customDimensions (remediate/telemetry.py).
+        {
+          name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+          value: 'true'
+        }
         // azure-identity picks the user-assigned identity by this client id.
         {
           name: 'AZURE_CLIENT_ID'

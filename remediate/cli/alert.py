@@ -7,7 +7,6 @@ The same `AlertIntake` the Function runs, with a sink that records instead of qu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -16,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from remediate.cli import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE
+from remediate.cli.common import AZURE_SETTINGS, print_json, settings_epilog
 from remediate.intake.service import AlertDecision, AlertIntake, ComputerResolver, RecordingSink
 from remediate.model import VmId
 from remediate.settings import Settings
+
+EPILOG = settings_epilog(
+    *AZURE_SETTINGS,
+    "RDPR_OPT_OUT_TAG",
+    examples=(
+        "rdp-remediate alert examples/alerts/metric-vm.json --offline",
+        "rdp-remediate alert examples/alerts/log-v2-workspace-computer.json --json",
+    ),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(decision: AlertDecision) -> dict[str, Any]:
-    """The `--json` object: accepted, reason, alert_id, vm_ids, unresolved, ignored."""
+    """The `--json` object (printed camelCase): accepted, reason, alert_id, vm_ids, unresolved, ignored."""
     if decision.accepted:
         count = len(decision.accepted)
         reason = f"{count} remediation request{'s' if count != 1 else ''} would be enqueued"
@@ -100,7 +109,7 @@ def _quiet_intake_log() -> Iterator[None]:
 
 
 def _print_json(report: dict[str, Any]) -> None:
-    print(json.dumps(report, indent=2))
+    print_json(report)
 
 
 def _print_text(decision: AlertDecision, report: dict[str, Any]) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from remediate.cli.common import add_json_flag, print_json, services, vm_id
+from remediate.cli.common import STORAGE_SETTINGS, add_json_flag, ledger_only, print_json, settings_epilog, vm_id
+from remediate.settings import get_settings
+
+EPILOG = settings_epilog(*STORAGE_SETTINGS, examples=("rdp-remediate history --vm ID --json",))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, ledger, _ = services()
+    ledger = ledger_only(get_settings())
     records = ledger.history(args.vm)
     state = ledger.vm_state(args.vm)
     if args.json:
@@ -21,11 +24,14 @@ def run(args: argparse.Namespace) -> int:
             {
                 "vm": str(args.vm),
                 "lockedBy": state.owner,
+                "lockExpires": state.lock_expires,
                 "attempts": state.attempts,
                 "remediations": [record.to_json() for record in records],
             }
         )
         return 0
+    if state.owner:
+        print(f"locked by request {state.owner} until {state.lock_expires:%Y-%m-%d %H:%M} UTC")
     if not records:
         print(f"no remediation recorded for {args.vm.name}")
         return 0

@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import json
 import os
 import re
 from typing import Any
 
+from remediate.cli.common import print_json
 from remediate.model import ConfigurationError
 from remediate.probe import ProbeResult, probe
 from remediate.settings import SPECS, SettingSpec
 
 EXIT_OK, EXIT_PROBLEM = 0, 1
+EPILOG = """examples:
+  rdp-remediate probe 10.0.1.4
+  rdp-remediate probe vm01.contoso.com --port 3390 --json
+
+settings read (environment; README "Configuration"):
+  RDPR_RDP_PORT, RDPR_PROBE_TIMEOUT_SECONDS, RDPR_EXPIRY_WARNING_DAYS (options override them)"""
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens, 253 characters at most.
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -61,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print_json(result.to_json())
     else:
         print(render(result))
     return EXIT_OK if result.rdp_works else EXIT_PROBLEM

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from remediate import telemetry
 from remediate.engine.workflow import Progress, Workflow, WorkflowResult
 from remediate.ledger import Ledger
 from remediate.model import RemediationRequest
@@ -23,10 +24,20 @@ def remediate(
     *,
     progress: Progress | None = None,
     retry_later: bool = False,
+    trace_context: Mapping[str, str] | None = None,
 ) -> WorkflowResult:
-    return Workflow(
-        request, settings=settings, ledger=ledger, clients=clients, progress=progress, retry_later=retry_later
-    ).run()
+    """Run one request's workflow inside its trace (`trace_context`: the queue message's W3C fields)."""
+    with telemetry.request_trace(request, trace_context) as trace:
+        result = Workflow(
+            request,
+            settings=settings,
+            ledger=ledger,
+            clients=clients,
+            progress=trace.progress(progress),
+            retry_later=retry_later,
+        ).run()
+        trace.finish(result.outcome.value, result.reason, result.failed_step, result.rebooted, result.duration_seconds)
+        return result
 
 
 def remediate_many(

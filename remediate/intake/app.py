@@ -10,11 +10,13 @@ import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from remediate import telemetry
 from remediate.model import VmId
 from remediate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.fleet import FleetStore
     from remediate.intake.queue import RequestQueue
     from remediate.intake.requests import Selector
     from remediate.intake.service import AlertIntake, RunbookIntake
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Here, on the first invocation, not at import: the OpenTelemetry SDK stays out of the cold start.
+        telemetry.configure()
 
     @cached_property
     def clients(self) -> AzureClients:
@@ -41,6 +45,15 @@ class App:
         if self.settings.emulator:
             ledger.create_tables()  # in Azure the Bicep creates them; the identity needs no table-create right
         return ledger
+
+    @cached_property
+    def fleet(self) -> FleetStore:
+        from remediate.fleet import FleetStore
+
+        store = FleetStore.from_settings(self.settings)
+        if self.settings.emulator:
+            store.create_tables()
+        return store
 
     @cached_property
     def queue(self) -> RequestQueue:

@@ -9,6 +9,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from remediate import telemetry
 from remediate.ledger import Ledger
 from remediate.model import ConfigurationError, Outcome, RemediationRequest, TransientError
 from remediate.settings import Settings
@@ -55,7 +56,9 @@ class RequestQueue:
         """
         try:
             self.ledger.record_accepted(request)
-            self.queue.send_message(json.dumps(request.to_message()))
+            # The message carries the request's trace (W3C traceparent), so the worker continues it.
+            message = {**request.to_message(), **telemetry.start_request_trace(request)}
+            self.queue.send_message(json.dumps(message))
         except Exception as exc:
             self._undo(request, exc)
             raise TransientError(f"the request could not be queued: {exc}") from exc

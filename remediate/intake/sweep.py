@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
     from remediate.azure.inventory import VmRecord
     from remediate.azure.logs import EventEvidence
+    from remediate.fleet import FleetStore
     from remediate.intake.service import IntakeSink
     from remediate.ledger import Ledger
     from remediate.probe import ProbeResult
@@ -83,9 +84,12 @@ def run_sweep(
     mode: str | None = None,
     probe_many: ProbeMany | None = None,
     now: Callable[[], dt.datetime] | None = None,
+    store: FleetStore | None = None,
 ) -> SweepReport:
+    """`store`: where the fleet inventory is written (None: telemetry only, e.g. a report sweep without storage)."""
     from remediate.azure.inventory import list_windows_vms
 
+    started = (now or (lambda: dt.datetime.now(dt.UTC)))()
     report = SweepReport(mode or settings.sweep_mode)
     if not settings.scopes:
         report.stopped = "nothing is in scope: RDPR_SCOPES is empty"
@@ -102,7 +106,10 @@ def run_sweep(
     if report.mode == "remediate":
         if ledger is None:
             raise ConfigurationError("the sweep's remediate mode needs the ledger (circuit breaker, dedup)")
-        _enqueue(settings, sink, ledger, report, (now or (lambda: dt.datetime.now(dt.UTC)))())
+        _enqueue(settings, sink, ledger, report, started)
+    from remediate.intake.sweep_record import record_sweep
+
+    record_sweep(store, settings, report, inventory, events, probes, started)
     return report
 
 

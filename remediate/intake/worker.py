@@ -6,6 +6,7 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from remediate import telemetry
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
 from remediate.ledger import Ledger
@@ -25,13 +26,16 @@ def handle_message(
     retry can help (recorded in the ledger when it names a request, logged as an error either way).
     """
     try:
-        request = RemediationRequest.from_message(json.loads(body))
+        data = json.loads(body)
+        request = RemediationRequest.from_message(data)
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
-        return remediate(request, settings, ledger, clients, retry_later=not last_delivery)
+        return remediate(
+            request, settings, ledger, clients, retry_later=not last_delivery, trace_context=telemetry.carrier_of(data)
+        )
     except Exception as exc:
         if last_delivery:
             # Record before the host moves the message to the poison queue: nothing accepted is lost silently.

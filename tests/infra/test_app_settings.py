@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from remediate.fleet import FleetStore
 from remediate.ledger import Ledger
 from remediate.settings import SPECS, Settings
 from tests.infra.bicep import INFRA, REPO, Expression, get, load
@@ -24,6 +25,7 @@ PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__clientId",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
 }
 
 
@@ -100,6 +102,7 @@ def test_the_queues_and_tables_created_are_the_ones_the_product_uses() -> None:
     assert layout["queues"] == [defaults.queue_name, f"{defaults.queue_name}-poison"]
     service = _RecordingTableService()
     Ledger(cast("TableServiceClient", service), defaults.table_prefix)
+    FleetStore(cast("TableServiceClient", service), defaults.table_prefix)
     assert sorted(layout["tables"]) == sorted(service.names)
     (storage,) = [module for module in load("main.bicep").modules() if module.symbol == "storage"]
     assert storage.body["params"]["queueNames"] == layout["queues"]

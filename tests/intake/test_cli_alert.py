@@ -34,8 +34,8 @@ def test_metric_alert_would_start_one_remediation(capsys: pytest.CaptureFixture[
     assert report == {
         "accepted": True,
         "reason": "1 remediation request would be enqueued",
-        "alert_id": payload("metric-vm.json")["data"]["essentials"]["alertId"],
-        "vm_ids": [str(VmId.parse(payload("metric-vm.json")["data"]["essentials"]["alertTargetIDs"][0]))],
+        "alertId": payload("metric-vm.json")["data"]["essentials"]["alertId"],
+        "vmIds": [str(VmId.parse(payload("metric-vm.json")["data"]["essentials"]["alertTargetIDs"][0]))],
         "unresolved": [],
         "ignored": [],
     }
@@ -49,7 +49,7 @@ def test_offline_lists_computer_names_as_unresolved_without_any_azure_call(
 
     assert code == 0
     assert report["accepted"] is False
-    assert report["vm_ids"] == []
+    assert report["vmIds"] == []
     assert report["unresolved"] == [{"computer": "VM-FILE-04.corp.contoso.com"}]
 
 
@@ -74,7 +74,7 @@ def test_online_resolves_computer_names_through_the_inventory(
 
     assert code == 0
     assert report["accepted"] is True
-    assert report["vm_ids"] == [str(vm("vm-file-04"))]
+    assert report["vmIds"] == [str(vm("vm-file-04"))]
     assert seen == [clients]
     assert resolver.calls == [(["VM-FILE-04"], (f"/subscriptions/{SUBSCRIPTION}",))]
 
@@ -95,7 +95,7 @@ def test_deliberately_ignored_alert_exits_0_with_the_reason(capsys: pytest.Captu
 
     assert code == 0
     assert report["accepted"] is False
-    assert report["vm_ids"] == []
+    assert report["vmIds"] == []
     assert report["reason"]
 
 

@@ -64,12 +64,12 @@ def test_json_output_for_a_healthy_host_exits_0(
     assert code == 0
     assert document["host"] == "127.0.0.1" and document["port"] == server.port
     assert document["status"] == "healthy" and document["detail"].startswith("RDP works")
-    assert document["selected_protocol"] == "PROTOCOL_SSL" and document["negotiation_failure"] is None
-    assert document["tls_version"] in {"TLSv1.2", "TLSv1.3"}
-    assert document["certificate"]["days_remaining"] == 100
-    assert document["certificate"]["self_signed"] is True
-    assert document["certificate"]["not_after"].endswith("Z")
-    assert isinstance(document["elapsed_ms"], float)
+    assert document["selectedProtocol"] == "PROTOCOL_SSL" and document["negotiationFailure"] is None
+    assert document["tlsVersion"] in {"TLSv1.2", "TLSv1.3"}
+    assert document["certificate"]["daysRemaining"] == 100
+    assert document["certificate"]["selfSigned"] is True
+    assert document["certificate"]["notAfter"].endswith("Z")
+    assert isinstance(document["elapsedMs"], float)
 
 
 def test_expiring_soon_still_exits_0_and_the_threshold_is_an_option(
@@ -92,7 +92,7 @@ def test_negotiation_failure_exits_1(serve: ServeFactory, capsys: pytest.Capture
     document = json.loads(capsys.readouterr().out)
     assert code == 1
     assert document["status"] == "no-certificate"
-    assert document["negotiation_failure"] == "SSL_CERT_NOT_ON_SERVER" and document["certificate"] is None
+    assert document["negotiationFailure"] == "SSL_CERT_NOT_ON_SERVER" and document["certificate"] is None
 
 
 def test_refused_exits_1(closed_port: Callable[[str], int], capsys: pytest.CaptureFixture[str]) -> None:
