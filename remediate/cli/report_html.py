@@ -179,7 +179,10 @@ UNDO = {
         "the removed certificate was expired or unusable; Windows made {new}. To use a certificate of your own, "
         "set SSLCertificateSHA1Hash on Win32_TSGeneralSetting (Set-CimInstance)"
     ),
-    "repair-machinekeys": "restore the saved ACLs with icacls <dir> /restore <file> from {log_path}",
+    "repair-machinekeys": (
+        "restore the saved ACL with icacls <parent> /restore <name>.acl from {log_path}; rename a set-aside key "
+        "file back"
+    ),
     "reset-machinekeys": "rename the new MachineKeys away, rename {backup_path} back to MachineKeys, and reboot",
     "enable-firewall-rule": "disable 'Remote Desktop - User Mode (TCP-In)' again only to block RDP on purpose",
     "enable-tls12": "set SCHANNEL TLS 1.2 Server Enabled back to 0 only to turn TLS 1.2 off on purpose",
