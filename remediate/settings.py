@@ -14,7 +14,13 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from remediate.model import ConfigurationError
+from remediate.model import (
+    ConfigurationError,
+    azure_key,
+    fixed_segment,
+    valid_resource_group_name,
+    valid_subscription_id,
+)
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,16 @@ def _scopes(text: str) -> tuple[str, ...]:
         pieces = part.strip("/").split("/")
         if (
             len(pieces) not in (2, 4)
-            or pieces[0].lower() != "subscriptions"
-            or (len(pieces) == 4 and pieces[2].lower() != "resourcegroups")
+            or not fixed_segment(pieces[0], "subscriptions")
+            or not valid_subscription_id(pieces[1])
+            or (len(pieces) == 4 and not fixed_segment(pieces[2], "resourcegroups"))
+            or (len(pieces) == 4 and not valid_resource_group_name(pieces[3]))
         ):
-            raise ValueError(f"scope {part!r} is neither /subscriptions/ID nor /subscriptions/ID/resourceGroups/NAME")
-        scopes.append("/" + "/".join(pieces).lower())
+            raise ValueError(
+                f"scope {part!r} is neither /subscriptions/GUID nor /subscriptions/GUID/resourceGroups/NAME"
+            )
+        # Kept in Azure's comparison form (`azure_key`): `VmId.in_scope` compares in that form too.
+        scopes.append(azure_key("/" + "/".join(pieces)))
     return tuple(scopes)
 
 

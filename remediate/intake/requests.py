@@ -12,15 +12,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from remediate.model import InvalidResourceId, PermanentError, Plan, RemediationOptions, VmId
+from remediate.model import (
+    InvalidResourceId,
+    PermanentError,
+    Plan,
+    RemediationOptions,
+    VmId,
+    azure_key,
+    fixed_segment,
+    valid_resource_group_name,
+    valid_subscription_id,
+)
 
 # Azure Monitor caps a common-schema alert at 256 KB; the runbook API takes the same ceiling.
 MAX_BODY_BYTES = 256 * 1024
 MAX_VMS_PER_REQUEST = 500
 MAX_REASON_CHARS = 500
 
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-_RESOURCE_GROUP = re.compile(r"^[-\w._()]{1,90}$")
 # A DNS host name or a bare computer name: letters, digits, hyphens, dots; no slashes.
 _HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?$")
 _SCALE_SET_MARK = "/providers/microsoft.compute/virtualmachinescalesets/"
@@ -106,14 +114,14 @@ class Selector:
 
     @property
     def scope_id(self) -> str:
-        """The lower-cased ARM id of the narrowest place this selector names."""
+        """The ARM id of the narrowest place this selector names, in Azure's comparison form (`azure_key`)."""
         sub = f"/subscriptions/{self.subscription}"
-        return f"{sub}/resourcegroups/{self.resource_group.lower()}" if self.resource_group else sub
+        return f"{sub}/resourcegroups/{azure_key(self.resource_group)}" if self.resource_group else sub
 
     def overlaps(self, scopes: tuple[str, ...]) -> bool:
         """True when some configured scope contains this selector's place or lies inside it."""
         mine = self.scope_id
-        return any(mine == s or mine.startswith(s + "/") or s.startswith(mine + "/") for s in scopes)
+        return any(mine == s or mine.startswith(s + "/") or s.startswith(mine + "/") for s in map(azure_key, scopes))
 
     def describe(self) -> str:
         text = f"subscription {self.subscription}"
@@ -197,7 +205,7 @@ def parse_vm_entry(item: object, field: str) -> VmId:
             field,
             f"{field} is a host name ({clip(text)!r}); this API accepts VM resource ids only ({VM_ID_SHAPE})",
         )
-    if _SCALE_SET_MARK in text.lower():
+    if _SCALE_SET_MARK in azure_key(text):
         raise BadRequest(
             field, f"{field} is a scale set or scale set instance; virtual machine scale sets are not yet supported"
         )
@@ -218,14 +226,14 @@ def _is_ip_address(text: str) -> bool:
 
 def _parse_selector(doc: dict[str, Any]) -> Selector:
     subscription = _expect_string(doc["subscription"], "subscription").strip()
-    if subscription.lower().startswith("/subscriptions/"):
+    if fixed_segment(subscription[: len("/subscriptions/")], "/subscriptions/"):
         subscription = subscription[len("/subscriptions/") :].strip("/")
-    if not _GUID.match(subscription):
+    if not valid_subscription_id(subscription):
         raise BadRequest("subscription", f"subscription {clip(subscription)!r} is not a subscription id (a GUID)")
     group = None
     if doc.get("resourceGroup") is not None:
         group = _expect_string(doc["resourceGroup"], "resourceGroup").strip()
-        if not _RESOURCE_GROUP.match(group) or group.endswith("."):
+        if not valid_resource_group_name(group):
             raise BadRequest("resourceGroup", f"resourceGroup {clip(group)!r} is not a valid resource group name")
     tag_name, tag_value = None, None
     if doc.get("tag") is not None:

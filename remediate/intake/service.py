@@ -33,6 +33,7 @@ from remediate.model import (
     RemediationRequest,
     Trigger,
     VmId,
+    azure_key,
 )
 from remediate.settings import Settings
 
@@ -211,9 +212,9 @@ class AlertIntake:
         found = self._lookup(lookup, unresolved)
         if found is None:
             return unresolved
-        folded = {key.casefold(): vms for key, vms in found.items()}
+        folded = {azure_key(key): vms for key, vms in found.items()}
         for name, given in lookup.items():
-            vms = list(dict.fromkeys(folded.get(name.casefold(), [])))
+            vms = list(dict.fromkeys(folded.get(azure_key(name), [])))
             if len(vms) == 1:
                 located.add_vm(vms[0], f"Computer dimension {clip(given)!r}")
             elif vms:
