@@ -40,6 +40,10 @@ class ConfigurationError(PermanentError):
     """A setting is missing or malformed; the message names the environment variable."""
 
 
+class UntrustedHost(PermanentError):
+    """A request carrying our credential would have gone to a host other than the configured Azure endpoints."""
+
+
 class InvalidResourceId(PermanentError):
     """A string that is not the ARM id of a virtual machine."""
 
