@@ -19,6 +19,7 @@ from typing import Any
 import azure.functions as func
 
 from remediate.intake.app import get_app
+from remediate.model import valid_request_id
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("rdp_remediate")
@@ -47,7 +48,7 @@ def remediations(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="remediations/{request_id}", methods=["GET"])
 def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
     request_id = req.route_params.get("request_id", "")
-    if not request_id or len(request_id) > 64 or not request_id.isalnum():
+    if not valid_request_id(request_id):
         return _json(
             400,
             {

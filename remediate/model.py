@@ -11,7 +11,7 @@ import re
 import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 # --- Errors --------------------------------------------------------------------------------------------
 
@@ -104,6 +104,14 @@ _VM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", re.ASCII)
 # are allowed), underscores, hyphens, periods and parentheses; not ending in a period.
 _RG_PUNCTUATION = frozenset("-_.()")
 _LETTER_OR_DIGIT = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
+
+
+def valid_request_id(text: object) -> TypeGuard[str]:
+    """A request id becomes a Table partition key: ASCII letters and digits only (1-64), as intake makes them.
+
+    `str.isalnum()` alone would take any Unicode letter or digit.
+    """
+    return isinstance(text, str) and 0 < len(text) <= 64 and text.isascii() and text.isalnum()
 
 
 def find_tag(tags: dict[str, str], name: str) -> str | None:
@@ -292,8 +300,7 @@ class RemediationRequest:
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(f"queue message has a bad trigger or options: {exc}") from None
         request_id = data.get("requestId")
-        # It becomes a Table partition key: letters and digits only, as intake makes them.
-        if not isinstance(request_id, str) or not request_id.isalnum() or len(request_id) > 64:
+        if not valid_request_id(request_id):
             raise PermanentError("queue message has no valid requestId (letters and digits, at most 64)")
         return cls(
             VmId.parse(data.get("vm")),

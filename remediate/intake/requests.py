@@ -86,9 +86,78 @@ def read_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
     if not body.strip():
         raise BadRequest("body", "body is empty: expected a JSON object", code="MalformedJson")
     try:
-        return json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise BadRequest(
+            exc.key,
+            f"{exc.key!r} appears twice in one object: refusing to guess which value was meant",
+            code="DuplicateKey",
+        ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest("body", f"body is not valid JSON: {clip(str(exc))}", code="MalformedJson") from None
+    refuse_unstorable_text(doc)
+    return doc
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = printable(clip(key, 60))
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads` keeps the last of two equal keys: `"dryRun": true, "dryRun": false` would be a live run."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _DuplicateKey(key)
+        doc[key] = value
+    return doc
+
+
+# Text that Table storage cannot hold, or that cannot be encoded to be hashed: lone UTF-16 surrogates (JSON's
+# `\ud800` escapes decode to them), NUL and the other C0 controls except tab, line feed and carriage return,
+# and the two non-characters U+FFFE/U+FFFF. They are the caller's error (400), never a reason to retry (503).
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def unstorable(text: str) -> str | None:
+    """A description of the first character of `text` that cannot be stored, or None when all can."""
+    found = _UNSTORABLE.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X} at position {found.start()}"
+
+
+def printable(text: str) -> str:
+    """`text` with unstorable characters replaced, safe to put into a message, a log line or the ledger."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def refuse_unstorable_text(doc: object) -> None:
+    """Walk a decoded document (iteratively: it may be nested to the parser's limit) and refuse the first
+    string, key or value, that cannot be stored, naming its path (`data.essentials.alertId`, `vms[2]`)."""
+    stack: list[tuple[str, object]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = unstorable(value)
+            if problem is not None:
+                field = path or "body"
+                raise BadRequest(
+                    field, f"{field} contains a character that cannot be stored ({problem})", code="InvalidText"
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{printable(clip(key, 60))}" if path else printable(clip(key, 60))
+                problem = unstorable(key)
+                if problem is not None:
+                    raise BadRequest(
+                        child,
+                        f"the key {child} contains a character that cannot be stored ({problem})",
+                        code="InvalidText",
+                    )
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
 
 
 def expect_object(value: object, field: str) -> dict[str, Any]:

@@ -25,7 +25,15 @@ from remediate.intake.alerts import (
     locate,
     parse_alert,
 )
-from remediate.intake.requests import MAX_VMS_PER_REQUEST, BadRequest, RunbookBody, Selector, clip, parse_runbook
+from remediate.intake.requests import (
+    MAX_VMS_PER_REQUEST,
+    BadRequest,
+    RunbookBody,
+    Selector,
+    clip,
+    parse_runbook,
+    printable,
+)
 from remediate.model import (
     PermanentError,
     Plan,
@@ -117,6 +125,12 @@ class Unavailable(Exception):
 def _sink_call(what: str, call: Callable[[_A], _R], argument: _A) -> _R:
     try:
         return call(argument)
+    except UnicodeError as exc:
+        # Text the ledger cannot encode is the caller's, not a failing dependency: a 503 would make an action
+        # group retry the same poison forever. (The body walk refuses such text first; this is the backstop.)
+        raise BadRequest("body", f"body contains text that cannot be stored ({type(exc).__name__})") from exc
+    except BadRequest:
+        raise
     except Exception as exc:
         raise Unavailable(what, exc) from exc
 
@@ -329,6 +343,8 @@ class RunbookIntake:
             return IntakeAnswer(200, {"reason": reason, "requestIds": [], "statusUrls": [], "vms": []})
         try:
             accepted = self._submit(request, vms, caller)
+        except BadRequest as exc:
+            return error_answer(exc)
         except Unavailable as exc:
             return exc.answer()
         logger.info(
@@ -383,7 +399,7 @@ class RunbookIntake:
         return unique
 
     def _submit(self, request: RunbookBody, vms: tuple[VmId, ...], caller: str | None) -> list[RemediationRequest]:
-        reason = "runbook request" + (f" by {clip(caller, 200)}" if caller else "")
+        reason = "runbook request" + (f" by {printable(clip(caller, 200))}" if caller else "")
         if request.reason:
             reason += f": {request.reason}"
         accepted = []
