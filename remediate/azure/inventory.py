@@ -102,8 +102,8 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
 # --- Paged Resource Graph query ------------------------------------------------------------------------
 
 
-def run_graph_query(clients: AzureClients, query: str, subscriptions: list[str]) -> Iterator[dict[str, Any]]:
-    """Every row of `query` over `subscriptions`, following `$skipToken` page after page."""
+def run_graph_query(clients: AzureClients, query: str, subscriptions: list[str] | None) -> Iterator[dict[str, Any]]:
+    """Every row of `query` over `subscriptions` (None: all the identity can see), page after page."""
     from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
     client = clients.resource_graph()
@@ -204,7 +204,7 @@ def computer_host_label(name: object) -> str | None:
 def find_vms_by_computer_name(
     clients: AzureClients, names: list[str], scopes: tuple[str, ...]
 ) -> dict[str, list[VmId]]:
-    """For each name (as given), the VMs in `scopes` whose guest computer name matches, case-insensitively.
+    """For each name (as given), the VMs in `scopes` (empty: all visible) whose computer name matches.
 
     Used to map the `Computer` dimension of a workspace-scoped log alert to VMs. A name may match several VMs
     (the same image in two groups): the caller decides what an ambiguous name means. Every name is checked
@@ -217,9 +217,11 @@ def find_vms_by_computer_name(
         raise PermanentError(f"not a Windows computer name (letters, digits and hyphens, 1-15 characters): {shown}")
     result: dict[str, list[VmId]] = {name: [] for name in names}
     wanted = _normalised_scopes(scopes)
-    subscriptions = scope_subscriptions(wanted)
+    # No scopes: every VM the identity can see (Resource Graph at tenant scope), so that the caller can tell
+    # a name that is unique from one that an out-of-scope machine shares.
+    subscriptions = scope_subscriptions(wanted) if wanted else None
     distinct = sorted({azure_key(label) for label in labels.values() if label})
-    if not distinct or not subscriptions:
+    if not distinct or subscriptions == []:
         return result
     found = _lookup(clients, distinct, subscriptions, wanted)
     for name, label in labels.items():
@@ -232,13 +234,14 @@ def find_vms_by_computer_name(
 
 
 def _lookup(
-    clients: AzureClients, labels: list[str], subscriptions: list[str], scopes: tuple[str, ...]
+    clients: AzureClients, labels: list[str], subscriptions: list[str] | None, scopes: tuple[str, ...]
 ) -> dict[str, set[VmId]]:
     found: dict[str, set[VmId]] = {}
     template = load_query("vms_by_computer_name")
+    batches = list(_batches(subscriptions, SUBSCRIPTION_BATCH)) if subscriptions is not None else [None]
     for names in _batches(labels, NAME_BATCH):
         query = template.replace("{names}", _kql_string_list(names))
-        for batch in _batches(subscriptions, SUBSCRIPTION_BATCH):
+        for batch in batches:
             for row in run_graph_query(clients, query, batch):
                 _add_match(found, row, scopes)
     return found
@@ -250,7 +253,7 @@ def _add_match(found: dict[str, set[VmId]], row: dict[str, Any], scopes: tuple[s
         vm = VmId.parse(row.get("id"))
     except InvalidResourceId:
         return
-    if computer and vm.in_scope(scopes):
+    if computer and (not scopes or vm.in_scope(scopes)):
         found.setdefault(azure_key(computer), set()).add(vm)
 
 

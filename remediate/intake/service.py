@@ -61,7 +61,11 @@ class IntakeSink(Protocol):
 
 
 class ComputerResolver(Protocol):
-    """Computer names -> the VMs in the scopes that carry them (an empty list for a name nobody has)."""
+    """Computer names -> the VMs in the scopes that carry them (an empty list for a name nobody has).
+
+    Intake passes no scopes: every VM the identity can see, so that a name an out-of-scope machine shares
+    with an in-scope one is recognised as ambiguous instead of being applied to the in-scope one.
+    """
 
     def __call__(self, computers: list[str], scopes: tuple[str, ...], /) -> dict[str, list[VmId]]: ...
 
@@ -229,15 +233,25 @@ class AlertIntake:
         folded = {azure_key(key): vms for key, vms in found.items()}
         for name, given in lookup.items():
             vms = list(dict.fromkeys(folded.get(azure_key(name), [])))
-            if len(vms) == 1:
+            reason = self._computer_refusal(vms)
+            if reason is None:
                 located.add_vm(vms[0], f"Computer dimension {clip(given)!r}")
-            elif vms:
-                # Computer names are not unique across groups and subscriptions: never guess.
-                reason = f"{len(vms)} VMs in scope have this computer name; not guessing which one"
-                unresolved.append({"computer": clip(given), "reason": reason})
             else:
-                unresolved.append({"computer": clip(given), "reason": "no VM in scope has this computer name"})
+                unresolved.append({"computer": clip(given), "reason": reason})
         return unresolved
+
+    def _computer_refusal(self, visible: list[VmId]) -> str | None:
+        """None when exactly one visible VM has the name and it is in scope; else why not."""
+        in_scope = [vm for vm in visible if vm.in_scope(self._settings.scopes)]
+        if len(visible) > 1:
+            # Computer names are not unique across groups and subscriptions: never guess, not even when only
+            # one of them is in scope (the alert may well be about the other one).
+            return f"{len(visible)} VMs have this computer name ({len(in_scope)} in scope); not guessing which one"
+        if visible and not in_scope:
+            return "the only VM with this computer name is outside the configured scope (RDPR_SCOPES)"
+        if not visible:
+            return "no VM visible to this identity has this computer name"
+        return None
 
     def _lookup(self, lookup: dict[str, str], unresolved: list[dict[str, str]]) -> dict[str, list[VmId]] | None:
         """Call the resolver for the names in `lookup`; None (names added to `unresolved`) when we cannot."""
@@ -249,7 +263,7 @@ class AlertIntake:
             reason = "RDPR_SCOPES is empty: there is no scope to look the computer name up in"
         else:
             try:
-                return resolve(list(lookup), self._settings.scopes)
+                return resolve(list(lookup), ())  # everything visible; scope is applied afterwards
             except PermanentError as exc:  # e.g. a name the lookup refuses: retrying would not help
                 reason = f"the lookup failed: {clip(exc.reason, 300)}"
             except Exception as exc:

@@ -17,6 +17,7 @@ from sim.server import Emulator
 from tests.fixtures.emulator import EmulatorFactory, emulator_env
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
+from tests.intake.support import payload
 
 IN_SCOPE_GROUP = "rg-kiosk-ss"
 LOOK_ALIKE_GROUPS = {
@@ -34,6 +35,12 @@ def emulator(emulator_factory: EmulatorFactory) -> Emulator:
     vms = [make_vm("expired-certificate", 0, name="vm-inscope", resource_group=IN_SCOPE_GROUP)]
     for index, (name, group) in enumerate(LOOK_ALIKE_GROUPS.items(), start=1):
         vms.append(make_vm("expired-certificate", index, name=name, resource_group=group))
+    # Two machines with one computer name: one in scope, one in a group outside it.
+    index = len(vms)
+    for offset, (name, group) in enumerate((("vm-shared-in", IN_SCOPE_GROUP), ("vm-shared-out", "rg-other"))):
+        shared = make_vm("expired-certificate", index + offset, name=name, resource_group=group)
+        shared.guest.computer_name = "SHARED01"
+        vms.append(shared)
     return emulator_factory(Fleet(vms))
 
 
@@ -71,3 +78,24 @@ def test_no_look_alike_group_is_in_scope_and_none_sees_a_request(functions: Func
     functions.host.drain(timeout=60)
     assert body(functions.get_status(body(response)["requestIds"][0]))["outcome"] == "remediated"
     assert _requests_to(functions.emulator, "vm-inscope") != []
+
+
+def _computer_alert(computer: str) -> dict[str, Any]:
+    doc = payload("log-v2-workspace-computer.json")
+    doc["data"]["alertContext"]["condition"]["allOf"][0]["dimensions"] = [{"name": "Computer", "value": computer}]
+    return doc
+
+
+def test_a_computer_name_shared_with_an_out_of_scope_vm_is_not_applied_to_the_in_scope_one(
+    functions: Functions,
+) -> None:
+    response = functions.post("alerts", _computer_alert("shared01.corp.contoso.com"))
+
+    assert response.status_code == 200, response.get_body()
+    unresolved = body(response)["unresolved"]
+    assert len(unresolved) == 1 and "2 VMs have this computer name (1 in scope)" in unresolved[0]["reason"]
+    assert functions.queued() == 0
+    assert _requests_to(functions.emulator, "vm-shared-in") == []
+    assert _requests_to(functions.emulator, "vm-shared-out") == []
+    # The lookup itself went to Resource Graph at tenant scope: every VM the identity can see.
+    assert [entry.operation for entry in functions.emulator.log.entries()] == ["resourceGraph"]
