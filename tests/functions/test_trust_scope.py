@@ -63,8 +63,8 @@ def test_no_look_alike_group_is_in_scope_and_none_sees_a_request(functions: Func
         alert = metric_alert(target)
         # The helper lower-cases targets as Python does (a KELVIN SIGN becomes k); Azure's lower-casing does not.
         alert["data"]["essentials"]["alertTargetIDs"] = [target]
-        for route, payload in (("alerts", alert), ("remediations", {"vms": [target]})):
-            response = functions.post(route, payload)
+        for route, doc in (("alerts", alert), ("remediations", {"vms": [target]})):
+            response = functions.post(route, doc)
             assert response.status_code == 202, (name, route, response.get_body())
             request_ids += body(response)["requestIds"]
     functions.host.drain(timeout=60)
