@@ -18,6 +18,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,11 @@ Clock = Callable[[], dt.datetime]
 HISTORY_LENGTH = 20
 ATTEMPTS_KEPT = 50
 REQUEST_ROW = "request"
+# The `vms` table's partitions: the lock row (workers) and the intake row (HTTP intake) are separate rows.
+INTAKE_PARTITION = "intake"
+INTAKE_WRITE_ATTEMPTS = 8
+# How long a pending request whose record is not written yet still absorbs others for its VM.
+PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
 
 # Request states: queued (accepted, not started), running, done (outcome recorded).
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -293,14 +300,111 @@ class Ledger:
         self._update_vm(vm, apply)
 
     def history(self, vm: VmId) -> list[AuditRecord]:
-        records = (self.get(request_id) for request_id in self.vm_state(vm).history)
+        row = self._intake_row(vm)
+        recent = json.loads(row.get("History") or "[]") if row is not None else []
+        older = self.vm_state(vm).history  # rows written before intake had its own row
+        ids = list(dict.fromkeys([*recent, *older]))[:HISTORY_LENGTH]
+        records = (self.get(request_id) for request_id in ids)
         return [record for record in records if record is not None]
 
     def _remember(self, vm: VmId, request_id: str) -> None:
-        def apply(state: VmState) -> None:
-            state.history = [request_id, *[r for r in state.history if r != request_id]][:HISTORY_LENGTH]
+        """Intake's note of a request, on the VM's intake row: never on the lock's row, so a burst of alerts
+        for one VM cannot make a worker's lock write (or its own) lose every ETag race."""
 
-        self._update_vm(vm, apply)
+        def apply(entity: dict[str, Any]) -> None:
+            history = json.loads(entity.get("History") or "[]")
+            entity["History"] = json.dumps([request_id, *[r for r in history if r != request_id]][:HISTORY_LENGTH])
+
+        self._update_intake_row(vm, apply)
+
+    # --- intake coalescing: one pending request per VM, on the intake row ---------------------------
+
+    def admit(self, request: RemediationRequest, *, pending_for: dt.timedelta) -> str | None:
+        """Make `request` the VM's pending request, or return the id of the pending one that absorbs it.
+
+        A request is pending while its record says queued or running and it was accepted within
+        `pending_for` (older ones are presumed lost: their message died without a trace).
+        """
+        absorbed_by: list[str] = []
+
+        def apply(entity: dict[str, Any]) -> bool:
+            current = entity.get("Pending") or ""
+            if current and current != request.request_id and self._still_pending(entity, pending_for):
+                absorbed_by.append(current)
+                return False  # nothing to write
+            entity["Pending"], entity["PendingSince"] = request.request_id, self._clock()
+            return True
+
+        self._update_intake_row(request.vm, apply)
+        return absorbed_by[-1] if absorbed_by else None
+
+    def release_pending(self, vm: VmId, request_id: str) -> None:
+        """Give the slot back (the request could not be queued), so the sender's retry is not absorbed."""
+
+        def apply(entity: dict[str, Any]) -> bool:
+            if entity.get("Pending") != request_id:
+                return False
+            entity["Pending"] = ""
+            return True
+
+        self._update_intake_row(vm, apply)
+
+    def _still_pending(self, entity: dict[str, Any], pending_for: dt.timedelta) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        now = self._clock()
+        try:
+            with _storage_errors("read a pending request"):
+                head = self.audit.get_entity(entity["Pending"], REQUEST_ROW, select=["State", "AcceptedAt"])
+        except ResourceNotFoundError:
+            # Its record is being written right now (admit comes first), or intake failed before writing it.
+            since = entity.get("PendingSince")
+            return isinstance(since, dt.datetime) and now - since < PENDING_RECORD_GRACE
+        accepted = head.get("AcceptedAt")
+        fresh = isinstance(accepted, dt.datetime) and now - accepted < pending_for
+        return head.get("State") in (QUEUED, RUNNING) and fresh
+
+    def _intake_row(self, vm: VmId) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read the VM's intake row"):
+                return dict(self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm)))
+        except ResourceNotFoundError:
+            return None
+
+    def _update_intake_row(self, vm: VmId, change: Callable[[dict[str, Any]], object]) -> None:
+        """Read, change, write back ETag-conditionally; on a lost race back off (jittered) and try again.
+
+        `change` returning False means there is nothing to write.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        for attempt in range(INTAKE_WRITE_ATTEMPTS):
+            try:
+                with _storage_errors("read the VM's intake row"):
+                    row = self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm))
+                entity, etag = dict(row), row.metadata["etag"]
+            except ResourceNotFoundError:
+                entity, etag = {"PartitionKey": INTAKE_PARTITION, "RowKey": vm_row_key(vm)}, None
+            entity["Vm"] = str(vm)
+            if change(entity) is False:
+                return
+            try:
+                with _storage_errors("write the VM's intake row"):
+                    if etag is None:
+                        self.vms.create_entity(entity)
+                    else:
+                        self.vms.update_entity(
+                            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                        )
+            except (ResourceExistsError, ResourceModifiedError):
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter, not security
+            else:
+                return
+        raise TransientError(f"could not update the intake row of {vm}: too many concurrent writers")
 
     def _update_vm(self, vm: VmId, change: Callable[[VmState], object]) -> None:
         for _ in range(10):
