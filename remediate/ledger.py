@@ -52,6 +52,28 @@ PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 
 
+PRUNE_BATCH = 500
+# An alert instance lives 30 days in Azure Monitor (the Alerts Management API's longest timeRange is 30d):
+# a dedup key older than that can never be claimed again by a redelivery, so it is pruned.
+ALERT_LIFETIME = dt.timedelta(days=30)
+
+
+@dataclass
+class Pruned:
+    requests: int = 0
+    audit_rows: int = 0
+    dedup_keys: int = 0
+
+
+def _first(rows: Any, limit: int) -> list[Any]:
+    found: list[Any] = []
+    for row in rows:
+        if len(found) >= limit:
+            break
+        found.append(row)
+    return found
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -229,6 +251,61 @@ class Ledger:
         with _storage_errors("read recent outcomes"):
             rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
             return [row["Outcome"] for row in rows if row.get("Outcome")]
+
+    def count_accepted(self, trigger: str, since: dt.datetime) -> int:
+        """Requests of `trigger` accepted since `since` that may change a VM (dry runs excluded)."""
+        query = "RowKey eq @row and Trigger eq @trigger and AcceptedAt ge @since"
+        parameters = {"row": REQUEST_ROW, "trigger": trigger, "since": since}
+        with _storage_errors("count recent requests"):
+            rows = self.audit.query_entities(query, parameters=parameters, select=["Options"])
+            return sum(1 for row in rows if not json.loads(row.get("Options") or "{}").get("dryRun", False))
+
+    # --- retention -----------------------------------------------------------------------------------
+
+    def prune(self, *, audit_before: dt.datetime, dedup_before: dt.datetime, limit: int = PRUNE_BATCH) -> Pruned:
+        """Delete audit records accepted before `audit_before` and dedup keys claimed before `dedup_before`.
+
+        Cheap by construction: at most `limit` requests and `limit` keys per call (the sweep calls it each
+        time, so a backlog drains over a few runs), deleted in entity-group transactions of up to 100 rows of
+        one partition, and only key columns are read.
+        """
+        pruned = Pruned()
+        with _storage_errors("prune old dedup keys"):
+            old_keys = self.dedup.query_entities(
+                "PartitionKey eq @pk and ClaimedAt lt @before",
+                parameters={"pk": "dedup", "before": dedup_before},
+                select=["PartitionKey", "RowKey"],
+            )
+            keys = [(row["PartitionKey"], row["RowKey"]) for row in _first(old_keys, limit)]
+            pruned.dedup_keys = self._delete_rows(self.dedup, keys)
+        with _storage_errors("prune old audit records"):
+            heads = self.audit.query_entities(
+                "RowKey eq @row and AcceptedAt lt @before",
+                parameters={"row": REQUEST_ROW, "before": audit_before},
+                select=["PartitionKey"],
+            )
+            for head in _first(heads, limit):
+                rows = self.audit.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": head["PartitionKey"]}, select=["PartitionKey", "RowKey"]
+                )
+                # The request row last: a prune cut short leaves a record that the next run still finds.
+                ordered = sorted(((r["PartitionKey"], r["RowKey"]) for r in rows), key=lambda k: k[1] == REQUEST_ROW)
+                pruned.audit_rows += self._delete_rows(self.audit, ordered)
+                pruned.requests += 1
+        if pruned.requests or pruned.dedup_keys:
+            log.info("ledger pruned", extra={"requests": pruned.requests, "dedup_keys": pruned.dedup_keys})
+        return pruned
+
+    @staticmethod
+    def _delete_rows(table: TableClient, keys: list[tuple[str, str]]) -> int:
+        by_partition: dict[str, list[str]] = {}
+        for partition, row in keys:
+            by_partition.setdefault(partition, []).append(row)
+        for partition, rows in by_partition.items():
+            for start in range(0, len(rows), 100):  # Table storage's limit per transaction
+                batch = rows[start : start + 100]
+                table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row}) for row in batch])
+        return len(keys)
 
     def _merge_request(self, request_id: str, fields: dict[str, Any]) -> None:
         from azure.data.tables import UpdateMode
@@ -432,6 +509,13 @@ class Ledger:
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True
+
+
+def apply_retention(ledger: Ledger, settings: Settings) -> Pruned:
+    """Prune what `RDPR_AUDIT_RETENTION_DAYS` and the alert lifetime no longer keep (one bounded batch)."""
+    now = utcnow()
+    audit_before = now - dt.timedelta(days=settings.audit_retention_days)
+    return ledger.prune(audit_before=audit_before, dedup_before=now - ALERT_LIFETIME)
 
 
 def table_service(settings: Settings) -> TableServiceClient:

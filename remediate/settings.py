@@ -282,15 +282,31 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_SWEEP_MAX_VMS",
         "sweep_max_vms",
         "20",
-        "Blast radius: most VMs one sweep may enqueue.",
+        "Blast radius: most VMs the sweeps may enqueue within any `RDPR_SWEEP_WINDOW_HOURS` (a rolling window "
+        "across sweeps, so a second sweep soon after the first gets only what is left).",
         _positive_int,
     ),
     SettingSpec(
         "RDPR_SWEEP_MAX_PERCENT",
         "sweep_max_percent",
         "10",
-        "Blast radius: most VMs one sweep may enqueue, as a percentage of the Windows fleet in scope.",
+        "Blast radius: the same limit as a percentage of the Windows fleet in scope (the smaller one applies).",
         _percent,
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_WINDOW_HOURS",
+        "sweep_window_hours",
+        "6",
+        "The rolling window of the sweep's blast radius, in hours (the default equals the default schedule).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_AUDIT_RETENTION_DAYS",
+        "audit_retention_days",
+        "90",
+        "Audit records (requests and their steps) older than this are deleted, a bounded batch after each "
+        "sweep. Alert dedup keys are kept for the 30-day life of an Azure Monitor alert.",
+        _positive_int,
     ),
     SettingSpec(
         "RDPR_CIRCUIT_FAILURE_RATIO",
@@ -439,6 +455,8 @@ class Settings:
     sweep_probe: bool
     sweep_max_vms: int
     sweep_max_percent: float
+    sweep_window_hours: int
+    audit_retention_days: int
     circuit_failure_ratio: float
     circuit_min_outcomes: int
     circuit_window_hours: int
