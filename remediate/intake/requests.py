@@ -89,8 +89,8 @@ def read_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
         doc = json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
     except _DuplicateKey as exc:
         raise BadRequest(
-            exc.key,
-            f"{exc.key!r} appears twice in one object: refusing to guess which value was meant",
+            exc.key or "body",
+            f"{exc.key!r} appears twice in one object of the body: refusing to guess which value was meant",
             code="DuplicateKey",
         ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -222,8 +222,8 @@ def parse_runbook(body: bytes, *, dry_run_default: bool = False) -> RunbookBody:
     if unknown:
         names = ", ".join(repr(clip(key, 60)) for key in unknown[:10])
         raise BadRequest(
-            clip(unknown[0], 60),
-            f"unknown field(s) {names}; allowed: {', '.join(_FIELDS)}",
+            clip(unknown[0], 60) or "body",
+            f"unknown field(s) {names} in the body; allowed: {', '.join(_FIELDS)}",
             code="UnknownField",
         )
     has_vms, has_subscription = "vms" in doc, "subscription" in doc
