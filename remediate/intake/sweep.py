@@ -204,9 +204,14 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
             RemediationOptions(plan=plan, dry_run=settings.dry_run),
             dedup_key,
         )
+        pending = sink.admit(request, dt.timedelta(minutes=settings.lock_minutes))
+        if pending is not None:  # an alert's request will look at this VM anyway
+            report.held_back.append({"vm": str(finding.vm), "reason": f"request {pending} is already pending"})
+            continue
         try:
             sink.enqueue(request)
         except RemediationError as exc:  # one VM's failure must not stop the sweep for every other VM
+            sink.release(request)
             report.held_back.append({"vm": str(finding.vm), "reason": f"could not be queued: {exc.reason}"})
             continue
         report.enqueued.append(request.request_id)

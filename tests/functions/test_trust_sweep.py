@@ -65,3 +65,20 @@ def test_each_sweep_prunes_old_audit_records_and_dedup_keys(functions: Functions
     assert ledger.claim("alert:old:x") is True  # pruned, so claimable again
     assert ledger.claim("alert:new:x") is False  # kept
     assert [r.request_id for r in ledger.history(vm)] == [recent.request_id]
+
+
+def test_the_sweep_does_not_queue_a_vm_whose_alert_request_is_pending(
+    functions: Functions, product_settings: Any
+) -> None:
+    from tests.functions.test_function_app import metric_alert
+
+    target = functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id
+    assert functions.post("alerts", metric_alert(target)).status_code == 202
+    _sweeping(functions, product_settings, sweep_max_vms=50, sweep_max_percent=100.0)
+    from remediate.intake.sweep import run_sweep
+
+    app = functions.app
+    report = run_sweep(app.settings, app.clients, app.queue, app.ledger)
+    held = {item["vm"]: item["reason"] for item in report.held_back}
+    assert "already pending" in held[target]
+    assert len(report.enqueued) >= 1  # the other broken VMs are queued as before
