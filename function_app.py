@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from remediate.intake.app import get_app
+from remediate.model import valid_request_id
+
+if TYPE_CHECKING:
+    from remediate.ledger import Ledger
+    from remediate.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("rdp_remediate")
@@ -47,7 +52,7 @@ def remediations(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="remediations/{request_id}", methods=["GET"])
 def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
     request_id = req.route_params.get("request_id", "")
-    if not request_id or len(request_id) > 64 or not request_id.isalnum():
+    if not valid_request_id(request_id):
         return _json(
             400,
             {
@@ -80,6 +85,7 @@ def sweep(timer: func.TimerRequest) -> None:
 
     current = get_app()
     report = run_sweep(current.settings, current.clients, current.queue, current.ledger, store=current.fleet)
+    prune_ledger(current.settings, current.ledger)
     log.info(
         "sweep finished",
         extra={
@@ -90,6 +96,16 @@ def sweep(timer: func.TimerRequest) -> None:
             "past_due": timer.past_due,
         },
     )
+
+
+def prune_ledger(settings: Settings, ledger: Ledger) -> None:
+    """Retention, a bounded batch per sweep; a failure is logged, never a reason to fail the sweep."""
+    from remediate.ledger import apply_retention
+
+    try:
+        apply_retention(ledger, settings)
+    except Exception:
+        log.warning("ledger retention failed; the next sweep tries again", exc_info=True)
 
 
 @app.function_name("worker")

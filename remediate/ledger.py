@@ -18,6 +18,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,11 +42,38 @@ Clock = Callable[[], dt.datetime]
 HISTORY_LENGTH = 20
 ATTEMPTS_KEPT = 50
 REQUEST_ROW = "request"
+# The `vms` table's partitions: the lock row (workers) and the intake row (HTTP intake) are separate rows.
+INTAKE_PARTITION = "intake"
+INTAKE_WRITE_ATTEMPTS = 8
+# How long a pending request whose record is not written yet still absorbs others for its VM.
+PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
 
 # Request states: queued (accepted, not started), running, done (outcome recorded).
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 # Stopped by an operator (Ctrl-C, unlock) before its outcome: not done, so running it again resumes it.
 INTERRUPTED = "interrupted"
+
+
+PRUNE_BATCH = 500
+# An alert instance lives 30 days in Azure Monitor (the Alerts Management API's longest timeRange is 30d):
+# a dedup key older than that can never be claimed again by a redelivery, so it is pruned.
+ALERT_LIFETIME = dt.timedelta(days=30)
+
+
+@dataclass
+class Pruned:
+    requests: int = 0
+    audit_rows: int = 0
+    dedup_keys: int = 0
+
+
+def _first(rows: Any, limit: int) -> list[Any]:
+    found: list[Any] = []
+    for row in rows:
+        if len(found) >= limit:
+            break
+        found.append(row)
+    return found
 
 
 def utcnow() -> dt.datetime:
@@ -229,6 +258,61 @@ class Ledger:
             rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
             return [row["Outcome"] for row in rows if row.get("Outcome")]
 
+    def count_accepted(self, trigger: str, since: dt.datetime) -> int:
+        """Requests of `trigger` accepted since `since` that may change a VM (dry runs excluded)."""
+        query = "RowKey eq @row and Trigger eq @trigger and AcceptedAt ge @since"
+        parameters = {"row": REQUEST_ROW, "trigger": trigger, "since": since}
+        with _storage_errors("count recent requests"):
+            rows = self.audit.query_entities(query, parameters=parameters, select=["Options"])
+            return sum(1 for row in rows if not json.loads(row.get("Options") or "{}").get("dryRun", False))
+
+    # --- retention -----------------------------------------------------------------------------------
+
+    def prune(self, *, audit_before: dt.datetime, dedup_before: dt.datetime, limit: int = PRUNE_BATCH) -> Pruned:
+        """Delete audit records accepted before `audit_before` and dedup keys claimed before `dedup_before`.
+
+        Cheap by construction: at most `limit` requests and `limit` keys per call (the sweep calls it each
+        time, so a backlog drains over a few runs), deleted in entity-group transactions of up to 100 rows of
+        one partition, and only key columns are read.
+        """
+        pruned = Pruned()
+        with _storage_errors("prune old dedup keys"):
+            old_keys = self.dedup.query_entities(
+                "PartitionKey eq @pk and ClaimedAt lt @before",
+                parameters={"pk": "dedup", "before": dedup_before},
+                select=["PartitionKey", "RowKey"],
+            )
+            keys = [(row["PartitionKey"], row["RowKey"]) for row in _first(old_keys, limit)]
+            pruned.dedup_keys = self._delete_rows(self.dedup, keys)
+        with _storage_errors("prune old audit records"):
+            heads = self.audit.query_entities(
+                "RowKey eq @row and AcceptedAt lt @before",
+                parameters={"row": REQUEST_ROW, "before": audit_before},
+                select=["PartitionKey"],
+            )
+            for head in _first(heads, limit):
+                rows = self.audit.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": head["PartitionKey"]}, select=["PartitionKey", "RowKey"]
+                )
+                # The request row last: a prune cut short leaves a record that the next run still finds.
+                ordered = sorted(((r["PartitionKey"], r["RowKey"]) for r in rows), key=lambda k: k[1] == REQUEST_ROW)
+                pruned.audit_rows += self._delete_rows(self.audit, ordered)
+                pruned.requests += 1
+        if pruned.requests or pruned.dedup_keys:
+            log.info("ledger pruned", extra={"requests": pruned.requests, "dedup_keys": pruned.dedup_keys})
+        return pruned
+
+    @staticmethod
+    def _delete_rows(table: TableClient, keys: list[tuple[str, str]]) -> int:
+        by_partition: dict[str, list[str]] = {}
+        for partition, row in keys:
+            by_partition.setdefault(partition, []).append(row)
+        for partition, rows in by_partition.items():
+            for start in range(0, len(rows), 100):  # Table storage's limit per transaction
+                batch = rows[start : start + 100]
+                table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row}) for row in batch])
+        return len(keys)
+
     def _merge_request(self, request_id: str, fields: dict[str, Any]) -> None:
         from azure.data.tables import UpdateMode
 
@@ -299,14 +383,111 @@ class Ledger:
         self._update_vm(vm, apply)
 
     def history(self, vm: VmId) -> list[AuditRecord]:
-        records = (self.get(request_id) for request_id in self.vm_state(vm).history)
+        row = self._intake_row(vm)
+        recent = json.loads(row.get("History") or "[]") if row is not None else []
+        older = self.vm_state(vm).history  # rows written before intake had its own row
+        ids = list(dict.fromkeys([*recent, *older]))[:HISTORY_LENGTH]
+        records = (self.get(request_id) for request_id in ids)
         return [record for record in records if record is not None]
 
     def _remember(self, vm: VmId, request_id: str) -> None:
-        def apply(state: VmState) -> None:
-            state.history = [request_id, *[r for r in state.history if r != request_id]][:HISTORY_LENGTH]
+        """Intake's note of a request, on the VM's intake row: never on the lock's row, so a burst of alerts
+        for one VM cannot make a worker's lock write (or its own) lose every ETag race."""
 
-        self._update_vm(vm, apply)
+        def apply(entity: dict[str, Any]) -> None:
+            history = json.loads(entity.get("History") or "[]")
+            entity["History"] = json.dumps([request_id, *[r for r in history if r != request_id]][:HISTORY_LENGTH])
+
+        self._update_intake_row(vm, apply)
+
+    # --- intake coalescing: one pending request per VM, on the intake row ---------------------------
+
+    def admit(self, request: RemediationRequest, *, pending_for: dt.timedelta) -> str | None:
+        """Make `request` the VM's pending request, or return the id of the pending one that absorbs it.
+
+        A request is pending while its record says queued or running and it was accepted within
+        `pending_for` (older ones are presumed lost: their message died without a trace).
+        """
+        absorbed_by: list[str] = []
+
+        def apply(entity: dict[str, Any]) -> bool:
+            current = entity.get("Pending") or ""
+            if current and current != request.request_id and self._still_pending(entity, pending_for):
+                absorbed_by.append(current)
+                return False  # nothing to write
+            entity["Pending"], entity["PendingSince"] = request.request_id, self._clock()
+            return True
+
+        self._update_intake_row(request.vm, apply)
+        return absorbed_by[-1] if absorbed_by else None
+
+    def release_pending(self, vm: VmId, request_id: str) -> None:
+        """Give the slot back (the request could not be queued), so the sender's retry is not absorbed."""
+
+        def apply(entity: dict[str, Any]) -> bool:
+            if entity.get("Pending") != request_id:
+                return False
+            entity["Pending"] = ""
+            return True
+
+        self._update_intake_row(vm, apply)
+
+    def _still_pending(self, entity: dict[str, Any], pending_for: dt.timedelta) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        now = self._clock()
+        try:
+            with _storage_errors("read a pending request"):
+                head = self.audit.get_entity(entity["Pending"], REQUEST_ROW, select=["State", "AcceptedAt"])
+        except ResourceNotFoundError:
+            # Its record is being written right now (admit comes first), or intake failed before writing it.
+            since = entity.get("PendingSince")
+            return isinstance(since, dt.datetime) and now - since < PENDING_RECORD_GRACE
+        accepted = head.get("AcceptedAt")
+        fresh = isinstance(accepted, dt.datetime) and now - accepted < pending_for
+        return head.get("State") in (QUEUED, RUNNING) and fresh
+
+    def _intake_row(self, vm: VmId) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read the VM's intake row"):
+                return dict(self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm)))
+        except ResourceNotFoundError:
+            return None
+
+    def _update_intake_row(self, vm: VmId, change: Callable[[dict[str, Any]], object]) -> None:
+        """Read, change, write back ETag-conditionally; on a lost race back off (jittered) and try again.
+
+        `change` returning False means there is nothing to write.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        for attempt in range(INTAKE_WRITE_ATTEMPTS):
+            try:
+                with _storage_errors("read the VM's intake row"):
+                    row = self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm))
+                entity, etag = dict(row), row.metadata["etag"]
+            except ResourceNotFoundError:
+                entity, etag = {"PartitionKey": INTAKE_PARTITION, "RowKey": vm_row_key(vm)}, None
+            entity["Vm"] = str(vm)
+            if change(entity) is False:
+                return
+            try:
+                with _storage_errors("write the VM's intake row"):
+                    if etag is None:
+                        self.vms.create_entity(entity)
+                    else:
+                        self.vms.update_entity(
+                            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                        )
+            except (ResourceExistsError, ResourceModifiedError):
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))  # noqa: S311 - jitter, not security
+            else:
+                return
+        raise TransientError(f"could not update the intake row of {vm}: too many concurrent writers")
 
     def _update_vm(self, vm: VmId, change: Callable[[VmState], object]) -> None:
         for _ in range(10):
@@ -334,6 +515,13 @@ class Ledger:
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True
+
+
+def apply_retention(ledger: Ledger, settings: Settings) -> Pruned:
+    """Prune what `RDPR_AUDIT_RETENTION_DAYS` and the alert lifetime no longer keep (one bounded batch)."""
+    now = utcnow()
+    audit_before = now - dt.timedelta(days=settings.audit_retention_days)
+    return ledger.prune(audit_before=audit_before, dedup_before=now - ALERT_LIFETIME)
 
 
 def table_service(settings: Settings) -> TableServiceClient:

@@ -6,10 +6,12 @@ Nothing here talks to Azure; every other module may import it.
 from __future__ import annotations
 
 import enum
+import functools
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 # --- Errors --------------------------------------------------------------------------------------------
 
@@ -38,21 +40,99 @@ class ConfigurationError(PermanentError):
     """A setting is missing or malformed; the message names the environment variable."""
 
 
+class UntrustedHost(PermanentError):
+    """A request carrying our credential would have gone to a host other than the configured Azure endpoints."""
+
+
 class InvalidResourceId(PermanentError):
     """A string that is not the ARM id of a virtual machine."""
 
 
 # --- VM ids --------------------------------------------------------------------------------------------
 
-_VM_ID = re.compile(
-    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
-    r"/providers/Microsoft\.Compute/virtualMachines/(?P<name>[^/]+)$",
-    re.IGNORECASE,
+# Azure compares resource ids (and tag names) with .NET's ordinal ignore-case rule: one character against
+# one character through the simple upper-case mapping, no Unicode case folding. So U+212A KELVIN SIGN is not
+# `k`, `ß` is not `ss`, and the dotted and dotless i are four different letters. Python's `lower()` and
+# `casefold()` are wider (U+212A.lower() == "k"): every comparison of ids, scopes, tags and keys goes through
+# `azure_key` instead.
+
+
+@functools.cache
+def _fold_char(char: str) -> str:
+    """The lower-case twin of `char` when the two form a one-to-one case pair, else `char` itself.
+
+    A mapping that is not a round trip (U+212A -> k -> K, U+0130 -> i + dot, U+0131 -> I -> i, U+017F -> S -> s,
+    U+1E9E -> ß -> SS) keeps the character. Where .NET would still equate a pair that is not a round trip (a
+    Greek final sigma and sigma), we keep them apart: stricter than Azure, never looser, so a look-alike can
+    at worst fall out of scope, never into it.
+    """
+    lower = char.lower()
+    if len(lower) != 1 or lower == char or lower.upper() != char:
+        return char
+    return lower
+
+
+def azure_key(text: str) -> str:
+    """`text` in the one spelling Azure's case-insensitive comparison cannot tell apart (lower case).
+
+    For ASCII this is `text.lower()`, so keys made before this rule (ASCII ids) are unchanged.
+    """
+    if text.isascii():
+        return text.lower()
+    return "".join(map(_fold_char, text))
+
+
+def azure_equal(left: str, right: str) -> bool:
+    return azure_key(left) == azure_key(right)
+
+
+# Fixed segments compare as ASCII only: `re.IGNORECASE` alone would let `provider\u017f` match `providers`.
+_ID_SEGMENTS = (
+    "subscriptions",
+    None,
+    "resourcegroups",
+    None,
+    "providers",
+    "microsoft.compute",
+    "virtualmachines",
+    None,
 )
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE | re.ASCII)
 # Azure VM names: 1-64 characters (Windows computer names are shorter, but the resource name is not).
-_VM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_RG_NAME = re.compile(r"^[-\w._()]{1,90}$")
+_VM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", re.ASCII)
+# Resource group names: 1-90 of letters and digits as .NET's Char.IsLetterOrDigit sees them (Unicode letters
+# are allowed), underscores, hyphens, periods and parentheses; not ending in a period.
+_RG_PUNCTUATION = frozenset("-_.()")
+_LETTER_OR_DIGIT = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd"})
+
+
+def valid_request_id(text: object) -> TypeGuard[str]:
+    """A request id becomes a Table partition key: ASCII letters and digits only (1-64), as intake makes them.
+
+    `str.isalnum()` alone would take any Unicode letter or digit.
+    """
+    return isinstance(text, str) and 0 < len(text) <= 64 and text.isascii() and text.isalnum()
+
+
+def find_tag(tags: dict[str, str], name: str) -> str | None:
+    """The value of tag `name`, its name compared as Azure compares tag names; None when absent."""
+    wanted = azure_key(name)
+    return next((value for key, value in tags.items() if azure_key(key) == wanted), None)
+
+
+def fixed_segment(segment: str, expected: str) -> bool:
+    """True when `segment` is the ASCII word `expected` in any ASCII case (never a Unicode look-alike)."""
+    return segment.isascii() and segment.lower() == expected
+
+
+def valid_subscription_id(text: str) -> bool:
+    return bool(_GUID.match(text))
+
+
+def valid_resource_group_name(name: str) -> bool:
+    if not 1 <= len(name) <= 90 or name.endswith("."):
+        return False
+    return all(ch in _RG_PUNCTUATION or unicodedata.category(ch) in _LETTER_OR_DIGIT for ch in name)
 
 
 @dataclass(frozen=True, order=True)
@@ -73,16 +153,23 @@ class VmId:
         if not isinstance(text, str):
             raise InvalidResourceId(f"expected a VM resource id string, got {type(text).__name__}")
         candidate = text.strip().rstrip("/")
-        match = _VM_ID.match(candidate)
-        if match is None:
+        parts = candidate.split("/")
+        if (
+            parts[0] != ""
+            or len(parts) != len(_ID_SEGMENTS) + 1
+            or not all(
+                expected is None or fixed_segment(part, expected)
+                for part, expected in zip(parts[1:], _ID_SEGMENTS, strict=True)
+            )
+        ):
             raise InvalidResourceId(
                 f"{_clip(text)!r} is not a virtual machine resource id "
                 "(/subscriptions/GUID/resourceGroups/NAME/providers/Microsoft.Compute/virtualMachines/NAME)"
             )
-        sub, rg, name = match.group("sub"), match.group("rg"), match.group("name")
-        if not _GUID.match(sub):
+        sub, rg, name = parts[2], parts[4], parts[8]
+        if not valid_subscription_id(sub):
             raise InvalidResourceId(f"subscription {_clip(sub)!r} in {_clip(text)!r} is not a GUID")
-        if not _RG_NAME.match(rg) or rg.endswith("."):
+        if not valid_resource_group_name(rg):
             raise InvalidResourceId(f"resource group {_clip(rg)!r} in {_clip(text)!r} is not a valid name")
         if not _VM_NAME.match(name):
             raise InvalidResourceId(f"VM name {_clip(name)!r} in {_clip(text)!r} is not a valid name")
@@ -90,18 +177,18 @@ class VmId:
 
     @property
     def key(self) -> str:
-        """Case-folded id: use it for dedup, locks and comparisons."""
-        return str(self).lower()
+        """The id as Azure compares it (`azure_key`): use it for dedup, locks and comparisons."""
+        return azure_key(str(self))
 
     @property
     def resource_group_id(self) -> str:
         return f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
 
     def in_scope(self, scopes: tuple[str, ...]) -> bool:
-        """True when a scope (lower-cased subscription or resource-group id) contains this VM."""
+        """True when a scope (a subscription or resource-group id) contains this VM, by Azure's comparison."""
         sub = f"/subscriptions/{self.subscription}"
-        rg = self.resource_group_id.lower()
-        return any(scope in (sub, rg) for scope in scopes)
+        rg = azure_key(self.resource_group_id)
+        return any(azure_key(scope.rstrip("/")) in (sub, rg) for scope in scopes)
 
     def __str__(self) -> str:
         return (
@@ -213,8 +300,7 @@ class RemediationRequest:
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(f"queue message has a bad trigger or options: {exc}") from None
         request_id = data.get("requestId")
-        # It becomes a Table partition key: letters and digits only, as intake makes them.
-        if not isinstance(request_id, str) or not request_id.isalnum() or len(request_id) > 64:
+        if not valid_request_id(request_id):
             raise PermanentError("queue message has no valid requestId (letters and digits, at most 64)")
         return cls(
             VmId.parse(data.get("vm")),

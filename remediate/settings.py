@@ -14,7 +14,13 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from remediate.model import ConfigurationError
+from remediate.model import (
+    ConfigurationError,
+    azure_key,
+    fixed_segment,
+    valid_resource_group_name,
+    valid_subscription_id,
+)
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,16 @@ def _scopes(text: str) -> tuple[str, ...]:
         pieces = part.strip("/").split("/")
         if (
             len(pieces) not in (2, 4)
-            or pieces[0].lower() != "subscriptions"
-            or (len(pieces) == 4 and pieces[2].lower() != "resourcegroups")
+            or not fixed_segment(pieces[0], "subscriptions")
+            or not valid_subscription_id(pieces[1])
+            or (len(pieces) == 4 and not fixed_segment(pieces[2], "resourcegroups"))
+            or (len(pieces) == 4 and not valid_resource_group_name(pieces[3]))
         ):
-            raise ValueError(f"scope {part!r} is neither /subscriptions/ID nor /subscriptions/ID/resourceGroups/NAME")
-        scopes.append("/" + "/".join(pieces).lower())
+            raise ValueError(
+                f"scope {part!r} is neither /subscriptions/GUID nor /subscriptions/GUID/resourceGroups/NAME"
+            )
+        # Kept in Azure's comparison form (`azure_key`): `VmId.in_scope` compares in that form too.
+        scopes.append(azure_key("/" + "/".join(pieces)))
     return tuple(scopes)
 
 
@@ -271,15 +282,31 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_SWEEP_MAX_VMS",
         "sweep_max_vms",
         "20",
-        "Blast radius: most VMs one sweep may enqueue.",
+        "Blast radius: most VMs the sweeps may enqueue within any `RDPR_SWEEP_WINDOW_HOURS` (a rolling window "
+        "across sweeps, so a second sweep soon after the first gets only what is left).",
         _positive_int,
     ),
     SettingSpec(
         "RDPR_SWEEP_MAX_PERCENT",
         "sweep_max_percent",
         "10",
-        "Blast radius: most VMs one sweep may enqueue, as a percentage of the Windows fleet in scope.",
+        "Blast radius: the same limit as a percentage of the Windows fleet in scope (the smaller one applies).",
         _percent,
+    ),
+    SettingSpec(
+        "RDPR_SWEEP_WINDOW_HOURS",
+        "sweep_window_hours",
+        "6",
+        "The rolling window of the sweep's blast radius, in hours (the default equals the default schedule).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_AUDIT_RETENTION_DAYS",
+        "audit_retention_days",
+        "90",
+        "Audit records (requests and their steps) older than this are deleted, a bounded batch after each "
+        "sweep. Alert dedup keys are kept for the 30-day life of an Azure Monitor alert.",
+        _positive_int,
     ),
     SettingSpec(
         "RDPR_CIRCUIT_FAILURE_RATIO",
@@ -428,6 +455,8 @@ class Settings:
     sweep_probe: bool
     sweep_max_vms: int
     sweep_max_percent: float
+    sweep_window_hours: int
+    audit_retention_days: int
     circuit_failure_ratio: float
     circuit_min_outcomes: int
     circuit_window_hours: int

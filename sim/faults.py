@@ -37,6 +37,11 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     "garbage-output": frozenset({"runCommand"}),
     "oversized-output": frozenset({"runCommand"}),
     "never-returns": frozenset({"restart"}),
+    # A hostile answer, not an Azure behaviour: both polling headers name another host (the emulator's
+    # `foreign_polling_url`). Azure's polling headers are absolute URLs the client is told to follow
+    # (learn.microsoft.com/azure/azure-resource-manager/management/async-operations: "Azure-AsyncOperation -
+    # URL for checking the ongoing status of the operation"), so a client must decide which hosts it trusts.
+    "foreign-polling-host": frozenset({"runCommand", "restart"}),
 }
 
 KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()

@@ -237,6 +237,8 @@ class Emulator:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.fleet = fleet
         self.faults = Faults()
+        # Where the `foreign-polling-host` fault points the polling headers (a test's stand-in attacker).
+        self.foreign_polling_url = "https://127.0.0.1:9"
         self.log = RequestLog()
         self.time_scale = time_scale
         self.base_latencies = latencies or Latencies()
@@ -533,6 +535,8 @@ class Emulator:
             f"{self.arm_url}/subscriptions/{op.vm.subscription_id}/providers/Microsoft.Compute"
             f"/locations/{op.vm.location}/operations/{op.id}"
         )
+        if self.faults.take(op.kind, "foreign-polling-host", op.vm.key):  # see sim.faults: a hostile answer
+            base = self.foreign_polling_url + base[len(self.arm_url) :]
         headers = {
             "Azure-AsyncOperation": f"{base}?api-version={call.api_version}",
             "Location": f"{base}?monitor=true&api-version={call.api_version}",

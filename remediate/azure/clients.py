@@ -4,9 +4,10 @@ Importing this module costs nothing: every Azure SDK import happens inside the f
 because a Function's cold start pays for each one (about 1.4 s for all of them).
 
 Real mode: `DefaultAzureCredential` (the managed identity in the Function) against `RDPR_ARM_URL` /
-`RDPR_LOGS_URL`. Emulator mode (`RDPR_EMULATOR=true`): a static token, the emulator's CA certificate, and a
-pipeline policy that refuses to send anything to a host that is not a loopback address, so the static token
-can never leave the machine even if a URL or a `nextLink` points elsewhere.
+`RDPR_LOGS_URL`. Emulator mode (`RDPR_EMULATOR=true`): a static token and the emulator's CA certificate, and
+only loopback endpoints are accepted. In both modes every client carries a pipeline policy that refuses, before
+authentication, any request to a host other than the configured ARM and Log Analytics endpoints (scheme, host
+and port), so the token never follows a polling header, a `nextLink` or a stored continuation token elsewhere.
 
 Every client retries with azure-core's policy, except that a `Retry-After` longer than
 `RDPR_RETRY_AFTER_CAP_SECONDS` is cut to the cap: a worker must never sleep past its own deadline because the
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from remediate.model import ConfigurationError
+from remediate.model import ConfigurationError, UntrustedHost, azure_key
 from remediate.settings import Settings, get_settings, is_loopback_host
 
 if TYPE_CHECKING:
@@ -112,21 +113,91 @@ def capped_retry_policy(cap_seconds: float, **kwargs: Any) -> RetryPolicy[Any, A
     return _capped_retry_policy_class()(cap_seconds, **kwargs)
 
 
+HostKey = tuple[str, str, int]
+
+
+def host_key(url: str) -> HostKey | None:
+    """(scheme, host, port) of an absolute URL, the host in Azure's comparison form; None for anything else."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port
+    except ValueError:  # a port that is not a number, or out of range
+        return None
+    if not parsed.scheme or not parsed.hostname:
+        return None
+    scheme = parsed.scheme.lower()
+    return scheme, azure_key(parsed.hostname), port or (443 if scheme == "https" else 80)
+
+
+def trusted_hosts(settings: Settings) -> frozenset[HostKey]:
+    """The only places a credential may go: the configured ARM and Log Analytics endpoints."""
+    keys = {host_key(settings.arm_url), host_key(settings.logs_url)}
+    return frozenset(key for key in keys if key is not None)
+
+
+def refuse_untrusted(url: str, trusted: frozenset[HostKey], what: str = "a request") -> None:
+    """Raise `UntrustedHost` unless `url` is on one of the `trusted` endpoints (same scheme, host and port)."""
+    if host_key(url) in trusted:
+        return
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    allowed = ", ".join(f"{scheme}://{host}:{port}" for scheme, host, port in sorted(trusted))
+    raise UntrustedHost(
+        f"refused to send the Azure credential with {what} to {shown!r}: only the configured endpoints "
+        f"({allowed}; RDPR_ARM_URL, RDPR_LOGS_URL) are trusted"
+    )
+
+
+def check_continuation_token(token: str, trusted: frozenset[HostKey]) -> None:
+    """Refuse a long-running operation's continuation token (from the ledger) that names any other host.
+
+    The token is azure-core's base64 JSON; every URL inside it (the original request, the polling headers)
+    must be on a trusted endpoint, or resuming would send the token wherever the stored row says.
+    """
+    import base64
+    import binascii
+    import json
+
+    try:
+        state = json.loads(base64.b64decode(token, validate=True))
+    except (binascii.Error, ValueError, TypeError):
+        raise UntrustedHost("the stored continuation token is not one azure-core made; not resuming") from None
+    for text in _strings(state):
+        if "://" in text or text.startswith("//"):
+            refuse_untrusted(text, trusted, "a stored continuation token")
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (*_strings(key), *_strings(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
 @functools.cache
-def _loopback_only_policy_class() -> type[SansIOHTTPPolicy[Any, Any]]:
+def _trusted_hosts_policy_class() -> type[SansIOHTTPPolicy[Any, Any]]:
     from azure.core.pipeline.policies import SansIOHTTPPolicy  # lazy: cold start
 
-    class LoopbackOnlyPolicy(SansIOHTTPPolicy[Any, Any]):
-        """Runs before authentication on every try: no request with the static token leaves loopback."""
+    class TrustedHostsPolicy(SansIOHTTPPolicy[Any, Any]):
+        """Runs on every try, before authentication: no request leaves for a host we do not trust.
+
+        Long-running operations poll whatever URL Azure's `Azure-AsyncOperation` / `Location` headers name,
+        and pages follow `nextLink`: without this check the bearer token would follow them anywhere.
+        """
+
+        def __init__(self, trusted: frozenset[HostKey]) -> None:
+            self.trusted = trusted
 
         def on_request(self, request: PipelineRequest[Any]) -> None:
-            host = urlparse(request.http_request.url).hostname or ""
-            if not is_loopback_host(host):
-                raise ConfigurationError(
-                    f"emulator mode refused a request to {host!r}: only loopback addresses are allowed"
-                )
+            refuse_untrusted(request.http_request.url, self.trusted)
 
-    return LoopbackOnlyPolicy
+    return TrustedHostsPolicy
+
+
+def trusted_hosts_policy(trusted: frozenset[HostKey]) -> SansIOHTTPPolicy[Any, Any]:
+    return _trusted_hosts_policy_class()(trusted)  # type: ignore[call-arg]
 
 
 class AzureClients:
@@ -139,6 +210,7 @@ class AzureClients:
             if not settings.emulator_ca_cert:
                 raise ConfigurationError("RDPR_EMULATOR_CA_CERT is required when RDPR_EMULATOR is true")
         self.settings = settings
+        self.trusted = trusted_hosts(settings)
         self._lock = threading.RLock()
         self._credential: TokenCredential | None = None
         self._clients: dict[tuple[str, str], Any] = {}
@@ -230,9 +302,10 @@ class AzureClients:
         }
         if settings.poll_interval_seconds is not None:
             options["polling_interval"] = settings.poll_interval_seconds
+        # In real mode as in emulator mode: the credential goes to the configured endpoints and nowhere else.
+        options["per_retry_policies"] = [trusted_hosts_policy(self.trusted)]
         if settings.emulator:
             options["connection_verify"] = settings.emulator_ca_cert
-            options["per_retry_policies"] = [_loopback_only_policy_class()()]
         return options
 
     # --- Lifecycle ---------------------------------------------------------------------------------------

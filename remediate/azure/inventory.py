@@ -20,7 +20,15 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure.errors import azure_errors
-from remediate.model import InvalidResourceId, PermanentError, TransientError, VmId
+from remediate.model import (
+    InvalidResourceId,
+    PermanentError,
+    TransientError,
+    VmId,
+    azure_key,
+    fixed_segment,
+    valid_subscription_id,
+)
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
@@ -36,7 +44,6 @@ MAX_PAGES = 10_000  # a safety net against a service that keeps handing out toke
 # domain-joined machines by their FQDN, so a DNS suffix is accepted and dropped; only the host label is used.
 _COMPUTER_NAME = re.compile(r"^[A-Za-z0-9-]{1,15}$")
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_SUBSCRIPTION_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def scope_subscriptions(scopes: tuple[str, ...]) -> list[str]:
     subscriptions: list[str] = []
     for scope in scopes:
         parts = scope.strip("/").split("/")
-        if len(parts) < 2 or parts[0].lower() != "subscriptions" or not _SUBSCRIPTION_ID.match(parts[1].lower()):
+        if len(parts) < 2 or not fixed_segment(parts[0], "subscriptions") or not valid_subscription_id(parts[1]):
             raise PermanentError(f"scope {scope!r} does not start with /subscriptions/GUID")
         if parts[1].lower() not in subscriptions:
             subscriptions.append(parts[1].lower())
@@ -84,7 +91,7 @@ def scope_subscriptions(scopes: tuple[str, ...]) -> list[str]:
 
 
 def _normalised_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple("/" + scope.strip("/").lower() for scope in scopes)
+    return tuple(azure_key("/" + scope.strip("/")) for scope in scopes)
 
 
 def _batches(items: list[str], size: int) -> Iterator[list[str]]:
@@ -95,8 +102,8 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
 # --- Paged Resource Graph query ------------------------------------------------------------------------
 
 
-def run_graph_query(clients: AzureClients, query: str, subscriptions: list[str]) -> Iterator[dict[str, Any]]:
-    """Every row of `query` over `subscriptions`, following `$skipToken` page after page."""
+def run_graph_query(clients: AzureClients, query: str, subscriptions: list[str] | None) -> Iterator[dict[str, Any]]:
+    """Every row of `query` over `subscriptions` (None: all the identity can see), page after page."""
     from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
     client = clients.resource_graph()
@@ -197,7 +204,7 @@ def computer_host_label(name: object) -> str | None:
 def find_vms_by_computer_name(
     clients: AzureClients, names: list[str], scopes: tuple[str, ...]
 ) -> dict[str, list[VmId]]:
-    """For each name (as given), the VMs in `scopes` whose guest computer name matches, case-insensitively.
+    """For each name (as given), the VMs in `scopes` (empty: all visible) whose computer name matches.
 
     Used to map the `Computer` dimension of a workspace-scoped log alert to VMs. A name may match several VMs
     (the same image in two groups): the caller decides what an ambiguous name means. Every name is checked
@@ -210,13 +217,15 @@ def find_vms_by_computer_name(
         raise PermanentError(f"not a Windows computer name (letters, digits and hyphens, 1-15 characters): {shown}")
     result: dict[str, list[VmId]] = {name: [] for name in names}
     wanted = _normalised_scopes(scopes)
-    subscriptions = scope_subscriptions(wanted)
-    distinct = sorted({label.lower() for label in labels.values() if label})
-    if not distinct or not subscriptions:
+    # No scopes: every VM the identity can see (Resource Graph at tenant scope), so that the caller can tell
+    # a name that is unique from one that an out-of-scope machine shares.
+    subscriptions = scope_subscriptions(wanted) if wanted else None
+    distinct = sorted({azure_key(label) for label in labels.values() if label})
+    if not distinct or subscriptions == []:
         return result
     found = _lookup(clients, distinct, subscriptions, wanted)
     for name, label in labels.items():
-        result[name] = sorted(found.get(str(label).lower(), set()), key=lambda vm: vm.key)
+        result[name] = sorted(found.get(azure_key(str(label)), set()), key=lambda vm: vm.key)
     log.info(
         "Computer names resolved",
         extra={"names": len(names), "resolved": sum(1 for vms in result.values() if vms)},
@@ -225,13 +234,14 @@ def find_vms_by_computer_name(
 
 
 def _lookup(
-    clients: AzureClients, labels: list[str], subscriptions: list[str], scopes: tuple[str, ...]
+    clients: AzureClients, labels: list[str], subscriptions: list[str] | None, scopes: tuple[str, ...]
 ) -> dict[str, set[VmId]]:
     found: dict[str, set[VmId]] = {}
     template = load_query("vms_by_computer_name")
+    batches = list(_batches(subscriptions, SUBSCRIPTION_BATCH)) if subscriptions is not None else [None]
     for names in _batches(labels, NAME_BATCH):
         query = template.replace("{names}", _kql_string_list(names))
-        for batch in _batches(subscriptions, SUBSCRIPTION_BATCH):
+        for batch in batches:
             for row in run_graph_query(clients, query, batch):
                 _add_match(found, row, scopes)
     return found
@@ -243,8 +253,8 @@ def _add_match(found: dict[str, set[VmId]], row: dict[str, Any], scopes: tuple[s
         vm = VmId.parse(row.get("id"))
     except InvalidResourceId:
         return
-    if computer and vm.in_scope(scopes):
-        found.setdefault(computer.lower(), set()).add(vm)
+    if computer and (not scopes or vm.in_scope(scopes)):
+        found.setdefault(azure_key(computer), set()).add(vm)
 
 
 def _kql_string_list(names: Iterable[str]) -> str:

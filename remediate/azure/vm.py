@@ -90,7 +90,14 @@ def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
 
 
 def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> LROPoller[None]:
-    """The poller of a restart accepted earlier, perhaps by another worker: polls, never sends the POST again."""
+    """The poller of a restart accepted earlier, perhaps by another worker: polls, never sends the POST again.
+
+    The token comes from the ledger: one naming a host other than the configured endpoints is refused
+    (`UntrustedHost`, permanent) before anything is sent.
+    """
+    from remediate.azure.clients import check_continuation_token
+
+    check_continuation_token(continuation_token, clients.trusted)
     with azure_errors(f"resuming the restart of {vm.name}"):
         return clients.compute(vm.subscription).virtual_machines.begin_restart(
             vm.resource_group, vm.name, continuation_token=continuation_token

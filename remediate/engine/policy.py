@@ -10,7 +10,7 @@ import math
 
 from remediate.azure.vm import VmView
 from remediate.ledger import VmState
-from remediate.model import Outcome, RemediationRequest, VmId
+from remediate.model import Outcome, RemediationRequest, VmId, azure_equal, find_tag
 from remediate.settings import Settings
 
 
@@ -100,13 +100,15 @@ def circuit_refusal(settings: Settings, recent_outcomes: list[str]) -> str | Non
 
 
 def _has_tag(tags: dict[str, str], wanted: tuple[str, str] | None) -> bool:
+    """Tag names compare as Azure compares them; values too, case-insensitively by the same rule (an opt-out
+    spelled `OFF` still opts out), never by Unicode folding (a Kelvin sign is not a `k`)."""
     if wanted is None:
         return False
     name, value = wanted
-    lowered = {k.lower(): v for k, v in tags.items()}
-    if name.lower() not in lowered:
+    found = find_tag(tags, name)
+    if found is None:
         return False
-    return not value or lowered[name.lower()].lower() == value.lower()
+    return not value or azure_equal(found, value)
 
 
 def _tag_text(tag: tuple[str, str] | None) -> str:

@@ -207,14 +207,18 @@ class Workflow:
         holder: list[azure_vm.VmView] = []
 
         def check() -> tuple[str, dict[str, Any] | None]:
+            # Cooldown and attempts first: they need only the ledger, so a VM in cooldown costs no ARM read.
+            refusal = policy.history_refusal(
+                self.settings, self.ledger.vm_state(self.request.vm), self.request, self._now()
+            )
+            if refusal:
+                raise _Stop(Outcome.SKIPPED, refusal)
             try:
                 view = azure_vm.get_vm(self.clients, self.request.vm)
             except NotFound as exc:  # a wrong or deleted VM: nothing to do. A 403 stays a failure, visibly.
                 raise _Stop(Outcome.SKIPPED, exc.reason) from exc
             rebooting = any(step.name.startswith("reboot") for step in self._require_journal().steps)
-            refusal = policy.vm_refusal(self.settings, view, require_ready=not rebooting) or policy.history_refusal(
-                self.settings, self.ledger.vm_state(self.request.vm), self.request, self._now()
-            )
+            refusal = policy.vm_refusal(self.settings, view, require_ready=not rebooting)
             if refusal:
                 raise _Stop(Outcome.SKIPPED, refusal)
             holder.append(view)

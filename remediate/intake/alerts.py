@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remediate.intake.requests import BadRequest, clip, expect_object, json_type, read_json_body
-from remediate.model import InvalidResourceId, VmId
+from remediate.model import InvalidResourceId, VmId, azure_key
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
 # One alert may name many VMs (a log alert over a whole workspace); past this many we stop, as the runbook
@@ -254,7 +254,7 @@ def _older_log_dimensions(
 ) -> tuple[tuple[tuple[Dimension, ...], ...], tuple[str, ...]]:
     dims = _dimensions(_optional_list(context, "Dimensions", f"{base}.Dimensions"), f"{base}.Dimensions")
     # Rules without machine dimensions ("Number of results") may still embed the rows that matched.
-    names_machine = any(d.name.lower() in (*_RESOURCE_ID_DIMENSIONS, _COMPUTER_DIMENSION) for d in dims)
+    names_machine = any(azure_key(d.name) in (*_RESOURCE_ID_DIMENSIONS, _COMPUTER_DIMENSION) for d in dims)
     sets = [dims] if names_machine else _search_result_rows(context, base)
     items_path = f"{base}.AffectedConfigurationItems"
     items = _optional_list(context, "AffectedConfigurationItems", items_path)
@@ -315,7 +315,7 @@ def _machine_columns(columns: list[Any], path: str) -> list[tuple[int, str]]:
         if not isinstance(name, str):
             where = f"{path}[{index}].name"
             raise BadRequest(where, f"{where} must be a string, got {json_type(name)}", code="WrongType")
-        if name.lower() in (*_RESOURCE_ID_DIMENSIONS, _COMPUTER_DIMENSION):
+        if azure_key(name) in (*_RESOURCE_ID_DIMENSIONS, _COMPUTER_DIMENSION):
             wanted.append((index, name))
     return wanted
 
@@ -346,7 +346,7 @@ _MARKERS = (
 def classify(resource_id: str) -> tuple[_Kind, VmId | None, str]:
     """What an ARM id points at: (kind, the VM when it is one, a reason when it is not)."""
     text = resource_id.strip().rstrip("/")
-    lower = text.lower()
+    lower = azure_key(text)
     for marker, kind, reason in _MARKERS:
         if marker in lower:
             return _vm_kind(text) if kind is _Kind.VM else (kind, None, reason)
@@ -368,7 +368,7 @@ def _vm_kind(text: str) -> tuple[_Kind, VmId | None, str]:
         return _Kind.VM, VmId.parse(text), ""
     except InvalidResourceId as exc:
         # A child of a VM (extension, run command) is not the VM; say which type it is.
-        resource_type = _resource_type(text.lower().strip("/").split("/"))
+        resource_type = _resource_type(azure_key(text).strip("/").split("/"))
         if resource_type and resource_type != "microsoft.compute/virtualmachines":
             return _Kind.OTHER, None, f"not a virtual machine ({resource_type})"
         return _Kind.OTHER, None, exc.reason
@@ -409,7 +409,7 @@ def locate(alert: Alert) -> Located:
 
 
 def _from_dimensions(dims: tuple[Dimension, ...], found: Located, *, use_computer: bool) -> bool:
-    resource_ids = [d for d in dims if d.name.lower() in _RESOURCE_ID_DIMENSIONS and d.value.startswith("/")]
+    resource_ids = [d for d in dims if azure_key(d.name) in _RESOURCE_ID_DIMENSIONS and d.value.startswith("/")]
     for dim in resource_ids:
         _, vm, reason = classify(dim.value)
         if vm is not None:
@@ -420,9 +420,9 @@ def _from_dimensions(dims: tuple[Dimension, ...], found: Located, *, use_compute
         return True  # a Computer beside a _ResourceId names the same machine: nothing to look up
     if not use_computer:
         return False
-    computers = [d for d in dims if d.name.lower() == _COMPUTER_DIMENSION and d.value.strip()]
+    computers = [d for d in dims if azure_key(d.name) == _COMPUTER_DIMENSION and d.value.strip()]
     for dim in computers:
-        found.computers.setdefault(dim.value.strip().casefold(), dim.value.strip())
+        found.computers.setdefault(azure_key(dim.value.strip()), dim.value.strip())
     return bool(computers)
 
 
@@ -433,7 +433,7 @@ def _from_configuration_items(items: tuple[str, ...], found: Located) -> bool:
         if text.startswith("/"):
             named |= _from_dimensions((Dimension("_ResourceId", text),), found, use_computer=False)
         else:
-            found.computers.setdefault(text.casefold(), text)
+            found.computers.setdefault(azure_key(text), text)
             named = True
     return named
 

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from remediate import telemetry
-from remediate.model import VmId
+from remediate.model import VmId, azure_equal, azure_key, find_tag
 from remediate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -85,18 +85,23 @@ class App:
         """The Windows VMs a runbook selector names, limited to the configured scope."""
         from remediate.azure.inventory import list_windows_vms
 
-        scope = selector.scope_id.lower()
-        in_scope = tuple(s for s in self.settings.scopes if scope.startswith(s) or s.startswith(scope))
+        scope = selector.scope_id
+        in_scope = tuple(s for s in self.settings.scopes if _contains(s, scope) or _contains(scope, s))
         records = list_windows_vms(self.clients, in_scope)
         return [r.vm for r in records if r.vm.in_scope((scope,)) and _tag_matches(r.tags, selector)]
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """True when scope `inner` is `outer` or lies inside it (whole segments: `rg-1` does not contain `rg-10`)."""
+    outer, inner = azure_key(outer), azure_key(inner)
+    return inner == outer or inner.startswith(outer + "/")
 
 
 def _tag_matches(tags: dict[str, str], selector: Selector) -> bool:
     if selector.tag_name is None:
         return True
-    lowered = {k.lower(): v for k, v in tags.items()}
-    value = lowered.get(selector.tag_name.lower())
-    return value is not None and (selector.tag_value is None or value.lower() == selector.tag_value.lower())
+    value = find_tag(tags, selector.tag_name)
+    return value is not None and (selector.tag_value is None or azure_equal(value, selector.tag_value))
 
 
 _lock = threading.Lock()

@@ -5,13 +5,14 @@ Messages are base64-encoded JSON, the encoding the Functions queue trigger expec
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import TYPE_CHECKING
 
 from remediate import telemetry
-from remediate.ledger import Ledger
-from remediate.model import ConfigurationError, Outcome, RemediationRequest, TransientError
+from remediate.ledger import Ledger, VmState
+from remediate.model import ConfigurationError, Outcome, RemediationRequest, TransientError, VmId
 from remediate.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ class RequestQueue:
 
     def claim(self, dedup_key: str) -> bool:
         return self.ledger.claim(dedup_key)
+
+    # Coalescing and the cooldown read at intake (the ledger's intake row; never the lock's row).
+    def admit(self, request: RemediationRequest, pending_for: dt.timedelta) -> str | None:
+        return self.ledger.admit(request, pending_for=pending_for)
+
+    def release(self, request: RemediationRequest) -> None:
+        self.ledger.release_pending(request.vm, request.request_id)
+
+    def vm_state(self, vm: VmId) -> VmState:
+        return self.ledger.vm_state(vm)
 
     def enqueue(self, request: RemediationRequest) -> None:
         """The ledger row first, then the message: a request is never queued without an audit record.

@@ -12,15 +12,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from remediate.model import InvalidResourceId, PermanentError, Plan, RemediationOptions, VmId
+from remediate.model import (
+    InvalidResourceId,
+    PermanentError,
+    Plan,
+    RemediationOptions,
+    VmId,
+    azure_key,
+    fixed_segment,
+    valid_resource_group_name,
+    valid_subscription_id,
+)
 
 # Azure Monitor caps a common-schema alert at 256 KB; the runbook API takes the same ceiling.
 MAX_BODY_BYTES = 256 * 1024
 MAX_VMS_PER_REQUEST = 500
 MAX_REASON_CHARS = 500
 
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-_RESOURCE_GROUP = re.compile(r"^[-\w._()]{1,90}$")
 # A DNS host name or a bare computer name: letters, digits, hyphens, dots; no slashes.
 _HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?$")
 _SCALE_SET_MARK = "/providers/microsoft.compute/virtualmachinescalesets/"
@@ -78,9 +86,78 @@ def read_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
     if not body.strip():
         raise BadRequest("body", "body is empty: expected a JSON object", code="MalformedJson")
     try:
-        return json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise BadRequest(
+            exc.key or "body",
+            f"{exc.key!r} appears twice in one object of the body: refusing to guess which value was meant",
+            code="DuplicateKey",
+        ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest("body", f"body is not valid JSON: {clip(str(exc))}", code="MalformedJson") from None
+    refuse_unstorable_text(doc)
+    return doc
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = printable(clip(key, 60))
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`json.loads` keeps the last of two equal keys: `"dryRun": true, "dryRun": false` would be a live run."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise _DuplicateKey(key)
+        doc[key] = value
+    return doc
+
+
+# Text that Table storage cannot hold, or that cannot be encoded to be hashed: lone UTF-16 surrogates (JSON's
+# `\ud800` escapes decode to them), NUL and the other C0 controls except tab, line feed and carriage return,
+# and the two non-characters U+FFFE/U+FFFF. They are the caller's error (400), never a reason to retry (503).
+_UNSTORABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def unstorable(text: str) -> str | None:
+    """A description of the first character of `text` that cannot be stored, or None when all can."""
+    found = _UNSTORABLE.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X} at position {found.start()}"
+
+
+def printable(text: str) -> str:
+    """`text` with unstorable characters replaced, safe to put into a message, a log line or the ledger."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def refuse_unstorable_text(doc: object) -> None:
+    """Walk a decoded document (iteratively: it may be nested to the parser's limit) and refuse the first
+    string, key or value, that cannot be stored, naming its path (`data.essentials.alertId`, `vms[2]`)."""
+    stack: list[tuple[str, object]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = unstorable(value)
+            if problem is not None:
+                field = path or "body"
+                raise BadRequest(
+                    field, f"{field} contains a character that cannot be stored ({problem})", code="InvalidText"
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{printable(clip(key, 60))}" if path else printable(clip(key, 60))
+                problem = unstorable(key)
+                if problem is not None:
+                    raise BadRequest(
+                        child,
+                        f"the key {child} contains a character that cannot be stored ({problem})",
+                        code="InvalidText",
+                    )
+                stack.append((child, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
 
 
 def expect_object(value: object, field: str) -> dict[str, Any]:
@@ -106,14 +183,14 @@ class Selector:
 
     @property
     def scope_id(self) -> str:
-        """The lower-cased ARM id of the narrowest place this selector names."""
+        """The ARM id of the narrowest place this selector names, in Azure's comparison form (`azure_key`)."""
         sub = f"/subscriptions/{self.subscription}"
-        return f"{sub}/resourcegroups/{self.resource_group.lower()}" if self.resource_group else sub
+        return f"{sub}/resourcegroups/{azure_key(self.resource_group)}" if self.resource_group else sub
 
     def overlaps(self, scopes: tuple[str, ...]) -> bool:
         """True when some configured scope contains this selector's place or lies inside it."""
         mine = self.scope_id
-        return any(mine == s or mine.startswith(s + "/") or s.startswith(mine + "/") for s in scopes)
+        return any(mine == s or mine.startswith(s + "/") or s.startswith(mine + "/") for s in map(azure_key, scopes))
 
     def describe(self) -> str:
         text = f"subscription {self.subscription}"
@@ -145,8 +222,8 @@ def parse_runbook(body: bytes, *, dry_run_default: bool = False) -> RunbookBody:
     if unknown:
         names = ", ".join(repr(clip(key, 60)) for key in unknown[:10])
         raise BadRequest(
-            clip(unknown[0], 60),
-            f"unknown field(s) {names}; allowed: {', '.join(_FIELDS)}",
+            clip(unknown[0], 60) or "body",
+            f"unknown field(s) {names} in the body; allowed: {', '.join(_FIELDS)}",
             code="UnknownField",
         )
     has_vms, has_subscription = "vms" in doc, "subscription" in doc
@@ -197,7 +274,7 @@ def parse_vm_entry(item: object, field: str) -> VmId:
             field,
             f"{field} is a host name ({clip(text)!r}); this API accepts VM resource ids only ({VM_ID_SHAPE})",
         )
-    if _SCALE_SET_MARK in text.lower():
+    if _SCALE_SET_MARK in azure_key(text):
         raise BadRequest(
             field, f"{field} is a scale set or scale set instance; virtual machine scale sets are not yet supported"
         )
@@ -218,14 +295,14 @@ def _is_ip_address(text: str) -> bool:
 
 def _parse_selector(doc: dict[str, Any]) -> Selector:
     subscription = _expect_string(doc["subscription"], "subscription").strip()
-    if subscription.lower().startswith("/subscriptions/"):
+    if fixed_segment(subscription[: len("/subscriptions/")], "/subscriptions/"):
         subscription = subscription[len("/subscriptions/") :].strip("/")
-    if not _GUID.match(subscription):
+    if not valid_subscription_id(subscription):
         raise BadRequest("subscription", f"subscription {clip(subscription)!r} is not a subscription id (a GUID)")
     group = None
     if doc.get("resourceGroup") is not None:
         group = _expect_string(doc["resourceGroup"], "resourceGroup").strip()
-        if not _RESOURCE_GROUP.match(group) or group.endswith("."):
+        if not valid_resource_group_name(group):
             raise BadRequest("resourceGroup", f"resourceGroup {clip(group)!r} is not a valid resource group name")
     tag_name, tag_value = None, None
     if doc.get("tag") is not None:

@@ -9,11 +9,12 @@ engine runs here: an action group waits at most 10 seconds and retries on 408/42
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from remediate.intake.alerts import (
     MAX_VMS_PER_ALERT,
@@ -25,7 +26,15 @@ from remediate.intake.alerts import (
     locate,
     parse_alert,
 )
-from remediate.intake.requests import MAX_VMS_PER_REQUEST, BadRequest, RunbookBody, Selector, clip, parse_runbook
+from remediate.intake.requests import (
+    MAX_VMS_PER_REQUEST,
+    BadRequest,
+    RunbookBody,
+    Selector,
+    clip,
+    parse_runbook,
+    printable,
+)
 from remediate.model import (
     PermanentError,
     Plan,
@@ -33,8 +42,12 @@ from remediate.model import (
     RemediationRequest,
     Trigger,
     VmId,
+    azure_key,
 )
 from remediate.settings import Settings
+
+if TYPE_CHECKING:
+    from remediate.ledger import VmState
 
 logger = logging.getLogger(__name__)
 _A = TypeVar("_A")
@@ -50,9 +63,25 @@ class IntakeSink(Protocol):
 
     def enqueue(self, request: RemediationRequest) -> None: ...
 
+    def admit(self, request: RemediationRequest, pending_for: dt.timedelta) -> str | None:
+        """Coalescing: None when `request` is now its VM's pending request, else the pending one's id."""
+        ...
+
+    def release(self, request: RemediationRequest) -> None:
+        """Undo `admit` for a request that could not be queued."""
+        ...
+
+    def vm_state(self, vm: VmId) -> VmState | None:
+        """The VM's ledger row (cooldown, attempts), or None where there is no ledger (what-if tools)."""
+        ...
+
 
 class ComputerResolver(Protocol):
-    """Computer names -> the VMs in the scopes that carry them (an empty list for a name nobody has)."""
+    """Computer names -> the VMs in the scopes that carry them (an empty list for a name nobody has).
+
+    Intake passes no scopes: every VM the identity can see, so that a name an out-of-scope machine shares
+    with an in-scope one is recognised as ambiguous instead of being applied to the in-scope one.
+    """
 
     def __call__(self, computers: list[str], scopes: tuple[str, ...], /) -> dict[str, list[VmId]]: ...
 
@@ -90,6 +119,18 @@ class RecordingSink:
     def enqueue(self, request: RemediationRequest) -> None:
         self.requests.append(request)
 
+    def admit(self, request: RemediationRequest, pending_for: dt.timedelta) -> str | None:
+        """Nothing is ever pending here: coalescing is the ledger's (a recorder shows every request)."""
+        del request, pending_for
+        return None
+
+    def release(self, request: RemediationRequest) -> None:
+        del request
+
+    def vm_state(self, vm: VmId) -> VmState | None:
+        del vm
+        return None
+
 
 def error_answer(exc: BadRequest) -> IntakeAnswer:
     return IntakeAnswer(exc.status, exc.to_body())
@@ -116,6 +157,12 @@ class Unavailable(Exception):
 def _sink_call(what: str, call: Callable[[_A], _R], argument: _A) -> _R:
     try:
         return call(argument)
+    except UnicodeError as exc:
+        # Text the ledger cannot encode is the caller's, not a failing dependency: a 503 would make an action
+        # group retry the same poison forever. (The body walk refuses such text first; this is the backstop.)
+        raise BadRequest("body", f"body contains text that cannot be stored ({type(exc).__name__})") from exc
+    except BadRequest:
+        raise
     except Exception as exc:
         raise Unavailable(what, exc) from exc
 
@@ -138,6 +185,7 @@ class AlertDecision:
     duplicates: list[VmId] = field(default_factory=list)
     ignored: list[Ignored] = field(default_factory=list)
     unresolved: list[dict[str, str]] = field(default_factory=list)
+    absorbed: list[dict[str, str]] = field(default_factory=list)  # {"vm", "pendingRequestId", "statusUrl"}
 
     @property
     def reason(self) -> str:
@@ -187,12 +235,15 @@ class AlertIntake:
             )
         try:
             unresolved = self._resolve_computers(located)
-            accepted, duplicates = self._submit(alert, located)
+            submitted = self._submit(alert, located)
         except Unavailable as exc:
             # The dedup keys make the action group's retry safe: what was enqueued stays enqueued once.
             return AlertDecision(exc.answer(), alert)
-        answer = _alert_answer(alert, accepted, duplicates, ignored, unresolved)
-        return AlertDecision(answer, alert, None, accepted, duplicates, ignored, unresolved)
+        ignored += submitted.ignored
+        answer = _alert_answer(alert, submitted, ignored, unresolved)
+        return AlertDecision(
+            answer, alert, None, submitted.accepted, submitted.duplicates, ignored, unresolved, submitted.absorbed
+        )
 
     def _resolve_computers(self, located: Located) -> list[dict[str, str]]:
         """Map `Computer` names to VMs (adding them to `located`); return the names left unresolved."""
@@ -211,18 +262,28 @@ class AlertIntake:
         found = self._lookup(lookup, unresolved)
         if found is None:
             return unresolved
-        folded = {key.casefold(): vms for key, vms in found.items()}
+        folded = {azure_key(key): vms for key, vms in found.items()}
         for name, given in lookup.items():
-            vms = list(dict.fromkeys(folded.get(name.casefold(), [])))
-            if len(vms) == 1:
+            vms = list(dict.fromkeys(folded.get(azure_key(name), [])))
+            reason = self._computer_refusal(vms)
+            if reason is None:
                 located.add_vm(vms[0], f"Computer dimension {clip(given)!r}")
-            elif vms:
-                # Computer names are not unique across groups and subscriptions: never guess.
-                reason = f"{len(vms)} VMs in scope have this computer name; not guessing which one"
-                unresolved.append({"computer": clip(given), "reason": reason})
             else:
-                unresolved.append({"computer": clip(given), "reason": "no VM in scope has this computer name"})
+                unresolved.append({"computer": clip(given), "reason": reason})
         return unresolved
+
+    def _computer_refusal(self, visible: list[VmId]) -> str | None:
+        """None when exactly one visible VM has the name and it is in scope; else why not."""
+        in_scope = [vm for vm in visible if vm.in_scope(self._settings.scopes)]
+        if len(visible) > 1:
+            # Computer names are not unique across groups and subscriptions: never guess, not even when only
+            # one of them is in scope (the alert may well be about the other one).
+            return f"{len(visible)} VMs have this computer name ({len(in_scope)} in scope); not guessing which one"
+        if visible and not in_scope:
+            return "the only VM with this computer name is outside the configured scope (RDPR_SCOPES)"
+        if not visible:
+            return "no VM visible to this identity has this computer name"
+        return None
 
     def _lookup(self, lookup: dict[str, str], unresolved: list[dict[str, str]]) -> dict[str, list[VmId]] | None:
         """Call the resolver for the names in `lookup`; None (names added to `unresolved`) when we cannot."""
@@ -234,7 +295,7 @@ class AlertIntake:
             reason = "RDPR_SCOPES is empty: there is no scope to look the computer name up in"
         else:
             try:
-                return resolve(list(lookup), self._settings.scopes)
+                return resolve(list(lookup), ())  # everything visible; scope is applied afterwards
             except PermanentError as exc:  # e.g. a name the lookup refuses: retrying would not help
                 reason = f"the lookup failed: {clip(exc.reason, 300)}"
             except Exception as exc:
@@ -242,20 +303,47 @@ class AlertIntake:
         unresolved.extend({"computer": clip(given), "reason": reason} for given in lookup.values())
         return None
 
-    def _submit(self, alert: Alert, located: Located) -> tuple[list[RemediationRequest], list[VmId]]:
+    def _submit(self, alert: Alert, located: Located) -> _Submitted:
+        """Per VM, cheapest check first: the ledger's cooldown (a read, no Azure call), the alert's dedup key,
+        then coalescing (one pending request per VM absorbs the rest), and only then a new request."""
         options = RemediationOptions(Plan.AUTO, dry_run=self._settings.dry_run)
-        accepted: list[RemediationRequest] = []
-        duplicates: list[VmId] = []
+        pending_for = dt.timedelta(minutes=self._settings.lock_minutes)
+        done = _Submitted()
         for vm, source in located.vms.items():
             key = f"alert:{alert.alert_id}:{vm.key}"
-            if not _sink_call("the ledger", self._sink.claim, key):
-                duplicates.append(vm)
-                continue
             reason = f"Azure Monitor {alert.family.value} {clip(alert.rule)!r} fired (VM from the {source})"
             request = RemediationRequest(vm, Trigger.ALERT, reason, options, key)
+            refusal = self._history_refusal(request)
+            if refusal is not None:
+                done.ignored.append(Ignored(str(vm), refusal))
+            elif not _sink_call("the ledger", self._sink.claim, key):
+                done.duplicates.append(vm)
+            elif (pending := _sink_call("the ledger", lambda r: self._sink.admit(r, pending_for), request)) is not None:
+                done.duplicates.append(vm)
+                done.absorbed.append({"vm": str(vm), "pendingRequestId": pending, "statusUrl": STATUS_ROUTE + pending})
+                logger.info("alert absorbed by a pending request", extra={"vm": str(vm), "request_id": pending})
+            else:
+                self._enqueue(request)
+                done.accepted.append(request)
+        return done
+
+    def _history_refusal(self, request: RemediationRequest) -> str | None:
+        from remediate.engine.policy import history_refusal  # lazy: the engine is not needed to refuse bad input
+
+        state = _sink_call("the ledger", self._sink.vm_state, request.vm)
+        if state is None:
+            return None
+        return history_refusal(self._settings, state, request, dt.datetime.now(dt.UTC))
+
+    def _enqueue(self, request: RemediationRequest) -> None:
+        try:
             _sink_call("the request queue", self._sink.enqueue, request)
-            accepted.append(request)
-        return accepted, duplicates
+        except Exception:
+            try:
+                self._sink.release(request)
+            except Exception:  # the ledger may be what failed; the pending slot then expires on its own
+                logger.warning("could not release a pending slot", exc_info=True, extra={"vm": str(request.vm)})
+            raise
 
     def _log(self, decision: AlertDecision, seconds: float) -> None:
         extra = {
@@ -271,18 +359,27 @@ class AlertIntake:
             logger.info("alert handled: %s", decision.reason or "accepted", extra=extra)
 
 
+@dataclass
+class _Submitted:
+    accepted: list[RemediationRequest] = field(default_factory=list)
+    duplicates: list[VmId] = field(default_factory=list)
+    absorbed: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+
+
 def _alert_answer(
     alert: Alert,
-    accepted: list[RemediationRequest],
-    duplicates: list[VmId],
+    submitted: _Submitted,
     ignored: list[Ignored],
     unresolved: list[dict[str, str]],
 ) -> IntakeAnswer:
+    accepted, duplicates = submitted.accepted, submitted.duplicates
     lists: dict[str, Any] = {
         "vms": [str(r.vm) for r in accepted],
         "ignored": [item.to_json() for item in ignored],
         "unresolved": unresolved,
         "duplicates": [str(vm) for vm in duplicates],
+        "pending": submitted.absorbed,
     }
     if accepted:
         body = {
@@ -291,7 +388,9 @@ def _alert_answer(
             **lists,
         }
         return IntakeAnswer(202, body)
-    if duplicates:
+    if submitted.absorbed and len(submitted.absorbed) == len(duplicates):
+        reason = "a remediation of this VM is already pending; this alert is recorded as its duplicate"
+    elif duplicates:
         reason = "already accepted for this alert: a repeated delivery of the same alert changes nothing"
     elif unresolved:
         reason = "no computer name in the alert could be mapped to exactly one VM in scope"
@@ -328,6 +427,8 @@ class RunbookIntake:
             return IntakeAnswer(200, {"reason": reason, "requestIds": [], "statusUrls": [], "vms": []})
         try:
             accepted = self._submit(request, vms, caller)
+        except BadRequest as exc:
+            return error_answer(exc)
         except Unavailable as exc:
             return exc.answer()
         logger.info(
@@ -382,7 +483,7 @@ class RunbookIntake:
         return unique
 
     def _submit(self, request: RunbookBody, vms: tuple[VmId, ...], caller: str | None) -> list[RemediationRequest]:
-        reason = "runbook request" + (f" by {clip(caller, 200)}" if caller else "")
+        reason = "runbook request" + (f" by {printable(clip(caller, 200))}" if caller else "")
         if request.reason:
             reason += f": {request.reason}"
         accepted = []

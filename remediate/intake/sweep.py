@@ -177,18 +177,24 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
         log.warning("sweep stopped by the circuit breaker", extra={"reason": report.stopped})
         return
     limit = policy.blast_radius(settings, report.eligible)
+    # A rolling window across sweeps: what earlier sweeps enqueued within it counts against this one.
+    window_start = now - dt.timedelta(hours=settings.sweep_window_hours)
+    earlier = ledger.count_accepted(Trigger.SWEEP.value, window_start)  # dry runs do not count
+    allowed = max(0, limit - earlier)
     # Broken VMs before merely expiring ones: the limit should spend itself on users who cannot connect.
     ordered = sorted(report.findings, key=lambda f: f.action != "remediate")
     hour = now.strftime("%Y-%m-%dT%H")
     for finding in ordered:
-        if len(report.enqueued) >= limit:
+        if len(report.enqueued) >= allowed:
             report.held_back.append(
                 {
                     "vm": str(finding.vm),
                     "reason": (
-                        f"blast radius: this sweep may enqueue {limit} VMs "
+                        f"blast radius: sweeps may enqueue {limit} VMs per {settings.sweep_window_hours} h "
+                        f"and {earlier} were enqueued since {window_start:%Y-%m-%d %H:%M} UTC "
                         f"(RDPR_SWEEP_MAX_VMS={settings.sweep_max_vms}, "
-                        f"RDPR_SWEEP_MAX_PERCENT={settings.sweep_max_percent})"
+                        f"RDPR_SWEEP_MAX_PERCENT={settings.sweep_max_percent}, "
+                        f"RDPR_SWEEP_WINDOW_HOURS={settings.sweep_window_hours})"
                     ),
                 }
             )
@@ -205,9 +211,14 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
             RemediationOptions(plan=plan, dry_run=settings.dry_run),
             dedup_key,
         )
+        pending = sink.admit(request, dt.timedelta(minutes=settings.lock_minutes))
+        if pending is not None:  # an alert's request will look at this VM anyway
+            report.held_back.append({"vm": str(finding.vm), "reason": f"request {pending} is already pending"})
+            continue
         try:
             sink.enqueue(request)
         except RemediationError as exc:  # one VM's failure must not stop the sweep for every other VM
+            sink.release(request)
             report.held_back.append({"vm": str(finding.vm), "reason": f"could not be queued: {exc.reason}"})
             continue
         report.enqueued.append(request.request_id)

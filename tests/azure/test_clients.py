@@ -23,7 +23,7 @@ from remediate.azure.clients import (
     get_clients,
     reset_clients,
 )
-from remediate.model import ConfigurationError
+from remediate.model import ConfigurationError, UntrustedHost
 from remediate.settings import Settings, is_loopback_host
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION
 from sim.server import Emulator
@@ -76,7 +76,7 @@ def test_emulator_clients_refuse_to_send_the_token_anywhere_else(emulator: Emula
     clients = AzureClients(azure_settings)
     try:
         compute = clients.compute(SUBSCRIPTION)
-        with pytest.raises(ConfigurationError, match="only loopback"):
+        with pytest.raises(UntrustedHost, match="refused to send the Azure credential"):
             compute.send_request(
                 HttpRequest("GET", "https://management.azure.com/subscriptions?api-version=2022-12-01")
             )

@@ -26,6 +26,8 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_EXPIRY_WARNING_DAYS": "policy constant for proactive renewal",
     "RDPR_SWEEP_MAX_VMS": _SAFETY + " (blast radius of one sweep)",
     "RDPR_SWEEP_MAX_PERCENT": _SAFETY + " (blast radius of one sweep)",
+    "RDPR_SWEEP_WINDOW_HOURS": _SAFETY + " (the blast radius's rolling window)",
+    "RDPR_AUDIT_RETENTION_DAYS": "retention policy: 90 days is the documented default; set it per deployment",
     "RDPR_CIRCUIT_FAILURE_RATIO": _SAFETY + " (circuit breaker)",
     "RDPR_CIRCUIT_MIN_OUTCOMES": _SAFETY + " (circuit breaker)",
     "RDPR_CIRCUIT_WINDOW_HOURS": _SAFETY + " (circuit breaker)",

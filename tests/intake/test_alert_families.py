@@ -77,8 +77,9 @@ def test_workspace_alert_with_computer_dimension_is_resolved_within_the_scopes()
 
     assert answer.status == 202
     assert accepted_vms(answer) == [vm("vm-file-04")]
-    # The FQDN of a domain-joined machine is looked up by its computer name, within the configured scope.
-    assert resolver.calls == [(["VM-FILE-04"], (f"/subscriptions/{vm('x').subscription}",))]
+    # The FQDN of a domain-joined machine is looked up by its computer name, among every VM visible (no
+    # scopes): the scope is applied to what comes back.
+    assert resolver.calls == [(["VM-FILE-04"], ())]
     assert "Computer dimension 'VM-FILE-04.corp.contoso.com'" in sink.requests[0].reason
 
 
@@ -96,7 +97,7 @@ def test_computer_name_nobody_has_is_listed_as_unresolved() -> None:
     assert answer.status == 200
     assert sink.requests == []
     assert answer.body["unresolved"] == [
-        {"computer": "VM-FILE-04.corp.contoso.com", "reason": "no VM in scope has this computer name"}
+        {"computer": "VM-FILE-04.corp.contoso.com", "reason": "no VM visible to this identity has this computer name"}
     ]
     assert "computer name" in answer.body["reason"]
 
@@ -107,7 +108,24 @@ def test_computer_name_shared_by_two_vms_is_not_guessed() -> None:
 
     assert answer.status == 200
     assert sink.requests == []
-    assert "2 VMs in scope have this computer name" in answer.body["unresolved"][0]["reason"]
+    assert "2 VMs have this computer name (2 in scope)" in answer.body["unresolved"][0]["reason"]
+
+
+def test_a_computer_name_an_out_of_scope_vm_shares_is_not_applied_to_the_in_scope_one() -> None:
+    outside = vm("vm-file-04", subscription="0a0a0a0a-0000-4000-8000-000000000009")
+    resolver = FakeResolver({"VM-FILE-04": [vm("vm-file-04"), outside]})
+    answer, sink = deliver(payload("log-v2-workspace-computer.json"), resolver)
+
+    assert answer.status == 200 and sink.requests == []
+    assert "2 VMs have this computer name (1 in scope); not guessing" in answer.body["unresolved"][0]["reason"]
+
+
+def test_a_computer_name_only_an_out_of_scope_vm_has_is_unresolved_with_that_reason() -> None:
+    outside = vm("vm-file-04", subscription="0a0a0a0a-0000-4000-8000-000000000009")
+    answer, sink = deliver(payload("log-v2-workspace-computer.json"), FakeResolver({"VM-FILE-04": [outside]}))
+
+    assert answer.status == 200 and sink.requests == []
+    assert "outside the configured scope" in answer.body["unresolved"][0]["reason"]
 
 
 def test_without_a_resolver_computer_names_stay_unresolved_and_nothing_is_called() -> None:

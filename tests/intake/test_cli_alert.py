@@ -76,7 +76,7 @@ def test_online_resolves_computer_names_through_the_inventory(
     assert report["accepted"] is True
     assert report["vmIds"] == [str(vm("vm-file-04"))]
     assert seen == [clients]
-    assert resolver.calls == [(["VM-FILE-04"], (f"/subscriptions/{SUBSCRIPTION}",))]
+    assert resolver.calls == [(["VM-FILE-04"], ())]
 
 
 def test_alert_without_computer_names_needs_no_azure_even_online(

@@ -36,8 +36,23 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], named: str) -> None
 
 
 def test_scopes_are_normalised() -> None:
-    settings = Settings.from_env({"RDPR_SCOPES": " /Subscriptions/ABC/resourceGroups/RG1/ , /subscriptions/DEF "})
-    assert settings.scopes == ("/subscriptions/abc/resourcegroups/rg1", "/subscriptions/def")
+    abc, de = "ABC00000-0000-4000-8000-000000000001", "de000000-0000-4000-8000-000000000002"
+    settings = Settings.from_env({"RDPR_SCOPES": f" /Subscriptions/{abc}/resourceGroups/RG1/ , /subscriptions/{de} "})
+    assert settings.scopes == (f"/subscriptions/{abc.lower()}/resourcegroups/rg1", f"/subscriptions/{de}")
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "/subscriptions/not-a-guid",
+        "/subscription\u017fs/de000000-0000-4000-8000-000000000002".encode().decode("unicode_escape"),
+        "/subscriptions/de000000-0000-4000-8000-000000000002/resourceGroup\u017f/rg".encode().decode("unicode_escape"),
+        "/subscriptions/de000000-0000-4000-8000-000000000002/resourceGroups/rg.",
+    ],
+)
+def test_a_scope_that_is_not_an_azure_id_is_refused(scope: str) -> None:
+    with pytest.raises(ConfigurationError, match="RDPR_SCOPES"):
+        Settings.from_env({"RDPR_SCOPES": scope})
 
 
 def test_emulator_mode_refuses_anything_but_loopback() -> None:

@@ -1,0 +1,116 @@
+"""Intake coalesces per VM and costs Azure nothing: through the real alert handler, Azurite, queue and worker.
+
+A flood of distinct alerts for a few VMs must become one pending request per VM (the rest answered as its
+duplicates), intake must never write on the row that holds the VM's lock (so concurrent deliveries for one VM
+never fail each other into a 503), and a VM in cooldown is refused before any ARM read, at intake and in the
+worker alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+
+from remediate.ledger import vm_row_key
+from remediate.model import VmId
+from tests.functions.conftest import Functions, body
+from tests.functions.test_function_app import metric_alert
+
+
+def _vm(functions: Functions, scenario: str) -> str:
+    return functions.emulator.fleet.by_scenario(scenario)[0].resource_id
+
+
+def _alert(target: str) -> dict[str, Any]:
+    return metric_alert(target, alert_id=f"/subscriptions/x/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}")
+
+
+def _arm_calls(functions: Functions) -> list[str]:
+    return [entry.operation for entry in functions.emulator.log.entries()]
+
+
+def test_a_flood_of_distinct_alerts_for_two_vms_becomes_two_requests(functions: Functions) -> None:
+    targets = [_vm(functions, "expired-certificate"), _vm(functions, "healthy")]
+    answers = [functions.post("alerts", _alert(targets[i % 2])) for i in range(60)]
+
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(202) == 2 and statuses.count(200) == 58, statuses
+    accepted = {body(a)["vms"][0]: body(a)["requestIds"][0] for a in answers if a.status_code == 202}
+    for answer in answers:
+        if answer.status_code == 200:
+            document = body(answer)
+            assert document["duplicates"] and "already pending" in document["reason"], document
+            (pending,) = document["pending"]
+            assert pending["pendingRequestId"] == accepted[pending["vm"]]
+    assert functions.queued() == 2
+    assert _arm_calls(functions) == []  # intake itself never calls Azure
+
+    functions.host.drain(timeout=60)
+    reads = [op for op in _arm_calls(functions) if op == "getVm"]
+    assert len(reads) <= 8, reads  # the two workflows' own reads, not one per alert
+
+
+def test_concurrent_deliveries_for_one_vm_never_fail_each_other(functions: Functions) -> None:
+    target = _vm(functions, "expired-certificate")
+    start = threading.Barrier(16)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        start.wait()
+        for _ in range(4):
+            response = functions.post("alerts", _alert(target))
+            with lock:
+                statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(set(statuses)) == [200, 202] and statuses.count(202) == 1, statuses
+    assert functions.queued() == 1
+
+
+def test_intake_never_writes_the_lock_row(functions: Functions) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    target = _vm(functions, "expired-certificate")
+    assert functions.post("alerts", _alert(target)).status_code == 202
+    with pytest.raises(ResourceNotFoundError):
+        functions.app.ledger.vms.get_entity("vm", vm_row_key(VmId.parse(target)))
+    # ...but the VM's history still lists the request (kept on the intake row).
+    assert len(functions.app.ledger.history(VmId.parse(target))) == 1
+
+
+def test_a_finished_request_no_longer_absorbs_new_alerts(functions: Functions) -> None:
+    target = _vm(functions, "healthy")  # healthy: nothing changed, so no cooldown follows
+    first = functions.post("alerts", _alert(target))
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(body(first)["requestIds"][0]))["outcome"] == "healthy"
+
+    second = functions.post("alerts", _alert(target))
+    assert second.status_code == 202, second.get_body()
+
+
+def test_a_vm_in_cooldown_is_refused_before_any_arm_read(functions: Functions) -> None:
+    target = _vm(functions, "expired-certificate")
+    first = functions.post("alerts", _alert(target))
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(body(first)["requestIds"][0]))["outcome"] == "remediated"
+    functions.emulator.log.clear()
+
+    at_intake = functions.post("alerts", _alert(target))  # intake reads the ledger, not Azure
+    assert at_intake.status_code == 200 and functions.queued() == 0
+    assert "cooldown" in body(at_intake)["ignored"][0]["reason"]
+    runbook = functions.post("remediations", {"vms": [target]})  # an operator's request reaches the worker
+    assert runbook.status_code == 202
+    functions.host.drain(timeout=60)
+
+    status = body(functions.get_status(body(runbook)["requestIds"][0]))
+    assert status["outcome"] == "skipped" and "cooldown" in status["outcomeReason"]
+    assert _arm_calls(functions) == []
