@@ -23,6 +23,7 @@ OPERATIONS = frozenset(
         "resourceGraph",
         "logsQuery",
         "operationStatus",
+        "activityLog",
     }
 )
 
@@ -37,6 +38,8 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     "garbage-output": frozenset({"runCommand"}),
     "oversized-output": frozenset({"runCommand"}),
     "never-returns": frozenset({"restart"}),
+    # The request is served (the VM restarts, the command runs) but the caller gets a 500: a lost answer.
+    "lost-answer": frozenset({"restart", "runCommand"}),
 }
 
 KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from azure.core.pipeline import PipelineRequest
     from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
     from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.monitor import MonitorManagementClient
     from azure.mgmt.network import NetworkManagementClient
     from azure.mgmt.resourcegraph import ResourceGraphClient
     from azure.monitor.query import LogsQueryClient
@@ -179,6 +180,16 @@ class AzureClients:
 
         return self._cached("network", subscription_id.lower(), build)
 
+    def monitor(self, subscription_id: str) -> MonitorManagementClient:
+        """Azure Monitor's management API: the Activity Log (was a restart accepted?)."""
+
+        def build() -> MonitorManagementClient:
+            from azure.mgmt.monitor import MonitorManagementClient  # lazy: cold start
+
+            return MonitorManagementClient(self.credential, subscription_id, **self._arm_options())
+
+        return self._cached("monitor", subscription_id.lower(), build)
+
     def resource_graph(self) -> ResourceGraphClient:
         def build() -> ResourceGraphClient:
             from azure.mgmt.resourcegraph import ResourceGraphClient  # lazy: cold start
@@ -220,10 +231,16 @@ class AzureClients:
 
     def _common_options(self) -> dict[str, Any]:
         settings = self.settings
+        total = settings.retry_total
         options: dict[str, Any] = {
+            # azure-core counts retries per kind too (connect 3, read 3, status 3 by default) and stops at the
+            # first count that runs out: set them all, so RDPR_RETRY_TOTAL governs every kind of retry.
             "retry_policy": capped_retry_policy(
                 settings.retry_after_cap_seconds,
-                retry_total=settings.retry_total,
+                retry_total=total,
+                retry_connect=total,
+                retry_read=total,
+                retry_status=total,
                 retry_backoff_factor=settings.retry_backoff_seconds,
                 retry_backoff_max=60,
             )
