@@ -15,7 +15,8 @@ Sources:
 * An asynchronous action (202) is logged as a `BeginRequest` with status `Started`, then an `EndRequest` with
   `Accepted` (subStatus "Accepted (HTTP Status Code: 202)"); a refused one ends `Failed` with its HTTP status
   (Microsoft Learn, "Azure Activity Log event schema": status values Started, In Progress, Succeeded, Failed,
-  Active, Resolved; subStatus carries the HTTP status).
+  Active, Resolved; subStatus carries the HTTP status). When the operation itself ends, one more event with the
+  same correlation id says `Succeeded` or `Failed` (same article).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ActivityLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
+        self._running: list[tuple[ActionRecord, Any]] = []  # accepted actions whose operation has not ended
 
     def action(self, resource_id: str, subscription: str, group: str, operation: str) -> ActionRecord:
         """Log the start of an action call; the returned record logs how it ended."""
@@ -51,7 +53,24 @@ class ActivityLog:
         with self._lock:
             self._events.append(event)
 
+    def follow(self, record: ActionRecord, operation: Any) -> None:
+        """Log `operation`'s end (its `status` once `done`) under `record`'s correlation id when it comes."""
+        with self._lock:
+            self._running.append((record, operation))
+
     def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            running, self._running = self._running, []
+        for record, operation in running:
+            if not operation.done:
+                with self._lock:
+                    self._running.append((record, operation))
+                continue
+            ended = dt.datetime.fromtimestamp(operation.ends, dt.UTC)
+            if operation.status == "Succeeded":
+                record.log("EndRequest", "Succeeded", "OK (HTTP Status Code: 200)", at=ended)
+            else:
+                record.log("EndRequest", "Failed", "", at=ended)
         with self._lock:
             return list(self._events)
 
@@ -86,8 +105,8 @@ class ActionRecord:
     def failed(self, http_status: int) -> None:
         self.log("EndRequest", "Failed", f"HTTP Status Code: {http_status}")
 
-    def log(self, event_name: str, status: str, sub_status: str) -> None:
-        now = dt.datetime.now(dt.UTC)
+    def log(self, event_name: str, status: str, sub_status: str, at: dt.datetime | None = None) -> None:
+        now = at or dt.datetime.now(dt.UTC)
         event_id = str(uuid.uuid4())
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
         self._log.add(

@@ -548,6 +548,7 @@ class Emulator:
             record.failed(409)
             raise ArmError(409, refused.code, refused.message) from None
         record.accepted()
+        self.activity.follow(record, op)
         return self._accepted(call, op)
 
     def activity_log(self, call: Call, subscription: str) -> Response:

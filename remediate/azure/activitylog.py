@@ -37,9 +37,8 @@ class RestartRecord:
 
     @property
     def accepted(self) -> bool:
-        """Compute took the restart; a call whose only ending is `Failed` was refused or failed."""
-        if "accepted" in self.statuses or "succeeded" in self.statuses:
-            return True
+        """Compute took the restart and it has not failed: a call that ended `Failed` (refused, or an operation
+        that failed before touching the VM) restarted nothing."""
         return "failed" not in self.statuses and bool(set(self.statuses) & ACCEPTED_STATUSES)
 
 

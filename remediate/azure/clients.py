@@ -130,6 +130,35 @@ def _loopback_only_policy_class() -> type[SansIOHTTPPolicy[Any, Any]]:
     return LoopbackOnlyPolicy
 
 
+_warmed: set[str] = set()
+_warm_lock = threading.Lock()
+
+
+def _warm_models(module_name: str) -> None:
+    """Set up every model class of an SDK module once, under the clients' lock, before any thread uses them.
+
+    The newer generated SDKs (azure-mgmt-compute 37+) compute each model's field table on its first
+    instantiation; two threads doing that first instantiation at once can see a half-built table and raise
+    AttributeError (seen once in 320 concurrent first calls). Doing it here, once per process, closes the race
+    (about 0.3 s, paid by the first compute call only).
+    """
+    import importlib
+
+    with _warm_lock:  # one process-wide lock: two client sets warming at once would race the same way
+        if module_name in _warmed:
+            return
+        models = importlib.import_module(module_name)
+        for name in dir(models):
+            model = getattr(models, name)
+            new = getattr(model, "__new__", None)
+            if isinstance(model, type) and hasattr(model, "_calculated") and callable(new):
+                try:
+                    new(model)
+                except Exception:  # a model that cannot be built bare is set up on first real use instead
+                    log.debug("model not warmed", extra={"model": name})
+        _warmed.add(module_name)
+
+
 class AzureClients:
     """Credential and clients for one `Settings`; each built on first use, then shared (thread-safe)."""
 
@@ -168,6 +197,7 @@ class AzureClients:
         def build() -> ComputeManagementClient:
             from azure.mgmt.compute import ComputeManagementClient  # lazy: cold start
 
+            _warm_models("azure.mgmt.compute.models")
             return ComputeManagementClient(self.credential, subscription_id, **self._arm_options())
 
         return self._cached("compute", subscription_id.lower(), build)

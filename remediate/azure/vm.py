@@ -110,10 +110,25 @@ def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> 
         )
 
 
+class RestartFailed(TransientError):
+    """Azure accepted the restart, then the operation ended `Failed`: the VM was not restarted by it."""
+
+
 def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
-    """Wait for Azure to report the restart done (the VM may still be booting after)."""
-    with azure_errors(f"restarting {vm.name}"):
-        poller.result(timeout=max(timeout, 1.0))
+    """Wait for Azure to report the restart done (the VM may still be booting after).
+
+    RestartFailed when the operation itself failed (the restart did not happen and may be sent again once
+    the Activity Log confirms it); TransientError when only reading its status failed.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        with azure_errors(f"restarting {vm.name}"):
+            poller.result(timeout=max(timeout, 1.0))
+    except TransientError as exc:
+        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() == "failed":
+            raise RestartFailed(f"the restart operation of {vm.name} failed: {exc.reason}") from exc
+        raise
     if not poller.done():
         raise TransientError(f"restart of {vm.name} did not complete within {timeout:.0f} s")
 

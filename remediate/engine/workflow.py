@@ -480,7 +480,15 @@ class Workflow:
         if poller is None and token:
             poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
         if poller is not None:
-            azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
+            try:
+                azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
+            except azure_vm.RestartFailed as exc:
+                # Nothing restarted: reopen the reboot step, so the next attempt sends it once more after the
+                # Activity Log confirms that this one failed.
+                if reboot is not None:
+                    self._require_journal().finish(reboot, FAILED, exc.reason)
+                self._restart_poller = None
+                raise
         self._restart_poller = None
         view = azure_vm.wait_until_ready(
             self.clients,

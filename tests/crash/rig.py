@@ -170,12 +170,15 @@ class Rig:
 
 
 def accepted_restarts(emulator: Emulator) -> dict[str, int]:
-    """Restarts Azure accepted, per lower-cased VM id, from the emulator's Activity Log."""
-    counts: dict[str, int] = {}
+    """Restarts Azure accepted and did not fail, per lower-cased VM id, from the emulator's Activity Log."""
+    calls: dict[str, tuple[str, set[str]]] = {}
     for event in emulator.activity.events():
-        if event["status"]["value"] == "Accepted":
-            key = event["resourceId"].lower()
-            counts[key] = counts.get(key, 0) + 1
+        vm, statuses = calls.setdefault(event["correlationId"], (event["resourceId"].lower(), set()))
+        statuses.add(event["status"]["value"])
+    counts: dict[str, int] = {}
+    for vm, statuses in calls.values():
+        if "Accepted" in statuses and "Failed" not in statuses:
+            counts[vm] = counts.get(vm, 0) + 1
     return counts
 
 

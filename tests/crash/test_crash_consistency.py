@@ -8,48 +8,21 @@ truthful outcome, no lock left, `rebooted` equal to the restarts Azure accepted,
 from __future__ import annotations
 
 import random
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from remediate.azure.clients import AzureClients
 from remediate.engine.evidence import activity_log_evidence
 from remediate.intake.reconcile import reconcile
-from remediate.ledger import DONE, Ledger
+from remediate.ledger import DONE, AuditRecord, Ledger
 from remediate.model import VmId
-from sim.azurite import Azurite
 from sim.fleet import Fleet, VirtualMachine, make_vm
-from tests.crash.proxy import TcpProxy
+from tests.crash.conftest import RigFactory
 from tests.crash.rig import Rig, accepted_restarts, crash_points, messages_left
-from tests.fixtures.emulator import EmulatorFactory
 
 CHANGING = ("expired-certificate", "tls12-disabled")
-
-
-RigFactory = Callable[..., Rig]
-
-
-@pytest.fixture
-def rig(emulator_factory: EmulatorFactory, azurite: Azurite) -> Iterator[RigFactory]:
-    workdir = Path(tempfile.mkdtemp(prefix="crash-"))
-    built: list[Rig] = []
-
-    def build(fleet: Fleet, **overrides: str) -> Rig:
-        emulator = emulator_factory(fleet)
-        made = Rig(emulator, azurite, TcpProxy(azurite.table_port), workdir, overrides)
-        made.create()
-        built.append(made)
-        return made
-
-    yield build
-    for made in built:
-        made.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _fleet(counts: dict[str, int]) -> Fleet:
@@ -103,7 +76,7 @@ def _check_invariants(rig: Rig, requests: dict[str, VirtualMachine], *, must_rem
         changed = accepted > 0 or _guest_changed(vm)
         assert (state.last_finished is not None) == changed, (vm.name, changed, record.outcome_reason)
         if must_remediate and vm.scenario in CHANGING:
-            assert record.outcome == "remediated", (vm.name, record.outcome_reason)
+            assert record.outcome == "remediated", (vm.name, record.outcome_reason, _steps(record))
             assert accepted == 1, f"{vm.name}: the change was made but {accepted} restarts were accepted"
         if vm.scenario == "healthy":
             assert record.outcome in ("healthy", "failed") and accepted == 0, (vm.name, record.outcome_reason)
@@ -217,3 +190,7 @@ def test_an_intake_killed_between_claim_and_message_loses_no_alert(rig: RigFacto
         history = ledger.history(VmId.parse(vm.resource_id))
         assert [r.outcome for r in history] == ["remediated"], (vm.name, [(r.state, r.outcome) for r in history])
     assert set(accepted_restarts(made.emulator).values()) == {1}
+
+
+def _steps(record: AuditRecord) -> list[str]:
+    return [f"{s.name}:{s.status}:{s.detail[:120]}" for s in record.steps]
