@@ -454,7 +454,8 @@ class Workflow:
         saying a restart is already running), the Activity Log decides: accepted means done; not accepted means
         one more attempt, up to RDPR_RETRY_TOTAL; unknown leaves the step open for the next delivery.
         """
-        sent_after = self._require_journal().steps[-1].started_at
+        current = self._require_journal().find(self._current_step or "reboot")
+        sent_after = current.started_at if current is not None else self._wall()
         attempts = 0
         while True:
             attempts += 1

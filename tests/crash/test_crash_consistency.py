@@ -7,6 +7,7 @@ truthful outcome, no lock left, `rebooted` equal to the restarts Azure accepted,
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import time
@@ -23,6 +24,7 @@ from tests.crash.conftest import RigFactory
 from tests.crash.rig import Rig, accepted_restarts, crash_points, messages_left
 
 CHANGING = ("expired-certificate", "tls12-disabled")
+log = logging.getLogger(__name__)
 
 
 def _fleet(counts: dict[str, int]) -> Fleet:
@@ -122,12 +124,20 @@ def test_sigkill_at_every_step_boundary_and_at_random_moments_with_every_message
         if vm.name not in planned:
             requests[made.enqueue(vm, copies=2).request_id] = vm
 
-    killed = _run_workers(made, plan, budget=150, rng=random.Random(11), kill_share=0.25)
+    killed = _run_workers(made, plan, budget=300, rng=random.Random(11), kill_share=0.25)
 
     fired = {path.stem for path in made.workdir.glob("*.crashed")}
     assert fired == set(plan), f"crash points never reached: {sorted(set(plan) - fired)}"
     assert killed >= len(plan)
     _check_invariants(made, requests, must_remediate=True)
+    log.warning(
+        "crash run: %d requests (each message twice), %d planned crash points, %d worker processes SIGKILLed, "
+        "%d restarts accepted",
+        len(requests),
+        len(plan),
+        killed,
+        sum(accepted_restarts(made.emulator).values()),
+    )
 
 
 def test_short_and_long_storage_outages_end_in_truthful_outcomes_and_no_dead_letters(rig: RigFactory) -> None:
@@ -184,7 +194,7 @@ def test_an_intake_killed_between_claim_and_message_loses_no_alert(rig: RigFacto
     answers = [made.post_alert(queue, vm.resource_id) for vm in fleet]
     assert all(answer.status in (200, 202) for answer in answers), answers
     made.overrides["RDPR_MAX_DEQUEUE_COUNT"] = "5"
-    _run_workers(made, {}, budget=60, rng=random.Random(3), kill_share=0.0)
+    _run_workers(made, {}, budget=120, rng=random.Random(3), kill_share=0.0)
     ledger = made.ledger()
     for vm in fleet:
         history = ledger.history(VmId.parse(vm.resource_id))

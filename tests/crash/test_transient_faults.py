@@ -20,18 +20,18 @@ from tests.crash.test_crash_consistency import _check_invariants, _run_workers
 
 def test_twenty_percent_injected_azure_faults_fail_no_request(rig: RigFactory) -> None:
     fleet = Fleet(
-        [make_vm("expired-certificate", i, name=f"cert-{i:02d}") for i in range(8)]
-        + [make_vm("healthy", 8 + i, name=f"healthy-{i:02d}") for i in range(2)]
+        [make_vm("expired-certificate", i, name=f"cert-{i:02d}") for i in range(5)]
+        + [make_vm("healthy", 5 + i, name=f"healthy-{i:02d}") for i in range(2)]
     )
     made = rig(fleet, RDPR_MAX_DEQUEUE_COUNT="5")
     requests = {made.enqueue(vm).request_id: vm for vm in fleet}
     # Throttling, server errors and dropped connections on every Azure call, and Run Commands and restarts
     # that end Failed with a retry-later code: about one call in five.
     made.emulator.faults.at_random(0.2, ("429", "500", "503", "reset", "lro-failed"), seed=5)
-    _run_workers(made, {}, budget=150, rng=random.Random(1), kill_share=0.0)
+    _run_workers(made, {}, budget=300, rng=random.Random(1), kill_share=0.0)
     made.emulator.faults.at_random(0.0)
     faulted = sum(1 for entry in made.emulator.log.entries() if entry.status >= 429 or entry.status == 0)
-    assert faulted >= 20, "the run must actually have met faults"
+    assert faulted >= 15, "the run must actually have met faults"
     _check_invariants(made, requests, must_remediate=True)
 
 
