@@ -552,12 +552,11 @@ class Workflow:
             if record is not None:
                 self.ledger.complete_finish(record)
                 return _recorded_result(record)
-        if not self._locked_out:
+        if not self._locked_out or changed:
             # Cooldown (only if the VM may have changed), last outcome and release: one conditional write.
-            # Also frees a lock an earlier delivery of this request took and never gave back.
+            # Also frees a lock an earlier delivery of this request took and never gave back; a lock held by
+            # another request is left alone (finish_vm releases only its own).
             self.ledger.finish_vm(self.request.vm, self.request.request_id, outcome.value, changed=changed, at=at)
-        elif changed:  # cannot happen today (locked out before any change); kept so a cooldown is never lost
-            self.ledger.finish_vm(self.request.vm, self.request.request_id, outcome.value, changed=True, at=at)
         log.info("remediation finished", extra={**self._log_fields(), "outcome": outcome.value, "reason": reason})
         return WorkflowResult(
             self.request.request_id,
