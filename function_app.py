@@ -6,6 +6,7 @@
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
 * queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
 * queue  poison                      closes the record of a message the host gave up on
+* timer  reconcile                   every 5 minutes: finishes what crashes and storage outages left half done
 
 Every HTTP route needs a function key (`?code=` or `x-functions-key`).
 """
@@ -126,6 +127,38 @@ def worker(msg: func.QueueMessage) -> None:
 @app.function_name("poison")
 @app.queue_trigger(arg_name="msg", queue_name="%RDPR_QUEUE_NAME%-poison", connection="AzureWebJobsStorage")
 def poison(msg: func.QueueMessage) -> None:
+    from remediate.engine.evidence import activity_log_evidence
     from remediate.intake.worker import handle_poison
 
-    handle_poison(msg.get_body().decode("utf-8", errors="replace"), get_app().ledger)
+    current = get_app()
+    handle_poison(
+        msg.get_body().decode("utf-8", errors="replace"),
+        current.ledger,
+        msg.dequeue_count or 1,
+        current.settings.max_dequeue_count,
+        activity_log_evidence(current.clients, current.settings),
+    )
+
+
+# Every five minutes: cheap (a few table queries) and well inside the lock and claim expiries it works with.
+@app.function_name("reconcile")
+@app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)
+def reconcile(timer: func.TimerRequest) -> None:
+    from remediate.engine.evidence import activity_log_evidence
+    from remediate.intake.reconcile import reconcile as run_reconcile
+
+    current = get_app()
+    settings = current.settings
+    # A running request whose lease ran out and whose journal has not moved for a lock's lifetime will not be
+    # resumed by any delivery; a queued one is given every delivery the host would make.
+    report = run_reconcile(
+        current.ledger,
+        current.queue,
+        running_stale_seconds=settings.lock_minutes * 60.0,
+        queued_stale_seconds=settings.lock_minutes * 60.0 * settings.max_dequeue_count,
+        restart_evidence=activity_log_evidence(current.clients, settings),
+    )
+    log.info(
+        "reconcile finished",
+        extra={"closed": len(report.closed), "resent": len(report.resent), "past_due": timer.past_due},
+    )

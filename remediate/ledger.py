@@ -4,10 +4,14 @@ Tables (names start with `RDPR_TABLE_PREFIX`):
 
 * `<p>vms`    one row per VM: the lock (owner + expiry, taken with ETag-conditional writes so two workers
               never both win), attempt times (no reboot loops), the last outcome and recent request ids.
-* `<p>audit`  one partition per request: a `request` row (who, why, options, state, outcome, reason) and one
-              `step-NN` row per workflow step (start, finish, detail, script summary). A step is written
-              before the next begins, so a redelivered request resumes where the last worker stopped.
+* `<p>audit`  one partition per request: a `request` row (who, why, options, state, outcome, reason), a
+              `lease` row (which execution runs the request, until when) and one `step-NN` row per workflow
+              step (start, finish, detail, script summary). A step row is inserted (never upserted) when the
+              step starts and replaced, ETag-conditionally, when it ends, so a concurrent writer cannot
+              overwrite it; a redelivered request resumes where the last worker stopped.
 * `<p>dedup`  one row per dedup key (alert id + VM): inserting an existing key fails, which is the point.
+              The row is also the intake's outbox: it holds the request's message until the message is
+              queued, so a retry (or the reconciler) finishes what a crash left half done.
 
 Row keys are SHA-256 digests of the case-folded VM id: ARM ids contain `/`, which row keys forbid.
 """
@@ -47,6 +51,10 @@ INTAKE_PARTITION = "intake"
 INTAKE_WRITE_ATTEMPTS = 8
 # How long a pending request whose record is not written yet still absorbs others for its VM.
 PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
+LEASE_ROW = "lease"
+# Dedup claim states: claimed (key taken, message not yet prepared), outbox (message prepared, not yet
+# known to be queued), queued (the message is in the queue).
+CLAIMED, OUTBOX, CLAIM_QUEUED = "claimed", "outbox", "queued"
 
 # Request states: queued (accepted, not started), running, done (outcome recorded).
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -121,6 +129,8 @@ class AuditRecord:
     finished_at: dt.datetime | None = None
     rebooted: bool = False
     steps: list[StepResult] = field(default_factory=list)
+    changed: bool = False  # the outcome's verdict on whether the VM may have been changed (cooldown)
+    step_etags: list[str] = field(default_factory=list)  # the ETag of each step row, for conditional writes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +148,23 @@ class AuditRecord:
             "rebooted": self.rebooted,
             "steps": [step.to_json() for step in self.steps],
         }
+
+
+class ExecutionConflict(TransientError):
+    """Another execution of the same request holds its lease or wrote its journal first: this one stops
+    without recording anything (the other one records the outcome, or the reconciler does if it dies)."""
+
+
+@dataclass
+class Claim:
+    """A dedup row that has not reached `queued`: what intake (or the reconciler) must finish."""
+
+    key: str
+    state: str
+    claimed_at: dt.datetime
+    request_id: str | None
+    message: str | None
+    etag: str
 
 
 class Ledger:
@@ -159,7 +186,7 @@ class Ledger:
         for table in (self.vms, self.audit, self.dedup):
             self._service.create_table_if_not_exists(table.table_name)
 
-    # --- dedup ---------------------------------------------------------------------------------------
+    # --- dedup and the intake outbox ------------------------------------------------------------------
 
     def claim(self, dedup_key: str) -> bool:
         """True the first time `dedup_key` is claimed, False ever after."""
@@ -167,8 +194,9 @@ class Ledger:
 
         entity = {
             "PartitionKey": "dedup",
-            "RowKey": hashlib.sha256(dedup_key.encode()).hexdigest(),
+            "RowKey": _dedup_row(dedup_key),
             "Key": dedup_key[:1000],
+            "State": CLAIMED,
             "ClaimedAt": self._clock(),
         }
         try:
@@ -180,13 +208,83 @@ class Ledger:
 
     def unclaim(self, dedup_key: str) -> None:
         """Give a key back (its request could not be queued), so the sender's retry is not a duplicate."""
-        with _storage_errors("release a dedup key"):
-            self.dedup.delete_entity("dedup", hashlib.sha256(dedup_key.encode()).hexdigest())
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("release a dedup key"):
+                self.dedup.delete_entity("dedup", _dedup_row(dedup_key))
+        except ResourceNotFoundError:
+            pass
+
+    def unfinished_claim(self, dedup_key: str) -> Claim | None:
+        """The claim of `dedup_key` if it has not reached `queued` (a crash may have left it half done)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read a dedup key"):
+                row = self.dedup.get_entity("dedup", _dedup_row(dedup_key))
+        except ResourceNotFoundError:
+            return None
+        claim = _claim(row)
+        return None if claim.state == CLAIM_QUEUED else claim
+
+    def unfinished_claims(self, older_than: dt.datetime) -> list[Claim]:
+        """Claims claimed before `older_than` that never reached `queued` (for the reconciler)."""
+        query = "PartitionKey eq 'dedup' and State ne @queued and ClaimedAt lt @before"
+        with _storage_errors("list unfinished dedup keys"):
+            rows = self.dedup.query_entities(query, parameters={"queued": CLAIM_QUEUED, "before": older_than})
+            return [_claim(row) for row in rows]
+
+    def retake_claim(self, claim: Claim) -> bool:
+        """Take over a stale claim that never prepared a message (its intake died): ETag-conditional."""
+        return self._update_claim(claim, {"State": CLAIMED, "ClaimedAt": self._clock(), "Message": ""})
+
+    def prepare_claim(self, dedup_key: str, request_id: str, message: str) -> None:
+        """Put the request's message into the claim row before the message is sent (the outbox)."""
+        from azure.data.tables import UpdateMode
+
+        entity = {
+            "PartitionKey": "dedup",
+            "RowKey": _dedup_row(dedup_key),
+            "State": OUTBOX,
+            "RequestId": request_id,
+            "Message": message[:30000],
+        }
+        with _storage_errors("prepare a dedup key's message"):
+            self.dedup.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    def confirm_claim(self, dedup_key: str) -> None:
+        """The message is queued: the claim is final (and its copy of the message no longer needed)."""
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": "dedup", "RowKey": _dedup_row(dedup_key), "State": CLAIM_QUEUED, "Message": ""}
+        with _storage_errors("confirm a dedup key"):
+            self.dedup.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    def _update_claim(self, claim: Claim, fields: dict[str, Any]) -> bool:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        entity = {"PartitionKey": "dedup", "RowKey": _dedup_row(claim.key), **fields}
+        try:
+            with _storage_errors("update a dedup key"):
+                self.dedup.update_entity(
+                    entity, mode=UpdateMode.MERGE, etag=claim.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
 
     # --- requests and steps --------------------------------------------------------------------------
 
     def record_accepted(self, request: RemediationRequest) -> None:
-        """Write the request row at intake, before the message is queued: nothing accepted is lost."""
+        """Write the request row at intake, before the message is queued: nothing accepted is lost.
+
+        Insert-only: a row that exists already (a retried intake, a redelivery) keeps its state and outcome.
+        """
+        from azure.core.exceptions import ResourceExistsError
+
         entity = {
             "PartitionKey": request.request_id,
             "RowKey": REQUEST_ROW,
@@ -197,45 +295,126 @@ class Ledger:
             "State": QUEUED,
             "AcceptedAt": self._clock(),
         }
-        with _storage_errors("record an accepted request"):
-            self.audit.upsert_entity(entity)
+        try:
+            with _storage_errors("record an accepted request"):
+                self.audit.create_entity(entity)
+        except ResourceExistsError:
+            return
         self._remember(request.vm, request.request_id)
 
     def mark_running(self, request_id: str) -> None:
-        self._merge_request(request_id, {"State": RUNNING})
+        """Queued -> running; never touches a request that already has its outcome."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(5):
+            head = self._head(request_id)
+            if head is None or head.get("State") != QUEUED:
+                return
+            entity = {"PartitionKey": request_id, "RowKey": REQUEST_ROW, "State": RUNNING}
+            try:
+                with _storage_errors("update a request"):
+                    self.audit.update_entity(
+                        entity,
+                        mode=UpdateMode.MERGE,
+                        etag=head.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except ResourceModifiedError:
+                continue
+            return
 
     def mark_interrupted(self, request_id: str, reason: str) -> None:
         """The request stopped before its outcome; its journal stays, so `run --resume` continues it."""
         self._merge_request(request_id, {"State": INTERRUPTED, "OutcomeReason": reason[:8000]})
 
     def record_step(self, request_id: str, index: int, step: StepResult) -> None:
-        entity = {
-            "PartitionKey": request_id,
-            "RowKey": f"step-{index:02d}",
-            "Name": step.name,
-            "Status": step.status,
-            "StartedAt": step.started_at,
-            "FinishedAt": step.finished_at,
-            "Detail": step.detail[:8000],
-            "Summary": json.dumps(step.summary) if step.summary is not None else None,
-        }
+        """Write a step row unconditionally (tools and tests); the workflow appends with `append_step`."""
         with _storage_errors("record a workflow step"):
-            self.audit.upsert_entity({k: v for k, v in entity.items() if v is not None})
+            self.audit.upsert_entity(_step_entity(request_id, index, step))
+
+    def append_step(self, request_id: str, index: int, step: StepResult) -> str:
+        """Insert step row `index`; ExecutionConflict when it exists (another execution wrote it). Its ETag."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            with _storage_errors("record a workflow step"):
+                metadata = self.audit.create_entity(_step_entity(request_id, index, step))
+        except ResourceExistsError as exc:
+            raise ExecutionConflict(
+                f"step {index} of request {request_id} was written by another execution; this one stops"
+            ) from exc
+        return str(metadata["etag"])
+
+    def update_step(self, request_id: str, index: int, step: StepResult, etag: str) -> str:
+        """Replace step row `index` if nobody wrote it since `etag`; ExecutionConflict otherwise. The new ETag."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        try:
+            with _storage_errors("record a workflow step"):
+                metadata = self.audit.update_entity(
+                    _step_entity(request_id, index, step),
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ExecutionConflict(
+                f"step {index} of request {request_id} was changed by another execution; this one stops"
+            ) from exc
+        return str(metadata["etag"])
 
     def record_outcome(
-        self, request_id: str, outcome: Outcome, reason: str, *, failed_step: str | None = None, rebooted: bool = False
-    ) -> None:
-        self._merge_request(
-            request_id,
-            {
-                "State": DONE,
-                "Outcome": outcome.value,
-                "OutcomeReason": reason[:8000],
-                "FailedStep": failed_step or "",
-                "Rebooted": rebooted,
-                "FinishedAt": self._clock(),
-            },
-        )
+        self,
+        request_id: str,
+        outcome: Outcome,
+        reason: str,
+        *,
+        failed_step: str | None = None,
+        rebooted: bool = False,
+        changed: bool = False,
+        at: dt.datetime | None = None,
+    ) -> bool:
+        """Write the outcome once: True if this call wrote it, False if the request already had one.
+
+        Conditional on the row's ETag, so of two executions finishing at once exactly one verdict stands.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.data.tables import UpdateMode
+
+        fields = {
+            "State": DONE,
+            "Outcome": outcome.value,
+            "OutcomeReason": reason[:8000],
+            "FailedStep": failed_step or "",
+            "Rebooted": rebooted,
+            "Changed": changed,
+            "FinishedAt": at or self._clock(),
+        }
+        for _ in range(10):
+            head = self._head(request_id)
+            if head is not None and head.get("State") == DONE:
+                return False
+            entity = {"PartitionKey": request_id, "RowKey": REQUEST_ROW, **fields}
+            try:
+                with _storage_errors("record an outcome"):
+                    if head is None:
+                        self.audit.create_entity(entity)
+                    else:
+                        self.audit.update_entity(
+                            entity,
+                            mode=UpdateMode.MERGE,
+                            etag=head.metadata["etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+            except (ResourceModifiedError, ResourceExistsError):
+                continue
+            return True
+        raise TransientError(f"could not record the outcome of {request_id}: the request row is contended")
 
     def get(self, request_id: str) -> AuditRecord | None:
         """The request row and its steps, or None for an unknown id."""
@@ -245,7 +424,7 @@ class Ledger:
         if head is None:
             return None
         steps = sorted((row for row in rows if row["RowKey"].startswith("step-")), key=lambda r: r["RowKey"])
-        return _record(head, [_step(row) for row in steps])
+        return _record(head, steps)
 
     def steps(self, request_id: str) -> list[StepResult]:
         record = self.get(request_id)
@@ -321,6 +500,93 @@ class Ledger:
                 {"PartitionKey": request_id, "RowKey": REQUEST_ROW, **fields}, mode=UpdateMode.MERGE
             )
 
+    def open_requests(self) -> list[AuditRecord]:
+        """Requests without an outcome (queued or running), for the reconciler."""
+        query = "RowKey eq @row and State ne @done"
+        with _storage_errors("list open requests"):
+            heads = list(self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "done": DONE}))
+        records = (self.get(head["PartitionKey"]) for head in heads)
+        return [record for record in records if record is not None]
+
+    def _head(self, request_id: str) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read a request"):
+                return self.audit.get_entity(request_id, REQUEST_ROW)
+        except ResourceNotFoundError:
+            return None
+
+    # --- the execution lease: one request runs in one place --------------------------------------------
+
+    def take_lease(self, request_id: str, holder: str, seconds: float) -> tuple[bool, str | None]:
+        """Take or renew the request's execution lease for `holder`; (False, current holder) when another
+        execution holds an unexpired one. ETag-conditional, so of two racing executions exactly one wins.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        for _ in range(10):
+            try:
+                with _storage_errors("read an execution lease"):
+                    row = self.audit.get_entity(request_id, LEASE_ROW)
+            except ResourceNotFoundError:
+                row = None
+            now = self._clock()
+            if row is not None and row.get("Holder") != holder and row.get("Expires") and row["Expires"] > now:
+                return False, str(row.get("Holder"))
+            entity = {
+                "PartitionKey": request_id,
+                "RowKey": LEASE_ROW,
+                "Holder": holder,
+                "Expires": now + dt.timedelta(seconds=seconds),
+            }
+            try:
+                with _storage_errors("take an execution lease"):
+                    if row is None:
+                        self.audit.create_entity(entity)
+                    else:
+                        self.audit.update_entity(
+                            entity,
+                            mode=UpdateMode.REPLACE,
+                            etag=row.metadata["etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                continue
+            return True, holder
+        raise TransientError(f"could not take the execution lease of {request_id}: contended")
+
+    def drop_lease(self, request_id: str, holder: str) -> None:
+        """Give the lease up if `holder` still holds it (a lease taken over by another is left alone)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        try:
+            with _storage_errors("read an execution lease"):
+                row = self.audit.get_entity(request_id, LEASE_ROW)
+            if row.get("Holder") != holder:
+                return
+            with _storage_errors("drop an execution lease"):
+                self.audit.delete_entity(
+                    request_id, LEASE_ROW, etag=row.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return
+
+    def lease_expires(self, request_id: str) -> dt.datetime | None:
+        """When the request's execution lease runs out (None: nobody holds one)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read an execution lease"):
+                row = self.audit.get_entity(request_id, LEASE_ROW)
+        except ResourceNotFoundError:
+            return None
+        expires = row.get("Expires")
+        return expires if isinstance(expires, dt.datetime) else None
+
     # --- per-VM state: lock, attempts, cooldown, history ---------------------------------------------
 
     def vm_state(self, vm: VmId) -> VmState:
@@ -382,6 +648,36 @@ class Ledger:
 
         self._update_vm(vm, apply)
 
+    def finish_vm(self, vm: VmId, request_id: str, outcome: str, *, changed: bool, at: dt.datetime) -> None:
+        """The VM row's side of an outcome, in ONE conditional write: the cooldown (when the VM may have been
+        changed), the last outcome, and the release of the lock if `request_id` holds it.
+
+        Idempotent: the cooldown starts at the outcome's own time `at` (never moved back), so whoever finds a
+        done request whose finish did not happen (a crash in between) can safely complete it again.
+        """
+
+        def apply(state: VmState) -> None:
+            if changed and (state.last_finished is None or state.last_finished < at):
+                state.last_finished = at
+            if changed or state.owner == request_id:  # only a request that held the lock writes the history
+                state.last_outcome = outcome
+            if state.owner == request_id:
+                state.owner, state.lock_expires = None, None
+
+        self._update_vm(vm, apply)
+
+    def complete_finish(self, record: AuditRecord) -> None:
+        """Finish the VM side of a done request (cooldown, release); safe to repeat (see `finish_vm`)."""
+        if record.state != DONE or record.outcome is None:
+            return
+        vm = VmId.parse(record.vm)
+        at = record.finished_at or self._clock()
+        state = self.vm_state(vm)
+        cooled = not record.changed or (state.last_finished is not None and state.last_finished >= at)
+        if cooled and state.owner != record.request_id:
+            return  # already complete: no write
+        self.finish_vm(vm, record.request_id, record.outcome, changed=record.changed, at=at)
+
     def history(self, vm: VmId) -> list[AuditRecord]:
         row = self._intake_row(vm)
         recent = json.loads(row.get("History") or "[]") if row is not None else []
@@ -389,6 +685,12 @@ class Ledger:
         ids = list(dict.fromkeys([*recent, *older]))[:HISTORY_LENGTH]
         records = (self.get(request_id) for request_id in ids)
         return [record for record in records if record is not None]
+
+    def locked_vms(self) -> list[tuple[str, str]]:
+        """(VM id, owner) of every VM row that names a lock owner (expired or not), for the reconciler."""
+        with _storage_errors("list locked VMs"):
+            rows = self.vms.query_entities("Owner ne @empty", parameters={"empty": ""}, select=["Vm", "Owner"])
+            return [(row["Vm"], row["Owner"]) for row in rows]
 
     def _remember(self, vm: VmId, request_id: str) -> None:
         """Intake's note of a request, on the VM's intake row: never on the lock's row, so a burst of alerts
@@ -524,13 +826,30 @@ def apply_retention(ledger: Ledger, settings: Settings) -> Pruned:
     return ledger.prune(audit_before=audit_before, dedup_before=now - ALERT_LIFETIME)
 
 
+def storage_retry_options(settings: Settings) -> dict[str, Any]:
+    """The storage clients' retries, governed by the same settings as the Azure clients': a ledger that is
+    down must fail a step within the workflow's budget, not after azure-core's ten default retries."""
+    total = settings.retry_total
+    return {
+        "retry_total": total,
+        "retry_connect": total,
+        "retry_read": total,
+        "retry_status": total,
+        "retry_backoff_factor": settings.retry_backoff_seconds,
+        "retry_backoff_max": 60,
+    }
+
+
 def table_service(settings: Settings) -> TableServiceClient:
     """The Table service client: a connection string (Azurite, or a key-based account) or managed identity."""
     from azure.data.tables import TableServiceClient
 
     verify = settings.emulator_ca_cert if settings.emulator and settings.emulator_ca_cert else True
+    retries = storage_retry_options(settings)
     if settings.storage_connection:
-        return TableServiceClient.from_connection_string(settings.storage_connection, connection_verify=verify)
+        return TableServiceClient.from_connection_string(
+            settings.storage_connection, connection_verify=verify, **retries
+        )
     if not settings.storage_account:
         from remediate.model import ConfigurationError
 
@@ -538,7 +857,9 @@ def table_service(settings: Settings) -> TableServiceClient:
     from remediate.azure.clients import get_clients
 
     return TableServiceClient(
-        f"https://{settings.storage_account}.table.core.windows.net", credential=get_clients(settings).credential
+        f"https://{settings.storage_account}.table.core.windows.net",
+        credential=get_clients(settings).credential,
+        **retries,
     )
 
 
@@ -590,7 +911,36 @@ def _vm_state(vm: VmId, row: Any) -> VmState:
     )
 
 
-def _record(head: Any, steps: list[StepResult]) -> AuditRecord:
+def _dedup_row(dedup_key: str) -> str:
+    return hashlib.sha256(dedup_key.encode()).hexdigest()
+
+
+def _claim(row: Any) -> Claim:
+    return Claim(
+        key=row.get("Key", ""),
+        state=row.get("State") or CLAIM_QUEUED,  # rows written before the outbox existed were final
+        claimed_at=row["ClaimedAt"],
+        request_id=row.get("RequestId") or None,
+        message=row.get("Message") or None,
+        etag=row.metadata["etag"],
+    )
+
+
+def _step_entity(request_id: str, index: int, step: StepResult) -> dict[str, Any]:
+    entity = {
+        "PartitionKey": request_id,
+        "RowKey": f"step-{index:02d}",
+        "Name": step.name,
+        "Status": step.status,
+        "StartedAt": step.started_at,
+        "FinishedAt": step.finished_at,
+        "Detail": step.detail[:8000],
+        "Summary": json.dumps(step.summary) if step.summary is not None else None,
+    }
+    return {k: v for k, v in entity.items() if v is not None}
+
+
+def _record(head: Any, step_rows: list[Any]) -> AuditRecord:
     finished = head.get("FinishedAt")
     return AuditRecord(
         request_id=head["PartitionKey"],
@@ -605,7 +955,9 @@ def _record(head: Any, steps: list[StepResult]) -> AuditRecord:
         failed_step=head.get("FailedStep") or None,
         finished_at=finished,
         rebooted=bool(head.get("Rebooted", False)),
-        steps=steps,
+        steps=[_step(row) for row in step_rows],
+        changed=bool(head.get("Changed", False)),
+        step_etags=[row.metadata["etag"] for row in step_rows],
     )
 
 

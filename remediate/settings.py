@@ -204,6 +204,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "How long a per-VM lock holds before another worker may take it over.",
         _positive_int,
     ),
+    SettingSpec(
+        "RDPR_LEASE_SECONDS",
+        "lease_seconds",
+        "60",
+        "How long a request's execution lease outlives its last heartbeat (a third of it) before another "
+        "delivery of the request may take over.",
+        _positive_int,
+    ),
     # --- Time limits -------------------------------------------------------------------------------------
     SettingSpec(
         "RDPR_WORKFLOW_DEADLINE_MINUTES",
@@ -238,6 +246,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "retry_backoff_seconds",
         "0.8",
         "Base of the exponential backoff between those retries (capped at 60 s a wait).",
+        _non_negative_float,
+    ),
+    SettingSpec(
+        "RDPR_RESTART_EVIDENCE_SECONDS",
+        "restart_evidence_seconds",
+        "300",
+        "How long after a restart was sent the Activity Log must still show no restart before the restart is "
+        "taken as not accepted (and sent once more).",
         _non_negative_float,
     ),
     # --- RDP probe ---------------------------------------------------------------------------------------
@@ -442,11 +458,13 @@ class Settings:
     max_concurrent: int
     reboot_policy: str
     lock_minutes: int
+    lease_seconds: int
     workflow_deadline_minutes: int
     boot_timeout_seconds: float
     retry_after_cap_seconds: float
     retry_total: int
     retry_backoff_seconds: float
+    restart_evidence_seconds: float
     rdp_port: int
     probe_timeout_seconds: float
     expiry_warning_days: int

@@ -8,6 +8,7 @@ long-running operation, an agent that is not ready, a script whose output is jun
 
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +24,7 @@ OPERATIONS = frozenset(
         "resourceGraph",
         "logsQuery",
         "operationStatus",
+        "activityLog",
     }
 )
 
@@ -42,6 +44,8 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     # (learn.microsoft.com/azure/azure-resource-manager/management/async-operations: "Azure-AsyncOperation -
     # URL for checking the ongoing status of the operation"), so a client must decide which hosts it trusts.
     "foreign-polling-host": frozenset({"runCommand", "restart"}),
+    # The request is served (the VM restarts, the command runs) but the caller gets a 500: a lost answer.
+    "lost-answer": frozenset({"restart", "runCommand"}),
 }
 
 KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()
@@ -65,6 +69,25 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._rate = 0.0
+        self._rate_kinds: tuple[str, ...] = ()
+        self._rng = random.Random(0)
+
+    def at_random(self, rate: float, kinds: tuple[str, ...] = ("429", "500", "503", "reset"), seed: int = 0) -> None:
+        """Besides the armed faults, answer a `rate` share of all requests with one of `kinds` (HTTP kinds, or
+        `lro-failed`, which then fails that share of Run Commands and restarts). 0 turns it off."""
+        unknown = sorted(set(kinds) - HTTP_KINDS - {"lro-failed"})
+        if unknown or not 0.0 <= rate < 1.0:
+            raise ValueError(f"random faults need a rate in [0, 1) and known kinds, not {rate} / {unknown}")
+        with self._lock:
+            self._rate, self._rate_kinds, self._rng = rate, tuple(kinds), random.Random(seed)
+
+    def _random(self, operation: str, vm: str | None, allowed: frozenset[str]) -> Fault | None:
+        with self._lock:
+            kinds = [k for k in self._rate_kinds if k in allowed]
+            if not kinds or self._rng.random() >= self._rate:
+                return None
+            return Fault(operation, self._rng.choice(kinds), 1, vm, 1)
 
     def add(self, operation: str, kind: str, count: int = 1, vm: str | None = None, retry_after: int = 1) -> None:
         """Arm a fault; raises ValueError for a combination Azure cannot produce."""
@@ -85,12 +108,15 @@ class Faults:
             self._faults.append(Fault(operation, kind, count, key, retry_after))
 
     def take_http(self, operation: str, vm: str | None) -> Fault | None:
-        """Consume the first armed HTTP-level fault for this request, if any."""
-        return self._take(operation, vm, HTTP_KINDS)
+        """Consume the first armed HTTP-level fault for this request, if any (or draw a random one)."""
+        return self._take(operation, vm, HTTP_KINDS) or self._random(operation, vm, HTTP_KINDS)
 
     def take(self, operation: str, kind: str, vm: str | None) -> bool:
         """Consume one firing of a behavioural fault; True when it fires."""
-        return self._take(operation, vm, frozenset({kind})) is not None
+        if self._take(operation, vm, frozenset({kind})) is not None:
+            return True
+        allowed = frozenset({kind}) if operation in BEHAVIOUR_KINDS.get(kind, frozenset()) else frozenset()
+        return self._random(operation, vm, allowed) is not None
 
     def _take(self, operation: str, vm: str | None, kinds: frozenset[str]) -> Fault | None:
         with self._lock:

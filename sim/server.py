@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sim.activitylog import ActivityLog, FilterError
 from sim.certs import server_certificate
 from sim.faults import Faults
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION, Fleet, VirtualMachine
@@ -149,6 +150,8 @@ def not_found(resource_type: str, name: str, group: str) -> ArmError:
     )
 
 
+RESTART_ACTION = "Microsoft.Compute/virtualMachines/restart/action"
+
 # --- Routing ---------------------------------------------------------------------------------------------
 
 _S = r"([^/]+)"
@@ -190,6 +193,12 @@ def _routes() -> list[Route]:
             rf"/subscriptions/{_S}/providers/microsoft\.compute/locations/{_S}/operations/{_S}",
             "operationStatus",
             lambda emu, call, g: emu.operation_status(call, g),
+        ),
+        (
+            "GET",
+            rf"/subscriptions/{_S}/providers/microsoft\.insights/eventtypes/management/values",
+            "activityLog",
+            lambda emu, call, g: emu.activity_log(call, g[0]),
         ),
         (
             "POST",
@@ -240,6 +249,7 @@ class Emulator:
         # Where the `foreign-polling-host` fault points the polling headers (a test's stand-in attacker).
         self.foreign_polling_url = "https://127.0.0.1:9"
         self.log = RequestLog()
+        self.activity = ActivityLog()
         self.time_scale = time_scale
         self.base_latencies = latencies or Latencies()
         self.latencies = self.base_latencies.scaled(time_scale)
@@ -344,6 +354,9 @@ class Emulator:
             "RDPR_LOG_WORKSPACE_ID": self.workspace_id,
             "RDPR_POLL_INTERVAL_SECONDS": f"{self.poll_interval():g}",
             "RDPR_SCOPES": ",".join(scopes),
+            # The emulator's Activity Log shows a restart the moment it is called (Azure's may lag): a second
+            # of silence is enough here to take a restart as not accepted.
+            "RDPR_RESTART_EVIDENCE_SECONDS": "1",
         }
 
     def describe(self) -> dict[str, Any]:
@@ -411,7 +424,13 @@ class Emulator:
         if fault is not None:
             return _fault_response(fault.kind, fault.retry_after, route.operation)
         self.operations.advance()
-        return route.handler(self, call, groups)
+        response = route.handler(self, call, groups)
+        if self.faults.take(route.operation, "lost-answer", call.vm):
+            # Served, then the answer is lost: Azure acted, the caller sees a 500. Microsoft's REST API
+            # Guidelines (azure/Guidelines.md, "Repeatability of requests") describe exactly this for POST: a
+            # client that sees an error cannot tell whether the action happened.
+            return ArmError(500, "InternalServerError", "Encountered internal server error.").response()
+        return response
 
     def _route(self, call: Call) -> tuple[Route, tuple[str, ...]] | ArmError:
         lowered = call.path.lower()
@@ -523,11 +542,23 @@ class Emulator:
 
     def restart(self, call: Call, groups: tuple[str, ...]) -> Response:
         vm = self._vm(groups)
+        # Every restart call is in the Activity Log (sim/activitylog.py cites the event shapes).
+        record = self.activity.action(vm.resource_id, vm.subscription_id, vm.resource_group, RESTART_ACTION)
         try:
             op = self.operations.start_restart(vm)
         except Refused as refused:
+            record.failed(409)
             raise ArmError(409, refused.code, refused.message) from None
+        record.accepted()
+        self.activity.follow(record, op)
         return self._accepted(call, op)
+
+    def activity_log(self, call: Call, subscription: str) -> Response:
+        try:
+            body = self.activity.query(subscription, call.query.get("$filter"), call.query.get("$select"))
+        except FilterError as exc:
+            raise ArmError(400, "BadRequest", str(exc)) from None
+        return json_response(200, body)
 
     def _accepted(self, call: Call, op: Operation) -> Response:
         """202 with both polling headers: azure-core needs `Location` for the final result."""

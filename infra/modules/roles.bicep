@@ -24,6 +24,7 @@ var operatorActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/restart/action'
   'Microsoft.Compute/virtualMachines/runCommand/action'
+  'Microsoft.Insights/eventtypes/values/read'
   'Microsoft.Network/networkInterfaces/read'
   'Microsoft.ResourceGraph/resources/read'
 ]

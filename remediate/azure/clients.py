@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from azure.core.pipeline import PipelineRequest
     from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
     from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.monitor import MonitorManagementClient
     from azure.mgmt.network import NetworkManagementClient
     from azure.mgmt.resourcegraph import ResourceGraphClient
     from azure.monitor.query import LogsQueryClient
@@ -200,6 +201,35 @@ def trusted_hosts_policy(trusted: frozenset[HostKey]) -> SansIOHTTPPolicy[Any, A
     return _trusted_hosts_policy_class()(trusted)  # type: ignore[call-arg]
 
 
+_warmed: set[str] = set()
+_warm_lock = threading.Lock()
+
+
+def _warm_models(module_name: str) -> None:
+    """Set up every model class of an SDK module once, under the clients' lock, before any thread uses them.
+
+    The newer generated SDKs (azure-mgmt-compute 37+) compute each model's field table on its first
+    instantiation; two threads doing that first instantiation at once can see a half-built table and raise
+    AttributeError (seen once in 320 concurrent first calls). Doing it here, once per process, closes the race
+    (about 0.3 s, paid by the first compute call only).
+    """
+    import importlib
+
+    with _warm_lock:  # one process-wide lock: two client sets warming at once would race the same way
+        if module_name in _warmed:
+            return
+        models = importlib.import_module(module_name)
+        for name in dir(models):
+            model = getattr(models, name)
+            new = getattr(model, "__new__", None)
+            if isinstance(model, type) and hasattr(model, "_calculated") and callable(new):
+                try:
+                    new(model)
+                except Exception:  # a model that cannot be built bare is set up on first real use instead
+                    log.debug("model not warmed", extra={"model": name})
+        _warmed.add(module_name)
+
+
 class AzureClients:
     """Credential and clients for one `Settings`; each built on first use, then shared (thread-safe)."""
 
@@ -239,6 +269,7 @@ class AzureClients:
         def build() -> ComputeManagementClient:
             from azure.mgmt.compute import ComputeManagementClient  # lazy: cold start
 
+            _warm_models("azure.mgmt.compute.models")
             return ComputeManagementClient(self.credential, subscription_id, **self._arm_options())
 
         return self._cached("compute", subscription_id.lower(), build)
@@ -250,6 +281,16 @@ class AzureClients:
             return NetworkManagementClient(self.credential, subscription_id, **self._arm_options())
 
         return self._cached("network", subscription_id.lower(), build)
+
+    def monitor(self, subscription_id: str) -> MonitorManagementClient:
+        """Azure Monitor's management API: the Activity Log (was a restart accepted?)."""
+
+        def build() -> MonitorManagementClient:
+            from azure.mgmt.monitor import MonitorManagementClient  # lazy: cold start
+
+            return MonitorManagementClient(self.credential, subscription_id, **self._arm_options())
+
+        return self._cached("monitor", subscription_id.lower(), build)
 
     def resource_graph(self) -> ResourceGraphClient:
         def build() -> ResourceGraphClient:
@@ -292,10 +333,16 @@ class AzureClients:
 
     def _common_options(self) -> dict[str, Any]:
         settings = self.settings
+        total = settings.retry_total
         options: dict[str, Any] = {
+            # azure-core counts retries per kind too (connect 3, read 3, status 3 by default) and stops at the
+            # first count that runs out: set them all, so RDPR_RETRY_TOTAL governs every kind of retry.
             "retry_policy": capped_retry_policy(
                 settings.retry_after_cap_seconds,
-                retry_total=settings.retry_total,
+                retry_total=total,
+                retry_connect=total,
+                retry_read=total,
+                retry_status=total,
                 retry_backoff_factor=settings.retry_backoff_seconds,
                 retry_backoff_max=60,
             )

@@ -25,6 +25,8 @@ OPERATION_ACTIONS: dict[str, str] = {
     # (/subscriptions/ID/providers/Microsoft.Compute/locations/REGION/operations/ID) until the LRO ends.
     "operationStatus": "Microsoft.Compute/locations/operations/read",
     "getNic": "Microsoft.Network/networkInterfaces/read",
+    # Was a restart accepted? The Activity Log of the subscription, read for one VM and a time window.
+    "activityLog": "Microsoft.Insights/eventtypes/values/read",
     # Resource Graph returns only the resources the caller may read; this action lets it submit the query.
     "resourceGraph": "Microsoft.ResourceGraph/resources/read",
 }

@@ -150,10 +150,13 @@ def _refusal(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
 
 def _failure(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
     """The operation was accepted and then failed (or its status could not be read)."""
+    from remediate.azure.errors import retryable_operation_error
+
     status = exc.status_code or 0
     code, message = _error_detail(exc)
-    if status in (429, 502, 503, 504):
-        return TransientError(f"could not read the result of {script} on {vm.name} ({status} {code}: {message})")
+    if retryable_operation_error(code, status):
+        # A retry-later code, or a status read that kept failing: the script is idempotent, run it again.
+        return TransientError(f"{script} on {vm.name} did not complete ({status} {code}: {message}); worth a retry")
     return PermanentError(f"Run Command of {script} on {vm.name} failed ({code}: {message}); no script output")
 
 

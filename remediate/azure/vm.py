@@ -84,9 +84,22 @@ def private_ip(clients: AzureClients, view: VmView) -> str | None:
 
 
 def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
-    """Ask Azure to restart the VM; returns once Azure has accepted (the poller's token survives a crash)."""
+    """Send ONE restart POST and return once Azure has accepted it (the poller's token survives a crash).
+
+    The transport must not repeat it: azure-core re-sends a POST after a 500/503/504 or a dropped connection,
+    and a restart that Azure accepted before the error would then be sent twice. So this request goes out
+    with `retry_total=0`; the workflow decides about a second attempt, and only after the Activity Log shows
+    that the first was not accepted. Polling the operation afterwards keeps the clients' normal retries: the
+    polling method is built here, so the per-call `retry_total=0` does not reach it.
+    """
+    from azure.mgmt.core.polling.arm_polling import ARMPolling  # lazy: cold start
+
+    interval = clients.settings.poll_interval_seconds
+    polling = ARMPolling(30 if interval is None else interval)
     with azure_errors(f"restarting {vm.name}"):
-        return clients.compute(vm.subscription).virtual_machines.begin_restart(vm.resource_group, vm.name)
+        return clients.compute(vm.subscription).virtual_machines.begin_restart(
+            vm.resource_group, vm.name, retry_total=0, polling=polling
+        )
 
 
 def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> LROPoller[None]:
@@ -104,10 +117,25 @@ def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> 
         )
 
 
+class RestartFailed(TransientError):
+    """Azure accepted the restart, then the operation ended `Failed`: the VM was not restarted by it."""
+
+
 def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
-    """Wait for Azure to report the restart done (the VM may still be booting after)."""
-    with azure_errors(f"restarting {vm.name}"):
-        poller.result(timeout=max(timeout, 1.0))
+    """Wait for Azure to report the restart done (the VM may still be booting after).
+
+    RestartFailed when the operation itself failed (the restart did not happen and may be sent again once
+    the Activity Log confirms it); TransientError when only reading its status failed.
+    """
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        with azure_errors(f"restarting {vm.name}"):
+            poller.result(timeout=max(timeout, 1.0))
+    except TransientError as exc:
+        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() == "failed":
+            raise RestartFailed(f"the restart operation of {vm.name} failed: {exc.reason}") from exc
+        raise
     if not poller.done():
         raise TransientError(f"restart of {vm.name} did not complete within {timeout:.0f} s")
 

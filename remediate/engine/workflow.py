@@ -15,11 +15,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
-from remediate.engine import plans, policy
+from remediate.azure.errors import sdk_first_use_race
+from remediate.engine import evidence, plans, policy
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
-from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
-from remediate.ledger import DONE, AuditRecord, Ledger
+from remediate.engine.execution import Lease
+from remediate.engine.journal import (
+    FAILED,
+    OK,
+    SKIPPED,
+    STARTED,
+    UNKNOWN,
+    Journal,
+    accepted_restarts,
+    is_reboot,
+    may_have_changed,
+)
+from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger
 from remediate.model import (
     NotFound,
     Outcome,
@@ -102,6 +114,7 @@ class Workflow:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.request = request
         self.settings = settings
@@ -110,7 +123,7 @@ class Workflow:
         # In a queue worker with deliveries left, a transient failure is re-raised so the message comes back.
         self.retry_later = retry_later
         self._progress = progress or _no_progress
-        self._monotonic, self._sleep, self._now = monotonic, sleep, now
+        self._monotonic, self._sleep, self._now, self._wall = monotonic, sleep, now, wall
         self._deadline = 0.0
         self._journal: Journal | None = None
         self._current_step: str | None = None
@@ -122,6 +135,7 @@ class Workflow:
         self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
         self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
         self._holds_lock = False
+        self._lease: Lease | None = None
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -131,20 +145,35 @@ class Workflow:
         record = self.ledger.get(self.request.request_id)
         if record is not None and record.state == DONE:
             # A duplicate or late redelivery: the outcome stands; touching the VM again could reboot it twice.
-            self.ledger.release(self.request.vm, self.request.request_id)
+            # A crash between the outcome and the VM row's finish left the cooldown or the lock: complete it.
+            self.ledger.complete_finish(record)
             return _recorded_result(record)
         if record is None:
             self.ledger.record_accepted(self.request)
-        self.ledger.mark_running(self.request.request_id)
-        self._journal = Journal(self.ledger, self.request.request_id, record.steps if record else [])
-        outcome, reason = self._run_guarded()
-        return self._record(outcome, reason, self._monotonic() - started)
+        # One request runs in one place: a second delivery of it stops here (ExecutionConflict) while this
+        # one holds the lease.
+        self._lease = Lease(self.ledger, self.request.request_id, self.settings.lease_seconds)
+        self._lease.acquire()
+        try:
+            record = self.ledger.get(self.request.request_id)  # re-read under the lease: the journal as it is
+            if record is not None and record.state == DONE:
+                self.ledger.complete_finish(record)
+                return _recorded_result(record)
+            self.ledger.mark_running(self.request.request_id)
+            steps, etags = (record.steps, record.step_etags) if record else ([], [])
+            self._journal = Journal(self.ledger, self.request.request_id, steps, etags=etags)
+            outcome, reason = self._run_guarded()
+            return self._record(outcome, reason, self._monotonic() - started)
+        finally:
+            self._lease.release()
 
     def _run_guarded(self) -> tuple[Outcome, str]:
         try:
             return self._run_steps()
         except _Stop as stop:
             return stop.outcome, stop.reason
+        except ExecutionConflict:
+            raise  # another execution owns the request and records its outcome: record nothing here
         except TransientError as exc:
             if self.retry_later:
                 raise
@@ -152,6 +181,8 @@ class Workflow:
         except RemediationError as exc:
             return Outcome.FAILED, exc.reason
         except Exception as exc:  # a bug must still end in a recorded outcome, never a lost request
+            if sdk_first_use_race(exc) and self.retry_later:
+                raise TransientError(f"the Azure SDK's first use raced ({exc}); the delivery is retried") from exc
             log.exception("unexpected error in workflow", extra=self._log_fields())
             return Outcome.FAILED, f"internal error ({type(exc).__name__}: {exc}); see the function logs"
 
@@ -178,14 +209,18 @@ class Workflow:
         journal = self._require_journal()
         self._current_step = name
         previous = None if rerun else journal.find(name)
-        if previous is not None and previous.status in (OK, SKIPPED):
+        if previous is not None and previous.status in (OK, SKIPPED, UNKNOWN):
             self._progress(name, "already done (resumed)")
             return previous
-        if previous is not None and previous.status in (STARTED, FAILED) and name.startswith("reboot"):
-            # The restart may have reached Azure before the last worker died, or before its answer was lost
-            # (a failure that ended the request as permanent never comes back here): never request it twice.
-            return journal.finish(previous, OK, "resumed: the restart may already have been accepted; not repeated")
         self._check_deadline(name)
+        if self._lease is not None:
+            self._lease.check()  # still ours: a delivery that lost its lease must not act
+        if previous is not None and is_reboot(previous):
+            # Started (or failed in a way that could hide an accepted restart) and never finished: the Activity
+            # Log says whether Azure took it. Accepted or unknown: finished here, never sent twice.
+            resolved = self._resolve_restart(previous)
+            if resolved is not None:
+                return resolved
         self._progress(name, "started")
         step = journal.start(name)
         try:
@@ -193,6 +228,8 @@ class Workflow:
         except _Stop as stop:
             journal.finish(step, SKIPPED if stop.outcome is Outcome.SKIPPED else FAILED, stop.reason)
             self._progress(name, stop.reason)
+            raise
+        except ExecutionConflict:
             raise
         except RemediationError as exc:
             journal.finish(step, FAILED, exc.reason)
@@ -202,6 +239,33 @@ class Workflow:
         self._progress(name, detail)
         log.info("step finished", extra={**self._log_fields(), "step": name, "detail": detail})
         return step
+
+    def _resolve_restart(self, previous: StepResult) -> StepResult | None:
+        """The fate of a restart step with no recorded end, from the Activity Log; None: not accepted."""
+        fate = self._restart_fate(previous.started_at)
+        journal = self._require_journal()
+        if fate.accepted is None:
+            return journal.finish(
+                previous, UNKNOWN, f"not sent again: whether Azure accepted the restart is unknown ({fate.detail})"
+            )
+        if fate.accepted:
+            return journal.finish(
+                previous, OK, f"restart accepted by Azure ({fate.detail}); not sent again", {"evidence": fate.detail}
+            )
+        self._progress(previous.name, f"the earlier restart was not accepted ({fate.detail}); sending it once")
+        return None
+
+    def _restart_fate(self, sent_after: float) -> evidence.RestartFate:
+        return evidence.restart_fate(
+            self.clients,
+            self.request.vm,
+            sent_after,
+            evidence_seconds=self.settings.restart_evidence_seconds,
+            give_up=self._deadline,
+            poll_seconds=self._poll_seconds(),
+            monotonic=self._monotonic,
+            sleep=self._sleep,
+        )
 
     def _preflight(self) -> azure_vm.VmView:
         holder: list[azure_vm.VmView] = []
@@ -403,9 +467,14 @@ class Workflow:
         from remediate.azure.runcommand import run_script
 
         holder: list[dict[str, Any]] = []
+        earlier = self._require_journal().find(step_name or name)
+        # A repair that started before and has no recorded end: its script runs again (it is idempotent).
+        resumed = name != "diagnose" and earlier is not None and earlier.status in (STARTED, FAILED)
 
         def run() -> tuple[str, dict[str, Any] | None]:
             summary = run_script(self.clients, self.request.vm, name, parameters or {}, self._deadline)
+            if resumed:  # a change the earlier, unrecorded run made still needs its reboot and cooldown
+                summary = evidence.resolve_repair(summary)
             holder.append(summary)
             return _describe(summary), summary
 
@@ -422,9 +491,29 @@ class Workflow:
 
     def _reboot(self) -> tuple[str, dict[str, Any] | None]:
         """Finishes as soon as Azure accepts: the step then holds the operation's continuation token, so a
-        failure while polling (or a dead worker) is resumed by the wait step without a second restart."""
-        self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
-        return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
+        failure while polling (or a dead worker) is resumed by the wait step without a second restart.
+
+        The POST is sent without transport retries. When its answer is lost (5xx, dropped connection, or a 409
+        saying a restart is already running), the Activity Log decides: accepted means done; not accepted means
+        one more attempt, up to RDPR_RETRY_TOTAL; unknown leaves the step open for the next delivery.
+        """
+        current = self._require_journal().find(self._current_step or "reboot")
+        sent_after = current.started_at if current is not None else self._wall()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
+            except TransientError as exc:
+                fate = self._restart_fate(sent_after)
+                if fate.accepted:
+                    return f"restart accepted by Azure ({fate.detail}; its answer was lost)", {"evidence": fate.detail}
+                if fate.accepted is None or attempts > self.settings.retry_total:
+                    raise TransientError(f"{exc.reason}; {fate.detail}") from exc
+                self._sleep(min(self.settings.retry_backoff_seconds * 2**attempts, 30.0, self._remaining()))
+                sent_after = self._wall()
+                continue
+            return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
 
     def _wait(self, reboot_step: str) -> tuple[str, dict[str, Any] | None]:
         """Azure's restart operation, then the VM's own readiness: both within one end time."""
@@ -435,7 +524,15 @@ class Workflow:
         if poller is None and token:
             poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
         if poller is not None:
-            azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
+            try:
+                azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
+            except azure_vm.RestartFailed as exc:
+                # Nothing restarted: reopen the reboot step, so the next attempt sends it once more after the
+                # Activity Log confirms that this one failed.
+                if reboot is not None:
+                    self._require_journal().finish(reboot, FAILED, exc.reason)
+                self._restart_poller = None
+                raise
         self._restart_poller = None
         view = azure_vm.wait_until_ready(
             self.clients,
@@ -473,21 +570,36 @@ class Workflow:
     # --- bookkeeping --------------------------------------------------------------------------------------
 
     def _record(self, outcome: Outcome, reason: str, duration: float) -> WorkflowResult:
+        """The outcome (written once) and then, in one write, the VM row's cooldown and lock release."""
         journal = self._require_journal()
-        # Rebooted means Azure accepted (or may have accepted) a restart: read it from the journal, which also
-        # knows about restarts asked for by an earlier delivery of this request.
-        self.rebooted = any(s.name.startswith("reboot") and s.status in (OK, STARTED) for s in journal.steps)
+        steps = journal.steps
+        # Rebooted means Azure accepted a restart, as the journal proves it (also for a restart an earlier
+        # delivery of this request asked for); a restart whose fate is unknown is said so, not counted.
+        self.rebooted = accepted_restarts(steps) > 0
+        if any(is_reboot(s) and s.status == UNKNOWN for s in steps):
+            reason += "; whether Azure accepted a restart could not be established (see the reboot step)"
+        changed = self._changed or may_have_changed(steps)
         failed_step = self._current_step if outcome is Outcome.FAILED else None
-        self.ledger.record_outcome(
-            self.request.request_id, outcome, reason, failed_step=failed_step, rebooted=self.rebooted
+        at = self._now()
+        wrote = self.ledger.record_outcome(
+            self.request.request_id,
+            outcome,
+            reason,
+            failed_step=failed_step,
+            rebooted=self.rebooted,
+            changed=changed,
+            at=at,
         )
-        if not self._locked_out:
-            try:
-                if self._holds_lock:  # only a request that got this far can have changed the VM
-                    self.ledger.record_finished(self.request.vm, outcome, changed=self._changed or self.rebooted)
-            finally:
-                # Also frees a lock an earlier delivery of this request took and never gave back.
-                self.ledger.release(self.request.vm, self.request.request_id)
+        if not wrote:  # another execution's verdict came first and stands
+            record = self.ledger.get(self.request.request_id)
+            if record is not None:
+                self.ledger.complete_finish(record)
+                return _recorded_result(record)
+        if not self._locked_out or changed:
+            # Cooldown (only if the VM may have changed), last outcome and release: one conditional write.
+            # Also frees a lock an earlier delivery of this request took and never gave back; a lock held by
+            # another request is left alone (finish_vm releases only its own).
+            self.ledger.finish_vm(self.request.vm, self.request.request_id, outcome.value, changed=changed, at=at)
         log.info("remediation finished", extra={**self._log_fields(), "outcome": outcome.value, "reason": reason})
         return WorkflowResult(
             self.request.request_id,
@@ -500,7 +612,7 @@ class Workflow:
             self.actions,
             self.verification,
             duration,
-            journal.steps,
+            steps,
         )
 
     def _check_deadline(self, step: str) -> None:

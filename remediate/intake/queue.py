@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from remediate import telemetry
-from remediate.ledger import Ledger, VmState
+from remediate.ledger import Claim, Ledger, VmState, utcnow
 from remediate.model import ConfigurationError, Outcome, RemediationRequest, TransientError, VmId
 from remediate.settings import Settings
 
@@ -24,10 +24,20 @@ log = logging.getLogger(__name__)
 class RequestQueue:
     """Records each request in the ledger, then queues it. Implements intake's `IntakeSink`."""
 
-    def __init__(self, queue: QueueClient, ledger: Ledger, poison: QueueClient | None = None) -> None:
+    def __init__(
+        self,
+        queue: QueueClient,
+        ledger: Ledger,
+        poison: QueueClient | None = None,
+        *,
+        claim_stale_seconds: float = 60.0,
+    ) -> None:
         self.queue = queue
         self.poison = poison
         self.ledger = ledger
+        # An intake answers within seconds (an action group waits at most 10 s): a claim older than this that
+        # never prepared its message belongs to an intake that died.
+        self.claim_stale_seconds = claim_stale_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger) -> RequestQueue:
@@ -47,7 +57,22 @@ class RequestQueue:
                 pass
 
     def claim(self, dedup_key: str) -> bool:
-        return self.ledger.claim(dedup_key)
+        """True when this intake should create the request for `dedup_key`.
+
+        A key already claimed is a duplicate, unless a crash left its claim half done: a claim whose message
+        was prepared (the outbox) is finished here (its request queued) and answered as the duplicate it is;
+        a claim that never prepared a message and is older than any intake takes is taken over.
+        """
+        if self.ledger.claim(dedup_key):
+            return True
+        claim = self.ledger.unfinished_claim(dedup_key)
+        if claim is None:
+            return False
+        if claim.message:
+            self.complete_outbox(claim)
+            return False
+        age = (utcnow() - claim.claimed_at).total_seconds()
+        return age >= self.claim_stale_seconds and self.ledger.retake_claim(claim)
 
     # Coalescing and the cooldown read at intake (the ledger's intake row; never the lock's row).
     def admit(self, request: RemediationRequest, pending_for: dt.timedelta) -> str | None:
@@ -60,23 +85,45 @@ class RequestQueue:
         return self.ledger.vm_state(vm)
 
     def enqueue(self, request: RemediationRequest) -> None:
-        """The ledger row first, then the message: a request is never queued without an audit record.
+        """The outbox entry, the ledger row, then the message: a request is never queued without an audit
+        record, and a claimed dedup key never stays without its message (a retry or the reconciler sends it).
 
-        If either write fails, the record is closed as failed (when it exists) and the dedup key is given
-        back, so the sender's retry starts clean and nothing stays `queued` forever.
+        If a write fails, the record is closed as failed (when it exists) and the dedup key is given back, so
+        the sender's retry starts clean and nothing stays `queued` forever.
         """
+        # The message carries the request's trace (W3C traceparent), so the worker continues it.
+        message = json.dumps({**request.to_message(), **telemetry.start_request_trace(request)})
         try:
+            if request.dedup_key:
+                self.ledger.prepare_claim(request.dedup_key, request.request_id, message)
             self.ledger.record_accepted(request)
-            # The message carries the request's trace (W3C traceparent), so the worker continues it.
-            message = {**request.to_message(), **telemetry.start_request_trace(request)}
-            self.queue.send_message(json.dumps(message))
+            self.queue.send_message(message)
         except Exception as exc:
             self._undo(request, exc)
             raise TransientError(f"the request could not be queued: {exc}") from exc
+        if request.dedup_key:
+            try:
+                self.ledger.confirm_claim(request.dedup_key)
+            except TransientError:  # the message is out; the reconciler confirms it (sending a copy is harmless)
+                log.warning("could not confirm a dedup key", extra={"request_id": request.request_id})
         log.info(
             "request queued",
             extra={"vm": str(request.vm), "request_id": request.request_id, "trigger": request.trigger.value},
         )
+
+    def complete_outbox(self, claim: Claim) -> None:
+        """Finish an outbox entry a crash left: the request row (insert-only), the message, the confirmation.
+
+        A second copy of a message that did go out is harmless: a request runs once under its execution lease
+        and a done request is never run again.
+        """
+        if not claim.message:
+            return
+        request = RemediationRequest.from_message(json.loads(claim.message))
+        self.ledger.record_accepted(request)
+        self.queue.send_message(claim.message)
+        self.ledger.confirm_claim(claim.key)
+        log.warning("an accepted request's message was sent by the outbox", extra={"request_id": request.request_id})
 
     def _undo(self, request: RemediationRequest, cause: Exception) -> None:
         try:
@@ -96,8 +143,11 @@ def queue_client(settings: Settings, name: str) -> QueueClient:
     """A queue client speaking base64, the encoding the Functions queue trigger expects by default."""
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+    from remediate.ledger import storage_retry_options
+
     encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
     verify = settings.emulator_ca_cert if settings.emulator and settings.emulator_ca_cert else True
+    retries = storage_retry_options(settings)
     if settings.storage_connection:
         return QueueClient.from_connection_string(
             settings.storage_connection,
@@ -105,6 +155,7 @@ def queue_client(settings: Settings, name: str) -> QueueClient:
             connection_verify=verify,
             message_encode_policy=encode,
             message_decode_policy=decode,
+            **retries,
         )
     if not settings.storage_account:
         raise ConfigurationError("no queue storage: set RDPR_STORAGE_CONNECTION or AzureWebJobsStorage__accountName")
@@ -116,4 +167,5 @@ def queue_client(settings: Settings, name: str) -> QueueClient:
         credential=get_clients(settings).credential,
         message_encode_policy=encode,
         message_decode_policy=decode,
+        **retries,
     )

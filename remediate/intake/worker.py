@@ -7,10 +7,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from remediate import telemetry
+from remediate.engine.closing import RestartEvidence, close_abandoned
+from remediate.engine.evidence import activity_log_evidence
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
-from remediate.ledger import Ledger
-from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest
+from remediate.ledger import ExecutionConflict, Ledger, utcnow
+from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest, TransientError
 from remediate.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,28 +38,34 @@ def handle_message(
         return remediate(
             request, settings, ledger, clients, retry_later=not last_delivery, trace_context=telemetry.carrier_of(data)
         )
+    except ExecutionConflict as exc:
+        # Another delivery of the same request is running it: that one records the outcome (or, if it dies,
+        # the next delivery or the reconciler does). This copy is done.
+        log.warning("duplicate delivery while the request runs elsewhere", extra=_fields(request, dequeue_count))
+        if last_delivery:
+            return None
+        raise TransientError(exc.reason) from exc
     except Exception as exc:
         if last_delivery:
             # Record before the host moves the message to the poison queue: nothing accepted is lost silently.
             reason = exc.reason if isinstance(exc, RemediationError) else f"{type(exc).__name__}: {exc}"
-            try:
-                ledger.record_outcome(
-                    request.request_id, Outcome.FAILED, f"gave up after {dequeue_count} deliveries: {reason}"
-                )
-                # The VM may have been changed or restarted before the failure: start its cooldown anyway.
-                ledger.record_finished(request.vm, Outcome.FAILED, changed=True)
-            finally:
-                ledger.release(request.vm, request.request_id)
-        log.warning(
-            "delivery failed",
-            extra={
-                "vm": str(request.vm),
-                "request_id": request.request_id,
-                "dequeue_count": dequeue_count,
-                "last_delivery": last_delivery,
-            },
-        )
+            why = f"gave up after {dequeue_count} deliveries: {reason}"
+            _close(request, ledger, why, activity_log_evidence(clients, settings))
+        log.warning("delivery failed", extra={**_fields(request, dequeue_count), "last_delivery": last_delivery})
         raise
+
+
+def _close(request: RemediationRequest, ledger: Ledger, why: str, evidence: RestartEvidence | None) -> None:
+    record = ledger.get(request.request_id)
+    if record is None:
+        ledger.record_accepted(request)
+        record = ledger.get(request.request_id)
+    if record is not None:
+        close_abandoned(ledger, record, why, restart_evidence=evidence)
+
+
+def _fields(request: RemediationRequest, dequeue_count: int) -> dict[str, object]:
+    return {"vm": str(request.vm), "request_id": request.request_id, "dequeue_count": dequeue_count}
 
 
 def _drop_unreadable(body: str, exc: Exception, ledger: Ledger) -> None:
@@ -75,25 +83,47 @@ def _drop_unreadable(body: str, exc: Exception, ledger: Ledger) -> None:
     )
 
 
-def handle_poison(body: str, ledger: Ledger) -> None:
+def handle_poison(
+    body: str,
+    ledger: Ledger,
+    dequeue_count: int = 1,
+    max_dequeue_count: int = 1,
+    restart_evidence: RestartEvidence | None = None,
+) -> None:
     """A message the host gave up on. If its request still has no outcome (the worker died or timed out on the
-    last delivery, so it could not record one), record it now and free the VM's lock.
+    last delivery, so it could not record one), record it now from the journal and free the VM's lock.
+
+    It must make progress while storage fails: on a failure it asks for a later delivery while it has
+    deliveries left, and on its last one it lets the message go (logged); the reconciler closes the request
+    once storage answers again. So nothing ever ends in a `-poison-poison` queue that nobody reads.
     """
     try:
         request = RemediationRequest.from_message(json.loads(body))
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return
+    try:
+        _close_poisoned(request, ledger, restart_evidence)
+    except Exception:
+        if dequeue_count < max_dequeue_count:
+            raise  # the host retries the poison message later
+        log.exception(
+            "poisoned request left to the reconciler (the ledger did not answer)",
+            extra={"vm": str(request.vm), "request_id": request.request_id},
+        )
+
+
+def _close_poisoned(request: RemediationRequest, ledger: Ledger, evidence: RestartEvidence | None) -> None:
     record = ledger.get(request.request_id)
-    if record is not None and record.outcome is not None:
-        return  # the worker recorded the failure before the host poisoned the message
-    if record is None:
-        ledger.record_accepted(request)
-    ledger.record_outcome(
-        request.request_id,
-        Outcome.FAILED,
+    if record is not None and record.state == "done":
+        ledger.complete_finish(record)  # the worker recorded the failure; finish what a crash may have left
+        return
+    expires = ledger.lease_expires(request.request_id)
+    if expires is not None and expires > utcnow():
+        return  # an execution still runs the request (a duplicate message was poisoned): it records the outcome
+    _close(
+        request,
+        ledger,
         "the request reached the poison queue without an outcome: its worker died or timed out on every delivery",
+        evidence,
     )
-    ledger.record_finished(request.vm, Outcome.FAILED, changed=True)
-    ledger.release(request.vm, request.request_id)
-    log.error("poisoned request closed", extra={"vm": str(request.vm), "request_id": request.request_id})

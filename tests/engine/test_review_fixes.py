@@ -12,17 +12,28 @@ RESTART = "restart"
 
 
 def test_a_restart_whose_answer_was_lost_is_never_sent_again(engine: Engine) -> None:
+    # Azure accepts the restart, then the answer is lost (a 500): the transport must not re-send the POST, and
+    # the workflow learns from the Activity Log that the restart was accepted.
+    engine.emulator.faults.add("restart", "lost-answer", count=1)
+    result = engine.run("expired-certificate")
+    assert engine.posts_to("expired-certificate").count(RESTART) == 1
+    assert result.outcome is Outcome.REMEDIATED and result.rebooted
+    reboot = next(step for step in result.steps if step.name == "reboot")
+    assert "Activity Log" in reboot.detail
+
+
+def test_a_restart_azure_never_got_is_sent_once_on_redelivery(engine: Engine) -> None:
     request = engine.request("expired-certificate")
     settings = engine.with_settings(retry_total=1, retry_backoff_seconds=0.0)
     clients = type(engine.clients)(settings)
-    engine.emulator.faults.add("restart", "503", count=1000)  # Azure's answers to the restart never arrive
+    engine.emulator.faults.add("restart", "503", count=1000)  # refused before Azure acted, every time
     with pytest.raises(TransientError):
         engine.workflow(request, settings=settings, retry_later=True, clients=clients).run()
-    sent = engine.posts_to("expired-certificate").count(RESTART)
+    assert engine.emulator.activity.events() == []  # Azure never accepted one
     engine.emulator.faults.clear()
-    result = engine.workflow(request).run()  # the redelivery
-    assert engine.posts_to("expired-certificate").count(RESTART) == sent  # not one more
-    assert result.outcome is Outcome.REMEDIATED  # the renewal alone fixed it; the verification says so
+    result = engine.workflow(request).run()  # the redelivery establishes that, and sends it once
+    accepted = [e for e in engine.emulator.activity.events() if e["status"]["value"] == "Accepted"]
+    assert len(accepted) == 1 and result.rebooted and result.outcome is Outcome.REMEDIATED
     clients.close()
 
 

@@ -250,10 +250,19 @@ def test_transient_faults_are_retried(engine: Engine, operation: str, kind: str)
 
 
 def test_a_permanent_fault_fails_fast_with_the_step_and_reason(engine: Engine) -> None:
-    engine.emulator.faults.add("runCommand", "lro-failed", count=1)
+    engine.emulator.faults.add("runCommand", "garbage-output", count=1)  # breaks the output contract
     result = engine.run("expired-certificate")
     assert result.outcome is Outcome.FAILED and result.failed_step == "diagnose"
     assert result.reason and RESTART not in engine.posts_to("expired-certificate")
+
+
+def test_an_operation_that_failed_with_a_retry_later_code_is_retried(engine: Engine) -> None:
+    # Run Command ends Failed with InternalExecutionError ("Please retry later"): one transient fault must
+    # not fail the request.
+    engine.emulator.faults.add("runCommand", "lro-failed", count=1)
+    result = engine.run("expired-certificate")
+    assert result.outcome is Outcome.REMEDIATED, result.reason
+    assert engine.posts_to("expired-certificate").count("runCommand") >= 4  # diagnose twice, then the rest
 
 
 def test_every_step_is_in_the_audit_trail(engine: Engine) -> None:

@@ -16,6 +16,9 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_MAX_CONCURRENT": _SAFETY + " (the plan's maximumInstanceCount bounds the fleet-wide total)",
     "RDPR_REBOOT_POLICY": _SAFETY,
     "RDPR_LOCK_MINUTES": _SAFETY + " (longer than the workflow deadline, shorter than the cooldown)",
+    "RDPR_LEASE_SECONDS": "a minute of heartbeats lost before another delivery takes a request over; nothing "
+    "deployment-specific",
+    "RDPR_RESTART_EVIDENCE_SECONDS": _SAFETY + " (how long the Activity Log may lag behind a restart)",
     "RDPR_WORKFLOW_DEADLINE_MINUTES": "25 minutes stays below the Flex Consumption function timeout (30 min)",
     "RDPR_BOOT_TIMEOUT_SECONDS": _SAFETY,
     "RDPR_RETRY_AFTER_CAP_SECONDS": "bounds throttling sleeps inside the workflow deadline; nothing Azure-specific",

@@ -1,0 +1,111 @@
+"""Resolve a step whose end was not recorded from evidence, never by rerunning it blind.
+
+* A repair: the script is idempotent, so it runs again; but a change the earlier run already made now reads
+  "no change needed". The plan the step belongs to was made from facts that said the repair was needed;
+  needed before and not needed now means the change was made (by the run whose result was lost), so it still
+  leads to its reboot and to the cooldown.
+* A restart: the Activity Log of the VM says whether Azure accepted a restart since the step started. Accepted:
+  not sent again. Not accepted, once the log has had time to show it: sent once. Unreadable: not sent, and
+  the outcome says that the restart's fate is unknown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from remediate.model import RemediationError, VmId
+
+if TYPE_CHECKING:
+    from remediate.azure.clients import AzureClients
+    from remediate.engine.closing import RestartEvidence
+    from remediate.settings import Settings
+
+# The worker's clock and Azure's may disagree; look this much further back than the step's start.
+CLOCK_SKEW_SECONDS = 120.0
+
+
+def resolve_repair(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a repair run again after an earlier run of the same step left no recorded end.
+
+    The step is in the plan because the facts before it said it was needed (`decide`); a script that now
+    finds nothing to do (no change, no error, no refusal) therefore finds the change the earlier run made.
+    """
+    if summary.get("changed") or summary.get("errors") or summary.get("detect_only") or summary.get("refused"):
+        return summary
+    resolved = dict(summary)
+    resolved["changed"] = True
+    resolved["reboot_required"] = True
+    note = "the change was already made by an earlier run whose result was not recorded"
+    resolved["actions"] = [*summary.get("actions", []), note]
+    resolved["resolved_from"] = "the plan's facts (it was needed) and the script's re-check (it is not any more)"
+    return resolved
+
+
+@dataclass(frozen=True)
+class RestartFate:
+    accepted: bool | None  # None: could not be established
+    detail: str
+
+
+def restart_fate(
+    clients: AzureClients,
+    vm: VmId,
+    sent_after: float,
+    *,
+    evidence_seconds: float,
+    give_up: float,
+    poll_seconds: float,
+    wall: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RestartFate:
+    """Did Azure accept a restart of `vm` at or after wall time `sent_after`?
+
+    Absence counts only once `evidence_seconds` have passed since `sent_after` (the log may lag); until then
+    this polls, up to the monotonic time `give_up`.
+    """
+    from remediate.azure.activitylog import restarts_since
+
+    since = dt.datetime.fromtimestamp(sent_after - CLOCK_SKEW_SECONDS, dt.UTC)
+    while True:
+        until = dt.datetime.fromtimestamp(wall() + CLOCK_SKEW_SECONDS, dt.UTC)
+        try:
+            records = restarts_since(clients, vm, since, until)
+        except RemediationError as exc:
+            return RestartFate(None, f"the Activity Log could not be read ({exc.reason})")
+        accepted = [r for r in records if r.accepted]
+        if accepted:
+            first = accepted[0]
+            return RestartFate(
+                True,
+                f"the Activity Log shows restart {first.correlation_id} at {first.first_seen.isoformat()} "
+                f"({', '.join(first.statuses)})",
+            )
+        waited = wall() - sent_after
+        if waited >= evidence_seconds:
+            refused = f" ({len(records)} refused or failed)" if records else ""
+            return RestartFate(False, f"the Activity Log shows no accepted restart in {waited:.0f} s{refused}")
+        if monotonic() >= give_up:
+            return RestartFate(None, "the Activity Log did not show the restart yet and the deadline came first")
+        sleep(max(min(poll_seconds, evidence_seconds - waited, give_up - monotonic()), 0.05))
+
+
+def activity_log_evidence(clients: AzureClients, settings: Settings) -> RestartEvidence:
+    """For the closing paths: the Activity Log's verdict now, without waiting (None while it may still lag)."""
+
+    def accepted(vm: VmId, sent_after: float) -> bool | None:
+        fate = restart_fate(
+            clients,
+            vm,
+            sent_after,
+            evidence_seconds=settings.restart_evidence_seconds,
+            give_up=time.monotonic(),
+            poll_seconds=1.0,
+        )
+        return fate.accepted
+
+    return accepted

@@ -1,0 +1,173 @@
+"""The subscription's Activity Log, as far as the product reads it: restart calls on VMs.
+
+Sources:
+* REST: `GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/values?api-version=
+  2015-04-01&$filter=...&$select=...` (azure-rest-api-specs, specification/monitor/resource-manager/
+  Microsoft.Insights/stable/2015-04-01/activityLogs_API.json; Microsoft Learn, "Retrieve activity log data
+  using Azure monitor REST API").
+* The answer's shape: `{"value": [EventData...], "nextLink"}` with `authorization`, `caller`, `correlationId`,
+  `eventDataId`, `eventName`, `id`, `level`, `operationId`, `operationName`, `resourceGroupName`,
+  `resourceProviderName`, `status`, `subStatus`, `eventTimestamp`, `submissionTimestamp`, `subscriptionId`
+  (the same specification's examples/GetActivityLogsFiltered.json and GetActivityLogsFilteredAndSelected.json).
+* The `$filter` is required and must start with `eventTimestamp ge '...'`; the documented patterns narrow by
+  `resourceGroupName eq`, `resourceUri eq`, `resourceProvider eq` or `correlationId eq` (activityLogs_API.json,
+  the `$filter` parameter's description). Anything else is refused with 400, as Azure does.
+* An asynchronous action (202) is logged as a `BeginRequest` with status `Started`, then an `EndRequest` with
+  `Accepted` (subStatus "Accepted (HTTP Status Code: 202)"); a refused one ends `Failed` with its HTTP status
+  (Microsoft Learn, "Azure Activity Log event schema": status values Started, In Progress, Succeeded, Failed,
+  Active, Resolved; subStatus carries the HTTP status). When the operation itself ends, one more event with the
+  same correlation id says `Succeeded` or `Failed` (same article).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+import uuid
+from typing import Any
+
+# A managed identity's object id stands in the `caller` field (the example shows a user principal name).
+CALLER = "6b8c6f7e-0000-4000-8000-00000000ca11"
+_CLAUSE = re.compile(r"^\s*(\w+)\s+(eq|ge|le)\s+'([^']*)'\s*$", re.IGNORECASE)
+_NARROWING = {"resourcegroupname", "resourceuri", "resourceprovider", "correlationid"}
+
+
+class FilterError(ValueError):
+    """A `$filter` outside the documented patterns: answered 400 BadRequest."""
+
+
+class ActivityLog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+        self._running: list[tuple[ActionRecord, Any]] = []  # accepted actions whose operation has not ended
+
+    def action(self, resource_id: str, subscription: str, group: str, operation: str) -> ActionRecord:
+        """Log the start of an action call; the returned record logs how it ended."""
+        record = ActionRecord(self, resource_id, subscription, group, operation)
+        record.log("BeginRequest", "Started", "")
+        return record
+
+    def add(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def follow(self, record: ActionRecord, operation: Any) -> None:
+        """Log `operation`'s end (its `status` once `done`) under `record`'s correlation id when it comes."""
+        with self._lock:
+            self._running.append((record, operation))
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            running, self._running = self._running, []
+        for record, operation in running:
+            if not operation.done:
+                with self._lock:
+                    self._running.append((record, operation))
+                continue
+            ended = dt.datetime.fromtimestamp(operation.ends, dt.UTC)
+            if operation.status == "Succeeded":
+                record.log("EndRequest", "Succeeded", "OK (HTTP Status Code: 200)", at=ended)
+            else:
+                record.log("EndRequest", "Failed", "", at=ended)
+        with self._lock:
+            return list(self._events)
+
+    def query(self, subscription: str, filter_text: str | None, select: str | None) -> dict[str, Any]:
+        start, end, narrowing = _parse(filter_text)
+        chosen = []
+        for event in self.events():
+            if event["subscriptionId"].lower() != subscription.lower():
+                continue
+            when = dt.datetime.fromisoformat(event["eventTimestamp"].replace("Z", "+00:00"))
+            if when < start or (end is not None and when > end):
+                continue
+            if narrowing is not None and not _narrowed(event, *narrowing):
+                continue
+            chosen.append(event)
+        chosen.sort(key=lambda e: e["eventTimestamp"], reverse=True)  # the service answers newest first
+        if select:
+            names = {name.strip() for name in select.split(",") if name.strip()}
+            chosen = [{k: v for k, v in event.items() if k in names} for event in chosen]
+        return {"value": chosen}
+
+
+class ActionRecord:
+    def __init__(self, log: ActivityLog, resource_id: str, subscription: str, group: str, operation: str) -> None:
+        self._log = log
+        self.resource_id, self.subscription, self.group, self.operation = resource_id, subscription, group, operation
+        self.correlation_id = str(uuid.uuid4())
+
+    def accepted(self) -> None:
+        self.log("EndRequest", "Accepted", "Accepted (HTTP Status Code: 202)")
+
+    def failed(self, http_status: int) -> None:
+        self.log("EndRequest", "Failed", f"HTTP Status Code: {http_status}")
+
+    def log(self, event_name: str, status: str, sub_status: str, at: dt.datetime | None = None) -> None:
+        now = at or dt.datetime.now(dt.UTC)
+        event_id = str(uuid.uuid4())
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+        self._log.add(
+            {
+                "authorization": {"action": self.operation, "scope": self.resource_id},
+                "caller": CALLER,
+                "category": {"value": "Administrative", "localizedValue": "Administrative"},
+                "correlationId": self.correlation_id,
+                "description": "",
+                "eventDataId": event_id,
+                "eventName": {"value": event_name, "localizedValue": event_name},
+                "id": f"{self.resource_id}/events/{event_id}/ticks/{int(now.timestamp() * 10**7)}",
+                "level": "Informational" if status != "Failed" else "Error",
+                "operationId": self.correlation_id,
+                "operationName": {"value": self.operation, "localizedValue": self.operation},
+                "resourceGroupName": self.group,
+                "resourceProviderName": {"value": "Microsoft.Compute", "localizedValue": "Microsoft.Compute"},
+                "resourceId": self.resource_id,
+                "status": {"value": status, "localizedValue": status},
+                "subStatus": {"value": sub_status.split(" ", maxsplit=1)[0], "localizedValue": sub_status},
+                "eventTimestamp": stamp,
+                "submissionTimestamp": stamp,
+                "subscriptionId": self.subscription,
+            }
+        )
+
+
+def _parse(filter_text: str | None) -> tuple[dt.datetime, dt.datetime | None, tuple[str, str] | None]:
+    if not filter_text:
+        raise FilterError("The $filter query parameter is required and must include eventTimestamp ge.")
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    narrowing: tuple[str, str] | None = None
+    for clause in re.split(r"\s+and\s+", filter_text.strip(), flags=re.IGNORECASE):
+        match = _CLAUSE.match(clause)
+        if match is None:
+            raise FilterError(f"The $filter clause '{clause}' is not supported.")
+        name, op, value = match.group(1).lower(), match.group(2).lower(), match.group(3)
+        if name == "eventtimestamp" and op in ("ge", "le"):
+            try:
+                moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise FilterError(f"The time '{value}' in $filter is not a valid date.") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=dt.UTC)
+            start, end = (moment, end) if op == "ge" else (start, moment)
+        elif name in _NARROWING and op == "eq" and narrowing is None:
+            narrowing = (name, value)
+        else:
+            raise FilterError(f"The $filter clause '{clause}' is not supported.")
+    if start is None:
+        raise FilterError("The $filter must include eventTimestamp ge '<start time>'.")
+    return start, end, narrowing
+
+
+def _narrowed(event: dict[str, Any], name: str, value: str) -> bool:
+    wanted = value.lower().rstrip("/")
+    if name == "resourceuri":
+        return bool(event["resourceId"].lower().rstrip("/") == wanted)
+    if name == "resourcegroupname":
+        return bool(event["resourceGroupName"].lower() == wanted)
+    if name == "resourceprovider":
+        return bool(event["resourceProviderName"]["value"].lower() == wanted)
+    return bool(event["correlationId"].lower() == wanted)
