@@ -41,7 +41,9 @@ SCENARIOS: dict[str, str] = {
         "a Group Policy copy of the rule allows RDP on the Domain profile only; local rules do not apply; "
         "the active profile is Public"
     ),
-    "firewall-custom-allow": "the built-in rule is disabled, a custom rule allows 3389 from the jump-host subnet",
+    "firewall-custom-allow": (
+        "the built-in rule is disabled, a custom rule allows TCP 3380-3390 from the jump-host subnet"
+    ),
     "cached-session": "expired certificate, and a user is logged on over RDP with cached credentials (type 12)",
     "wmi-hung": "expired certificate, and the WMI provider hangs: every CIM call ends at its time limit",
     "linux": "a Linux VM: never touched",
@@ -115,6 +117,9 @@ TOKENS = {
 # extensions fail while it is missing until the agent restarts (Microsoft Learn, "Troubleshooting Azure Windows
 # VM extension failures"), so the reset carries its key file into the new folder.
 CRP_CERTIFICATE = "Windows Azure CRP Certificate Generator"
+# The file name of the CRP certificate's key in MachineKeys (a CSP unique container name: a hash, then the
+# MachineGuid); the emulator keeps one fixed name.
+CRP_KEY_FILE = "0cd5a1b3e4f6a7b8c9d0e1f2a3b4c5d6_0f8fad5b-d9cb-469f-a165-70867728950e"
 # .NET's default machine-level key container for protected configuration, a key container with no certificate
 # (Microsoft Learn, "Understanding Machine-Level and User-Level RSA Key Containers").
 NET_CONFIGURATION_KEY = "NetFrameworkConfigurationKey"
@@ -165,9 +170,13 @@ class FirewallRule:
     remote: str = "Any"
     enabled: bool = True
     policy: bool = False  # from Group Policy (the RSOP store), not the local PersistentStore
+    last_port: int | None = None  # a range port..last_port (New-NetFirewallRule -LocalPort accepts "3380-3390")
 
     def covers(self, profile: str) -> bool:
         return self.profiles == "Any" or profile in self.profiles
+
+    def allows(self, port: int) -> bool:
+        return self.port <= port <= (self.last_port if self.last_port is not None else self.port)
 
 
 @dataclass
@@ -195,7 +204,7 @@ class Guest:
     # Key containers in MachineKeys that belong to no certificate (IIS, .NET protected configuration, WMSvc).
     key_containers: list[str] = field(default_factory=list)
     # The CRP transport certificate's key file (in MachineKeys); None once it is gone, until the agent restarts.
-    crp_key: str | None = "0cd5a1b3e4f6a7b8c9d0e1f2a3b4c5d6_crp"
+    crp_key: str | None = CRP_KEY_FILE
     # A Remote Desktop service that stays in StopPending past any bounded wait (hung sessions).
     stop_hangs: bool = False
     # The listener's settings (HKLM\...\WinStations\RDP-Tcp and fDenyTSConnections).
@@ -273,7 +282,7 @@ class Guest:
                 "RemoteDesktop-UserMode-In-TCP", self.builtin_rule_port, _profiles(self.firewall), enabled=True
             )
             rules += [r for r in self.custom_rules if r.enabled] + ([builtin] if builtin.profiles else [])
-        return [r for r in rules if r.port == self.rdp_port and any(r.covers(p) for p in self.active_profiles)]
+        return [r for r in rules if r.allows(self.rdp_port) and any(r.covers(p) for p in self.active_profiles)]
 
     @property
     def firewall_open(self) -> bool:
@@ -475,7 +484,7 @@ def _apply_guest_scenario(guest: Guest, scenario: str, now: dt.datetime) -> None
         guest.local_rules_apply = False
     if scenario == "firewall-custom-allow":
         guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
-        guest.custom_rules = [FirewallRule("RDP from jump hosts", 3389, "Any", remote="10.20.0.0/24")]
+        guest.custom_rules = [FirewallRule("RDP from jump hosts", 3380, "Any", remote="10.20.0.0/24", last_port=3390)]
     if scenario == "cached-session":
         guest.cached_sessions = 1
     if scenario == "wmi-hung":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.fleet import (
+    CRP_KEY_FILE,
     DAY,
     FIREWALL_PROFILES,
     LISTENER_KEY_PREFIX,
@@ -171,6 +172,10 @@ def boot(vm: VirtualMachine, now: dt.datetime) -> None:
         guest.tls12_enabled, guest.pending_tls12 = guest.pending_tls12, None
     guest.services_running = True
     guest.active_sessions = guest.cached_sessions = 0
+    if guest.crp_key is None:
+        # The guest agent starts with Windows and re-creates its transport certificate when it is missing (Microsoft
+        # Learn, "Azure virtual machine extensions and features for Windows").
+        guest.crp_key = CRP_KEY_FILE
     own = guest.hash_type == 1 and not guest.certificate_pinned
     if own and (guest.certificate is None or guest.key is None or not guest.key.opens):
         guest.new_certificate(now)

@@ -70,3 +70,11 @@ def test_a_domain_controller_store_is_never_renamed_whatever_the_overrides(engin
     result = engine.run("keystore-corrupt", force=True, force_keystore=True)
     assert result.outcome is Outcome.FAILED and "domain-controller" in result.reason, result.reason
     assert not guest.machinekeys_backups
+
+
+def test_without_the_crp_transport_key_run_command_fails_until_the_agent_restarts(engine: Engine) -> None:
+    guest = engine.vm("expired-certificate").guest
+    guest.crp_key = None  # a store rename that did not carry it
+    result = engine.run("expired-certificate")
+    assert result.outcome is Outcome.FAILED and "VMExtensionProvisioningError" in result.reason, result.reason
+    assert engine.posts_to("expired-certificate") == [RC] and guest.certificate is not None

@@ -483,3 +483,19 @@ def test_the_listener_settings_are_the_guests() -> None:
     vm.guest.deny_connections, vm.guest.security_layer = True, 0
     config = run(vm, "diagnose")["findings"]["rdp_config"]
     assert config["deny_connections"] is True and config["security_layer"] == 0
+
+
+def test_the_agent_re_creates_its_transport_key_at_boot() -> None:
+    vm = vm_in("healthy")
+    vm.guest.crp_key = None
+    sim_guest.boot(vm, NOW)
+    assert vm.guest.crp_key is not None
+
+
+def test_a_custom_rule_with_a_port_range_is_an_allow_path() -> None:
+    """A rule for TCP 3380-3390 lets 3389 in: the built-in rule (any remote address) is not enabled beside it."""
+    vm = vm_in("firewall-custom-allow")
+    facts = run(vm, "diagnose")["findings"]["firewall"]
+    assert [p["rule"] for p in facts["allow_paths"]] == ["RDP from jump hosts"]
+    assert plan_for(vm).steps == ()
+    assert run(vm, "enable-firewall-rule")["changed"] is False
