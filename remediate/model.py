@@ -242,7 +242,8 @@ class RemediationOptions:
     plan: Plan = Plan.AUTO
     dry_run: bool = False
     diagnose_only: bool = False
-    force: bool = False  # remediate a VM that looks healthy; restart services despite active sessions
+    force: bool = False  # restart services and reboot despite remote sessions
+    force_keystore: bool = False  # rename MachineKeys although other key files live in it (never a DC or CA)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -250,6 +251,7 @@ class RemediationOptions:
             "dryRun": self.dry_run,
             "diagnoseOnly": self.diagnose_only,
             "force": self.force,
+            "forceKeyStore": self.force_keystore,
         }
 
     @classmethod
@@ -259,6 +261,7 @@ class RemediationOptions:
             bool(data.get("dryRun", False)),
             bool(data.get("diagnoseOnly", False)),
             bool(data.get("force", False)),
+            bool(data.get("forceKeyStore", False)),
         )
 
 

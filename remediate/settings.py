@@ -193,7 +193,7 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "RDPR_REBOOT_POLICY",
         "reboot_policy",
-        "always",
+        "when-required",
         "`always`: reboot after any change; `when-required`: only when a script says so.",
         _choice("always", "when-required"),
     ),

@@ -29,7 +29,7 @@ SCENARIOS: dict[str, str] = {
     "keystore-acl": "MachineKeys ACLs are wrong; an ACL repair fixes it (events 1057, 36870)",
     "keystore-corrupt": (
         "Windows cannot create keys in MachineKeys and the listener's key does not open; the store rename would "
-        "also set aside the Azure agent's transport key, so it needs force"
+        "also set aside .NET's NetFrameworkConfigurationKey container, so it needs forceKeyStore"
     ),
     "firewall-closed": "the built-in Remote Desktop User Mode (TCP-In) rule is disabled on every profile",
     "tls12-disabled": "server-side TLS 1.2 is disabled in SCHANNEL (event 36871)",
@@ -41,7 +41,9 @@ SCENARIOS: dict[str, str] = {
         "a Group Policy copy of the rule allows RDP on the Domain profile only; local rules do not apply; "
         "the active profile is Public"
     ),
-    "firewall-custom-allow": "the built-in rule is disabled, a custom rule allows 3389 from the jump-host subnet",
+    "firewall-custom-allow": (
+        "the built-in rule is disabled, a custom rule allows TCP 3380-3390 from the jump-host subnet"
+    ),
     "cached-session": "expired certificate, and a user is logged on over RDP with cached credentials (type 12)",
     "wmi-hung": "expired certificate, and the WMI provider hangs: every CIM call ends at its time limit",
     "linux": "a Linux VM: never touched",
@@ -91,22 +93,36 @@ def utcnow() -> dt.datetime:
 # Well-known SIDs (Microsoft Learn, "Well-known SIDs" and "Security identifiers").
 SYSTEM, NETWORK_SERVICE, ADMINISTRATORS = "S-1-5-18", "S-1-5-20", "S-1-5-32-544"
 EVERYONE, AUTHENTICATED_USERS, SERVICE = "S-1-1-0", "S-1-5-11", "S-1-5-6"
+USERS, LOCAL = "S-1-5-32-545", "S-1-2-0"  # BUILTIN\Users; LOCAL (users who log on locally, services too)
+# NT SERVICE\TermService: TermService runs as NETWORK SERVICE with its service SID in the token (Microsoft Learn,
+# "Service SIDs"; `sc showsid TermService`).
+TERMSERVICE = "S-1-5-80-446051430-1559341753-4161941529-1950928533-810483104"
 # NT SERVICE\SessionEnv: a service SID is S-1-5-80- followed by the SHA-1 of the upper-cased service name
 # (Microsoft Learn, "Service SIDs"; `sc showsid SessionEnv` prints it).
 SESSIONENV = "S-1-5-80-4022436659-1090538466-1613889075-870485073-3428993833"
 # The groups in each account's token that an access check compares ACL entries with (Microsoft Learn, "Access
 # tokens", "Well-known SIDs"): a deny entry for any of them applies to the account.
+# Both tokens also hold BUILTIN\Users (Authenticated Users is a member of it) and LOCAL (Microsoft Learn,
+# "Well-known SIDs": S-1-2-0 "users who log on to terminals locally"; services log on locally).
 TOKENS = {
-    SYSTEM: frozenset({SYSTEM, EVERYONE, AUTHENTICATED_USERS, ADMINISTRATORS}),
-    NETWORK_SERVICE: frozenset({NETWORK_SERVICE, EVERYONE, AUTHENTICATED_USERS, SERVICE}),
+    SYSTEM: frozenset({SYSTEM, EVERYONE, AUTHENTICATED_USERS, ADMINISTRATORS, USERS, LOCAL}),
+    NETWORK_SERVICE: frozenset({NETWORK_SERVICE, EVERYONE, AUTHENTICATED_USERS, SERVICE, USERS, LOCAL, TERMSERVICE}),
 }
 # The Azure guest agent's transport certificate for extensions' protected settings: "On an Azure IaaS VM that uses
 # extensions ... certificates that have the subject Windows Azure CRP Certificate Generator ... stored in the
 # computer's personal certificate store" (Microsoft Learn, "Azure virtual machine extensions and features for
 # Windows", learn.microsoft.com/azure/virtual-machines/extensions/features-windows). Run Command is an extension,
-# so every VM rdp-remediate works on has one, its CSP key in MachineKeys. (The same article says the agent
-# re-creates it if needed; rdp-remediate still counts it as something a store rename sets aside.)
+# so every VM rdp-remediate works on has one, its CSP key in MachineKeys. The same article says it "can be
+# deleted. The Azure VM Agent re-creates certificates if needed", so it does not block a store rename; but
+# extensions fail while it is missing until the agent restarts (Microsoft Learn, "Troubleshooting Azure Windows
+# VM extension failures"), so the reset carries its key file into the new folder.
 CRP_CERTIFICATE = "Windows Azure CRP Certificate Generator"
+# The file name of the CRP certificate's key in MachineKeys (a CSP unique container name: a hash, then the
+# MachineGuid); the emulator keeps one fixed name.
+CRP_KEY_FILE = "0cd5a1b3e4f6a7b8c9d0e1f2a3b4c5d6_0f8fad5b-d9cb-469f-a165-70867728950e"
+# .NET's default machine-level key container for protected configuration, a key container with no certificate
+# (Microsoft Learn, "Understanding Machine-Level and User-Level RSA Key Containers").
+NET_CONFIGURATION_KEY = "NetFrameworkConfigurationKey"
 # Windows' own RDP key: container TSSecKeySet1, file named after a fixed hash of it and the MachineGuid.
 LISTENER_KEY_PREFIX = "f686aace6942fb7f7ceb231212eef4a4_"
 
@@ -154,9 +170,13 @@ class FirewallRule:
     remote: str = "Any"
     enabled: bool = True
     policy: bool = False  # from Group Policy (the RSOP store), not the local PersistentStore
+    last_port: int | None = None  # a range port..last_port (New-NetFirewallRule -LocalPort accepts "3380-3390")
 
     def covers(self, profile: str) -> bool:
         return self.profiles == "Any" or profile in self.profiles
+
+    def allows(self, port: int) -> bool:
+        return self.port <= port <= (self.last_port if self.last_port is not None else self.port)
 
 
 @dataclass
@@ -180,7 +200,17 @@ class Guest:
     folder_acl_ok: bool = True
     store_broken: bool = False
     # Other LocalMachine certificates whose keys live in MachineKeys, by name: what a whole-store rename breaks.
-    other_keys: list[str] = field(default_factory=lambda: [CRP_CERTIFICATE])
+    other_keys: list[str] = field(default_factory=list)
+    # Key containers in MachineKeys that belong to no certificate (IIS, .NET protected configuration, WMSvc).
+    key_containers: list[str] = field(default_factory=list)
+    # The CRP transport certificate's key file (in MachineKeys); None once it is gone, until the agent restarts.
+    crp_key: str | None = CRP_KEY_FILE
+    # A Remote Desktop service that stays in StopPending past any bounded wait (hung sessions).
+    stop_hangs: bool = False
+    # The listener's settings (HKLM\...\WinStations\RDP-Tcp and fDenyTSConnections).
+    deny_connections: bool = False
+    security_layer: int = 2
+    user_authentication: int = 1
     roles: list[str] = field(default_factory=list)
     # Firewall: the built-in rule RemoteDesktop-UserMode-In-TCP per profile (local), the profiles' on/off state,
     # which profile is active (the network's category; Public here, which no Microsoft source pins down for Azure
@@ -252,7 +282,7 @@ class Guest:
                 "RemoteDesktop-UserMode-In-TCP", self.builtin_rule_port, _profiles(self.firewall), enabled=True
             )
             rules += [r for r in self.custom_rules if r.enabled] + ([builtin] if builtin.profiles else [])
-        return [r for r in rules if r.port == self.rdp_port and any(r.covers(p) for p in self.active_profiles)]
+        return [r for r in rules if r.allows(self.rdp_port) and any(r.covers(p) for p in self.active_profiles)]
 
     @property
     def firewall_open(self) -> bool:
@@ -435,6 +465,8 @@ def _apply_guest_scenario(guest: Guest, scenario: str, now: dt.datetime) -> None
     if scenario in ("keystore-corrupt", "key-corrupt"):
         key.opens = False
         guest.store_broken = scenario == "keystore-corrupt"
+        if scenario == "keystore-corrupt":
+            guest.key_containers = [NET_CONFIGURATION_KEY]
         guest.events += [(1057, recently), (36870, recently)]
     if scenario == "firewall-closed":
         guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
@@ -452,7 +484,7 @@ def _apply_guest_scenario(guest: Guest, scenario: str, now: dt.datetime) -> None
         guest.local_rules_apply = False
     if scenario == "firewall-custom-allow":
         guest.firewall = dict.fromkeys(FIREWALL_PROFILES, False)
-        guest.custom_rules = [FirewallRule("RDP from jump hosts", 3389, "Any", remote="10.20.0.0/24")]
+        guest.custom_rules = [FirewallRule("RDP from jump hosts", 3380, "Any", remote="10.20.0.0/24", last_port=3390)]
     if scenario == "cached-session":
         guest.cached_sessions = 1
     if scenario == "wmi-hung":

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim.fleet import (
+    CRP_KEY_FILE,
     DAY,
     FIREWALL_PROFILES,
     LISTENER_KEY_PREFIX,
@@ -69,14 +70,20 @@ _THUMBPRINT_PARAMETER = Parameter("Thumbprint", "", pattern=_THUMBPRINT)
 # Each script's param() block (a test keeps this equal to the scripts).
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "diagnose": (_DETECT_ONLY,),
-    "renew-certificate": (_DETECT_ONLY, _FORCE, _THUMBPRINT_PARAMETER, Parameter("Successor", "", pattern=_THUMBPRINT)),
+    "renew-certificate": (
+        _DETECT_ONLY,
+        _FORCE,
+        _THUMBPRINT_PARAMETER,
+        Parameter("Successor", "", pattern=_THUMBPRINT),
+        Parameter("KeyFile", "", pattern=_KEY_FILE),
+    ),
     "repair-machinekeys": (
         _DETECT_ONLY,
         Parameter("Mode", "grant", choices=("grant", "remove-deny", "set-aside", "folder")),
         _THUMBPRINT_PARAMETER,
         Parameter("KeyFile", "", pattern=_KEY_FILE),
     ),
-    "reset-machinekeys": (_DETECT_ONLY, _FORCE),
+    "reset-machinekeys": (_DETECT_ONLY, _FORCE, Parameter("AllowSessions", "false", choices=("true", "false"))),
     "enable-firewall-rule": (
         _DETECT_ONLY,
         Parameter("RuleName", "RemoteDesktop-UserMode-In-TCP", choices=("RemoteDesktop-UserMode-In-TCP",)),
@@ -165,6 +172,10 @@ def boot(vm: VirtualMachine, now: dt.datetime) -> None:
         guest.tls12_enabled, guest.pending_tls12 = guest.pending_tls12, None
     guest.services_running = True
     guest.active_sessions = guest.cached_sessions = 0
+    if guest.crp_key is None:
+        # The guest agent starts with Windows and re-creates its transport certificate when it is missing (Microsoft
+        # Learn, "Azure virtual machine extensions and features for Windows").
+        guest.crp_key = CRP_KEY_FILE
     own = guest.hash_type == 1 and not guest.certificate_pinned
     if own and (guest.certificate is None or guest.key is None or not guest.key.opens):
         guest.new_certificate(now)
@@ -213,14 +224,14 @@ def _diagnose(run: _Run) -> dict[str, Any]:
         "dotnet_release": guest.dotnet_release,
         "rdp_config": {
             "port": guest.rdp_port,
-            "deny_connections": False,
-            "security_layer": 2,
-            "user_authentication": 1,
+            "deny_connections": guest.deny_connections,
+            "security_layer": guest.security_layer,
+            "user_authentication": guest.user_authentication,
         },
         "listener": _listener_facts(guest, now),
         "key": _key_facts(guest),
         "machinekeys": _folder_facts(guest, now),
-        "other_keys": {"count": len(guest.other_keys), "names": [_clip(f"{n} (My)", 48) for n in guest.other_keys[:5]]},
+        "other_keys": _other_keys(guest),
         "roles": list(guest.roles),
         "services": {
             "TermService": _service(guest.services_running),
@@ -268,6 +279,13 @@ _SAFE = re.compile(r"[^A-Za-z0-9 .,:;=_()/@+#*?-]")
 def _clip(text: str, length: int) -> str:
     """What the scripts' Format-Clip does: characters JSON would escape become ?, then the contract's length."""
     return _SAFE.sub("?", text)[:length]
+
+
+def _other_keys(guest: Guest) -> dict[str, Any]:
+    """Every key file in MachineKeys but the listener's and the CRP transport key's: certificates' keys and key
+    containers without a certificate alike (what a whole-store rename sets aside)."""
+    names = [f"{n} (My)" for n in guest.other_keys] + list(guest.key_containers)
+    return {"count": len(names), "names": [_clip(n, 48) for n in names[:5]]}
 
 
 def _service(running: bool) -> dict[str, str]:
@@ -362,6 +380,7 @@ def _firewall_facts(guest: Guest) -> dict[str, Any]:
             "enabled": bool(enabled),
             "profiles": "Any",  # the rule's own scope; enabling it enables it for this scope
             "port": guest.builtin_rule_port,
+            "any_ip": True,  # the built-in rule's RemoteAddress as Windows ships it
         },
         "policy_copies": sum(1 for r in guest.policy_rules if r.name == RDP_RULES[0]),
     }
@@ -386,26 +405,32 @@ def _renew_certificate(run: _Run) -> dict[str, Any]:
         "sessions": guest.sessions,
         "restarted": [],
         "listener": current or None,
+        "set_aside": None,
     }
     if current != named:
         _refuse(run, f"the listener uses {current or 'no certificate'}, not {named or 'none'}: the facts changed")
         return findings
     if successor:
         return _repin(run, findings, successor)
-    refusal = _renewal_refusal(run, current)
+    refusal = _renewal_refusal(run, current) or _set_aside_refusal(run)
     if refusal:
         _refuse(run, refusal)
         return findings
     if run.detect_only:
-        if current:
-            run.actions.append(f"would remove {current} from {REMOTE_DESKTOP_STORE}")
-        run.actions.append("would restart SessionEnv and wait up to 60 s for Windows' new certificate")
-        return findings
+        return _renewal_detect_only(run, findings, current)
+    if run.args["KeyFile"] and guest.key is not None:
+        backup = f"{guest.key.name}.{_stamp(now)}.rdp-remediate.bak"
+        findings["set_aside"] = rf"{_KEY_FOLDERS[guest.key.provider]}\{backup}"
+        guest.key = None  # renamed, never deleted: Windows creates a new container at the renewal
+        run.changed = True
+        run.actions.append(f"renamed {run.args['KeyFile']} to {backup} (set aside, not deleted)")
     if guest.certificate is not None:
         guest.certificate = None
         findings["removed"] = current
         run.actions.append(f"removed {current} from {REMOTE_DESKTOP_STORE}")
     run.changed = True
+    if guest.stop_hangs:
+        return _stuck_in_stop_pending(run, findings)
     # Microsoft's documented renewal: remove the certificate, stop and start SessionEnv (Remote Desktop
     # Configuration), which makes the new one (Microsoft Learn, "An internal error occurs when you try to connect
     # to an Azure VM through Remote Desktop", troubleshoot-rdp-internal-error, step 2).
@@ -416,9 +441,18 @@ def _renew_certificate(run: _Run) -> dict[str, Any]:
         run.errors.append("Windows did not create a new certificate within 60 s (event 1057): the key store is broken")
         findings["listener"] = None
         run.reboot_required = True
-        return findings
-    findings["listener"] = new.thumbprint
-    run.actions.append(f"the listener now uses {new.thumbprint}, valid until {_iso(new.not_after)}")
+    else:
+        findings["listener"] = new.thumbprint
+        run.actions.append(f"the listener now uses {new.thumbprint}, valid until {_iso(new.not_after)}")
+    return findings
+
+
+def _renewal_detect_only(run: _Run, findings: dict[str, Any], current: str) -> dict[str, Any]:
+    if run.args["KeyFile"]:
+        run.actions.append(f"would rename {run.args['KeyFile']} to set it aside")
+    if current:
+        run.actions.append(f"would remove {current} from {REMOTE_DESKTOP_STORE}")
+    run.actions.append("would restart SessionEnv and wait up to 60 s for Windows' new certificate")
     return findings
 
 
@@ -428,6 +462,28 @@ def _renewal_refusal(run: _Run, current: str) -> str | None:
         return f"{current} is not Windows' own certificate (HashType {guest.hash_type}): not removed"
     if guest.sessions and run.args["Force"] != "true":
         return f"{guest.sessions} remote session(s) (logon types 10 and 12): restarting SessionEnv is not risked"
+    return None
+
+
+def _stuck_in_stop_pending(run: _Run, findings: dict[str, Any]) -> dict[str, Any]:
+    """SessionEnv stays in StopPending: ServiceController.WaitForStatus ends with a TimeoutException at its limit,
+    and Start() on a service that is not Stopped throws InvalidOperationException (Microsoft Learn,
+    ServiceController.WaitForStatus and ServiceController.Start). Only a reboot ends it."""
+    run.errors.append("SessionEnv did not reach Stopped within 60 s (StopPending): a reboot is needed")
+    findings["listener"] = None
+    run.reboot_required = True
+    return findings
+
+
+def _set_aside_refusal(run: _Run) -> str | None:
+    """A key file named for setting aside must be the listener's own key (Windows' own certificate)."""
+    guest, file = run.guest, str(run.args["KeyFile"])
+    if not file:
+        return None
+    if guest.hash_type != 1:
+        return f"the listener's certificate is not Windows' own (HashType {guest.hash_type}): its key stays"
+    if guest.key is None or guest.key.name != file:
+        return f"{file} is not the key file of the listener's certificate"
     return None
 
 
@@ -462,6 +518,7 @@ def _repair_machinekeys(run: _Run) -> dict[str, Any]:
         "ok_after": None,
         "removed_denies": [],
         "log_path": None,
+        "owner": None,
     }
     if mode == "folder":
         return _repair_folder(run, findings)
@@ -493,10 +550,14 @@ def _repair_key_acl(run: _Run, findings: dict[str, Any], key: KeyFile, ok: bool)
         run.actions.append(f"would remove the deny entries {applying} and grant *S-1-5-18 *S-1-5-20 read on {file}")
         return findings
     log_path = rf"{LOG_ROOT}\{_stamp(run.now)}-repair-machinekeys"
+    # icacls /remove:d removes every deny entry for each SID (Microsoft Learn, icacls); what remains is judged
+    # again, and only a file both accounts can now read asks for a reboot.
     key.denies -= set(applying)
     key.readers |= {SYSTEM, NETWORK_SERVICE}
-    run.changed = run.reboot_required = True
-    findings.update(ok_after=True, removed_denies=applying, log_path=log_path)
+    ok_after = key.readable_by(SYSTEM) and key.readable_by(NETWORK_SERVICE)
+    run.changed = True
+    run.reboot_required = ok_after
+    findings.update(ok_after=ok_after, removed_denies=applying, log_path=log_path, owner=SYSTEM)
     if applying:
         run.actions.append(f"removed the deny entries for {', '.join(applying)} on {file}")
     run.actions.append(f"granted *S-1-5-18 and *S-1-5-20 read on {file}; ACL before and after in {log_path}")
@@ -540,32 +601,63 @@ def _reset_machinekeys(run: _Run) -> dict[str, Any]:
     guest = run.guest
     backup_name = f"MachineKeys.{_stamp(run.now)}.rdp-remediate.bak"
     backup_path = rf"{RSA_FOLDER}\{backup_name}"
-    others = list(guest.other_keys)
+    others = _other_keys(guest)
     findings: dict[str, Any] = {
         "renamed": False,
         "backup_path": None,
-        "would_set_aside": {"count": len(others), "names": [_clip(n, 48) for n in others[:5]]},
+        "would_set_aside": {"count": others["count"], "names": others["names"]},
+        "carried": None,
     }
-    newest = max(guest.backup_times, default=None)
-    if newest is not None and run.now - newest < DAY:
-        _refuse(run, f"a backup from {_iso(newest)} is less than a day old: the reset already ran")
-        return findings
-    if (others or guest.roles) and run.args["Force"] != "true":
-        _refuse(run, f"it would set aside the keys of {len(others)} other certificate(s) ({', '.join(others[:3])})")
+    refusal = _reset_refusal(run, others["count"])
+    if refusal:
+        _refuse(run, refusal)
         return findings
     if run.detect_only:
-        run.actions.extend(f"would set aside the key of {name}" for name in others)
+        run.actions.extend(f"would set aside {name}" for name in others["names"])
         run.actions.append(f"would build a new {MACHINEKEYS} and swap it in; the old one kept as {backup_name}")
+        return findings
+    if not guest.folder_exists:
+        guest.folder_exists, guest.folder_acl_ok, guest.store_broken = True, True, False
+        run.changed = run.reboot_required = True
+        run.actions.append(f"{MACHINEKEYS} was missing: created it with the default ACL")
         return findings
     guest.machinekeys_backups.append(backup_path)
     guest.backup_times.append(run.now)
     guest.folder_exists, guest.folder_acl_ok, guest.store_broken = True, True, False
-    guest.key, guest.other_keys = None, []
+    guest.key, guest.other_keys, guest.key_containers = None, [], []
     run.changed = run.reboot_required = True
-    findings.update(renamed=True, backup_path=backup_path)
+    findings.update(renamed=True, backup_path=backup_path, carried=guest.crp_key)
     run.actions.append(f"built a new MachineKeys with the default ACL and swapped it in; the old one is {backup_name}")
-    run.actions.extend(f"set aside the key of {name}" for name in others)
+    if guest.crp_key:
+        run.actions.append(f"copied the CRP transport key {guest.crp_key} into the new MachineKeys")
+    run.actions.extend(f"set aside {name}" for name in others["names"])
     return findings
+
+
+def _reset_refusal(run: _Run, others: int) -> str | None:
+    """What reset-machinekeys re-checks before it renames anything."""
+    guest = run.guest
+    newest = max(guest.backup_times, default=None)
+    if newest is not None and run.now - newest < DAY:
+        return f"a backup from {_iso(newest)} is less than a day old: the reset already ran"
+    critical = [role for role in guest.roles if role in ("domain-controller", "ad-cs")]
+    if critical:
+        return f"this machine is a {', '.join(critical)}: MachineKeys is never renamed here"
+    if guest.certificate is not None and guest.hash_type != 1:
+        return f"the listener's certificate is not Windows' own (HashType {guest.hash_type}): the store stays"
+    if guest.folder_exists and guest.key_usable:
+        return "the listener's key works again: the store is not renamed"
+    return _reset_override_refusal(run, others)
+
+
+def _reset_override_refusal(run: _Run, others: int) -> str | None:
+    """What only the reset's overrides (AllowSessions, Force) get past."""
+    guest = run.guest
+    if guest.sessions and run.args["AllowSessions"] != "true":
+        return f"{guest.sessions} remote session(s) (logon types 10 and 12) would be dropped by the reboot"
+    if (others or guest.roles) and run.args["Force"] != "true":
+        return f"it would set aside {others} other key file(s) and affect roles [{', '.join(guest.roles)}]"
+    return None
 
 
 def _enable_firewall_rule(run: _Run) -> dict[str, Any]:

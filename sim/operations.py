@@ -281,6 +281,19 @@ class Operations:
         if guest is None:
             op.fail(500, "InternalExecutionError", "The simulated guest (sim.guest) is not available.")
             return
+        if vm.guest.crp_key is None:
+            # The agent cannot decrypt the extension's protected settings without the CRP transport certificate's
+            # key: extensions fail until the agent restarts and re-creates it (Microsoft Learn, "Azure virtual
+            # machine extensions and features for Windows" and "Troubleshooting Azure Windows VM extension
+            # failures"). The code and message shape are the ones extension failures report
+            # (VMExtensionProvisioningError, "VM has reported a failure when processing extension ...").
+            op.fail(
+                409,
+                "VMExtensionProvisioningError",
+                "VM has reported a failure when processing extension 'RunCommandWindows'. Error message: "
+                '"Failed to decrypt protected settings."',
+            )
+            return
         try:
             result = guest.run_script(vm, op.script, op.parameters, self.wall(due))
         except Exception as exc:

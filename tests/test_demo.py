@@ -33,9 +33,10 @@ def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
     assert by_scenario["healthy"]["rebooted"] is False
     assert by_scenario["expiring-soon"]["rebooted"] is False and by_scenario["expiring-soon"]["trigger"] == "sweep"
     assert by_scenario["expired-certificate"]["trigger"] == "alert"
-    # The ladder, least disruptive first: the one key container, never the store without force.
-    assert by_scenario["keystore-corrupt"]["actions"] == ["set-aside-key", "renew-certificate"]
-    assert "rerun with force" in by_scenario["keystore-corrupt"]["reason"]
+    # The ladder, least disruptive first: the one key container (set aside by the renewal), never the store
+    # without forceKeyStore.
+    assert by_scenario["keystore-corrupt"]["actions"] == ["renew-certificate"]
+    assert "rerun with forceKeyStore" in by_scenario["keystore-corrupt"]["reason"]
     assert by_scenario["key-deny"]["actions"] == ["remove-key-deny"]
     assert by_scenario["custom-certificate"]["actions"] == ["repin-certificate"]
     for untouched in ("policy-certificate", "firewall-policy", "firewall-custom-allow", "cached-session", "wmi-hung"):

@@ -57,7 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="act even on a VM that looks healthy, and restart RDP services despite connected users",
+        help="restart RDP services and reboot despite connected users",
+    )
+    parser.add_argument(
+        "--force-keystore",
+        action="store_true",
+        help="rename MachineKeys although other key files live in it (never on a domain controller or CA)",
     )
     parser.add_argument("--reason", default="requested from the command line", help="recorded in the audit trail")
     add_json_flag(parser)
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(request, int):
             return request
     else:
-        options = RemediationOptions(Plan(args.plan), args.dry_run, args.diagnose_only, args.force)
+        options = RemediationOptions(Plan(args.plan), args.dry_run, args.diagnose_only, args.force, args.force_keystore)
         request = RemediationRequest(args.vm, Trigger.CLI, args.reason, options)
     if not args.json:
         verb = "resuming" if args.resume else "remediating"

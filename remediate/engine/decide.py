@@ -10,13 +10,17 @@ The ladder for the listener's certificate, least disruptive first, narrowest tar
 1. the MachineKeys folder ACL, when SYSTEM or Administrators lost their rights (KB 278381);
 2. grant read, or remove the deny entries, on *that one key file* (TermService reads the key as NETWORK
    SERVICE, KB 2001849);
-3. Windows' own certificate (HashType 1): set aside only its key container when the key does not open although
-   its ACL is right, then renew it (remove it, restart SessionEnv);
+3. Windows' own certificate (HashType 1): renew it (remove it, restart SessionEnv); when the key does not open
+   although its ACL is right, the same Run Command first sets aside only its key container;
 4. a custom certificate (HashType 3): re-pin to a valid successor with a readable key, else report;
 5. a Group Policy certificate (HashType 2): reported, never touched;
 6. the whole MachineKeys rename: last, only for Windows' own certificate after a renewal in this request
-   could not make a new one, refused without Force while other certificates' keys or server roles depend on
-   the store, and refused when a backup newer than a day exists.
+   could not make a new one and the probe and events still show the key failing; refused without forceKeyStore
+   while other key files or server roles depend on the store, never on a domain controller or a certification
+   authority, and refused when a backup newer than a day exists.
+
+Every step that restarts a Remote Desktop service or leads to a reboot is refused while remote sessions exist
+(or cannot be counted), unless `force` is given; `force` overrides sessions only, never the key store's guards.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ BACKUP_FRESH_HOURS = 24.0
 PROBE_OK = frozenset({"healthy", "expiring-soon"})
 PROBE_NO_PATH = frozenset({"timeout", "unreachable", "no-address"})
 PROBE_NO_KEY = frozenset({"no-certificate"})
+# Probe statuses that a closed firewall produces: nothing answers (refused), or packets are dropped (timeout).
+PROBE_BLOCKED = frozenset({"refused", "timeout"})
+# Events that show the listener's key does not work: 1057 (no self-signed certificate could be made) and 36870
+# (SCHANNEL cannot open the TLS credential's private key) (Microsoft Learn, troubleshoot-rdp-internal-error).
+KEY_EVIDENCE_EVENTS = ("1057", "36870")
+# Server roles whose keys a whole-store rename must never set aside, whatever overrides are given: a domain
+# controller's and a certification authority's keys are not re-created by anything (NTDS, CertSvc).
+NEVER_RESET_ROLES = frozenset({"domain-controller", "ad-cs"})
 
 
 class Action(enum.StrEnum):
@@ -65,6 +77,17 @@ SCRIPT_OF: Mapping[Action, str] = {
 }
 # Actions that restart a Remote Desktop service (and so end or disturb sessions).
 RESTARTS_SERVICES = frozenset({Action.RENEW_CERTIFICATE})
+# Actions whose scripts report reboot_required when they change something: a reboot ends every session.
+LEADS_TO_REBOOT = frozenset(
+    {
+        Action.REPAIR_FOLDER_ACL,
+        Action.GRANT_KEY_READ,
+        Action.REMOVE_KEY_DENY,
+        Action.RENEW_CERTIFICATE,
+        Action.RESET_MACHINEKEYS,
+        Action.ENABLE_TLS12,
+    }
+)
 CERTIFICATE_CHAIN = frozenset(Action) - {Action.ENABLE_FIREWALL_RULE, Action.ENABLE_TLS12}
 
 
@@ -143,8 +166,10 @@ class Context:
     now: dt.datetime
     expiry_warning_days: int = 30
     plan: Plan = Plan.AUTO
-    force: bool = False
+    force: bool = False  # act despite remote sessions (a service restart or a reboot disturbs them)
     done: frozenset[str] = frozenset()  # keys of steps that already succeeded in this request
+    force_keystore: bool = False  # rename MachineKeys although other keys live in it (never on a DC or CA)
+    reboot_always: bool = False  # the reboot policy reboots after any change, not only when a script asks
 
 
 @dataclass
@@ -169,8 +194,8 @@ def decide(summary: Mapping[str, Any], probe: str | None, context: Context) -> D
     draft = _Draft()
     _certificate(draft, facts, unknown, probe, context)
     if context.plan is Plan.AUTO:
-        _firewall(draft, facts, unknown)
-        _tls(draft, facts, unknown)
+        _firewall(draft, facts, unknown, probe)
+        _tls(draft, facts, unknown, probe)
         _listener_settings(draft, facts)
     _gate(draft, facts, context)
     return Decision(
@@ -222,8 +247,8 @@ def _certificate(
     if hash_type == 3:
         _custom(draft, listener, validity, key_state)
         return
-    if ctx.plan is Plan.FULL:
-        _reset(draft, facts, ctx, "the full plan was asked for")
+    if ctx.plan is Plan.FULL and _key_failure_shown(facts, probe):
+        _reset(draft, facts, ctx, "the full plan was asked for and the probe and events show the key failing")
         return
     _own(draft, facts, listener, validity, key_state, probe, ctx)
 
@@ -231,8 +256,14 @@ def _certificate(
 def _no_certificate(
     draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str], probe: str | None, ctx: Context
 ) -> None:
+    if probe in PROBE_OK:
+        draft.unknown.append(
+            f"the listener reports no certificate but the probe was offered a working one ({probe}): the facts "
+            "disagree, nothing is changed"
+        )
+        return
     draft.problems.append("the listener has no certificate")
-    if ctx.plan is Plan.FULL or _store_shown_broken(facts, unknown, probe, ctx):
+    if (ctx.plan is Plan.FULL and _key_failure_shown(facts, probe)) or _store_shown_broken(facts, unknown, probe, ctx):
         _reset(draft, facts, ctx, "a renewal in this request could not make Windows create a certificate")
         return
     if _folder(draft, facts, unknown, ctx):
@@ -342,7 +373,8 @@ def _own(
     key = facts.get("key") or {}
     acl_fixed_here = any(s.action in (Action.GRANT_KEY_READ, Action.REMOVE_KEY_DENY) for s in draft.steps)
     unopenable = (
-        probe in PROBE_NO_KEY
+        ctx.plan is not Plan.RENEW_ONLY
+        and probe in PROBE_NO_KEY
         and key_state is None
         and validity is None
         and not acl_fixed_here
@@ -353,18 +385,21 @@ def _own(
         draft.problems.append(
             f"the probe says the server offers no usable certificate ({probe}) although {key.get('file')} is readable"
         )
+        # One Run Command sets the key aside and renews, after its own session check: as two, a session that
+        # appears in between would leave the key renamed and the listener without one.
         draft.step(
-            Action.SET_ASIDE_KEY,
-            f"the key of Windows' own certificate does not open although its ACL is right: set aside {key.get('file')} "
-            "(renamed, not deleted) so that Windows creates a new key",
-            Mode="set-aside",
+            Action.RENEW_CERTIFICATE,
+            f"the key of Windows' own certificate {thumbprint} does not open although its ACL is right: set aside "
+            f"{key.get('file')} (renamed, not deleted), remove the certificate and restart SessionEnv so that "
+            "Windows makes a new key and certificate",
             Thumbprint=thumbprint,
             KeyFile=str(key.get("file")),
         )
+        return
     if ctx.plan is Plan.RENEW_ONLY and validity is None:
         return
-    if validity is not None or key_state in ("no private key", "key file missing") or unopenable:
-        reason = validity or key_state or "its key container was set aside"
+    if validity is not None or key_state in ("no private key", "key file missing"):
+        reason = validity or key_state
         draft.step(
             Action.RENEW_CERTIFICATE,
             f"Windows' own certificate {thumbprint}: {reason}; remove it and restart SessionEnv so that "
@@ -394,14 +429,21 @@ def _folder(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str], ct
 def _store_shown_broken(facts: Mapping[str, Any], unknown: frozenset[str], probe: str | None, ctx: Context) -> bool:
     """Windows' own certificate's key store is shown broken: a renewal (after its key container was set aside,
     or with no certificate at all) already ran in this request, the folder's ACL is right, and the listener still
-    has no usable certificate."""
+    has no usable certificate: the probe says so and the events show the key failing (a missing fact is never
+    evidence, and a working probe overrules every guest fact)."""
     renewed = any(key.startswith(Action.RENEW_CERTIFICATE.value + ":") for key in ctx.done)
     folder = facts.get("machinekeys") or {}
     if not renewed or "machinekeys" in unknown or folder.get("exists") is not True or folder.get("acl_ok") is not True:
         return False
-    listener, key = facts.get("listener"), facts.get("key") or {}
-    no_certificate = listener is None or key.get("provider") == "none" or key.get("exists") is False
-    return no_certificate or probe in PROBE_NO_KEY
+    return _key_failure_shown(facts, probe)
+
+
+def _key_failure_shown(facts: Mapping[str, Any], probe: str | None) -> bool:
+    """The listener cannot use a key: the probe was offered no certificate and the System log recorded event
+    1057 or 36870 in the last day."""
+    events = facts.get("events") or {}
+    logged = any((events.get(number) or {}).get("count") for number in KEY_EVIDENCE_EVENTS)
+    return probe in PROBE_NO_KEY and bool(logged)
 
 
 def _reset(draft: _Draft, facts: Mapping[str, Any], ctx: Context, why: str) -> None:
@@ -417,26 +459,35 @@ def _reset(draft: _Draft, facts: Mapping[str, Any], ctx: Context, why: str) -> N
         return
     others = facts.get("other_keys")
     roles = facts.get("roles")
-    if not ctx.force:
+    critical = sorted(NEVER_RESET_ROLES & set(roles or []))
+    if critical:
+        draft.refuse(
+            Action.RESET_MACHINEKEYS,
+            f"this machine is a {' and '.join(critical)}: its keys in MachineKeys are never set aside, not even with "
+            "force; the listener's key is left to an admin",
+        )
+        return
+    if not ctx.force_keystore:
         if others is None or roles is None:
             draft.refuse(
                 Action.RESET_MACHINEKEYS,
-                "what else keeps keys in MachineKeys is unknown: rerun with force to reset anyway",
+                "what else keeps keys in MachineKeys is unknown: rerun with forceKeyStore to reset anyway",
             )
             return
         if others.get("count", 0) > 0 or roles:
             names = ", ".join(others.get("names") or [])
             draft.refuse(
                 Action.RESET_MACHINEKEYS,
-                f"renaming MachineKeys would set aside the keys of {others.get('count', 0)} other certificate(s)"
+                f"renaming MachineKeys would set aside {others.get('count', 0)} other key file(s)"
                 f"{' (' + names + ')' if names else ''}{' and break roles ' + ', '.join(roles) if roles else ''}: "
-                "rerun with force to accept that",
+                "rerun with forceKeyStore to accept that",
             )
             return
     draft.step(
         Action.RESET_MACHINEKEYS,
         f"{why}: rename MachineKeys (kept as a backup) and build a new one",
-        Force="true" if ctx.force else "false",
+        Force="true" if ctx.force_keystore else "false",
+        AllowSessions="true" if ctx.force else "false",
     )
 
 
@@ -449,8 +500,9 @@ def _event_evidence(facts: Mapping[str, Any]) -> str:
 # --- firewall, TLS, listener settings ------------------------------------------------------------------------
 
 
-def _firewall(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str]) -> None:
-    """By reachability: is there an allow path for the listener's port on an active profile?"""
+def _firewall(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str], probe: str | None) -> None:
+    """By reachability: is there an allow path for the listener's port on an active profile? Changed only when
+    the probe shows the port blocked (refused or timeout): a probe that got through proves a path exists."""
     firewall, config = facts.get("firewall"), facts.get("rdp_config")
     if "firewall" in unknown or firewall is None or config is None or config.get("port") is None:
         return
@@ -474,10 +526,15 @@ def _firewall(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str]) 
         )
     elif not _covers(str(rule.get("profiles", "")), active):
         draft.reports.append(f"{BUILTIN_RULE} is scoped to {rule.get('profiles')}, not the active profile: not widened")
+    elif probe not in PROBE_BLOCKED:
+        draft.reports.append(
+            f"the probe says {probe}, not refused or timeout: the port is not shown blocked; the firewall stays"
+        )
     else:
         draft.step(
             Action.ENABLE_FIREWALL_RULE,
-            f"no allow path for TCP {port} on the {', '.join(active)} profile; the local built-in rule allows it",
+            f"no allow path for TCP {port} on the {', '.join(active)} profile and the probe says {probe}; the local "
+            f"built-in rule allows it{' from any remote address' if rule.get('any_ip') is not False else ''}",
             RuleName=BUILTIN_RULE,
             Port=str(port),
         )
@@ -487,13 +544,22 @@ def _covers(profiles: str, active: list[str]) -> bool:
     return profiles == "Any" or any(name in profiles for name in active)
 
 
-def _tls(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str]) -> None:
+def _tls(draft: _Draft, facts: Mapping[str, Any], unknown: frozenset[str], probe: str | None) -> None:
+    """TLS 1.2 only when a handshake is shown failing: a machine hardened to TLS 1.3 only, with a probe that
+    gets through, is a choice, not a fault."""
     tls = facts.get("tls")
-    if "tls" in unknown or tls is None:
+    if "tls" in unknown or tls is None or tls.get("tls12_server") is not False:
         return
-    if tls.get("tls12_server") is False:
-        draft.problems.append("server-side TLS 1.2 is disabled in SCHANNEL")
-        draft.step(Action.ENABLE_TLS12, "RDP clients negotiate TLS 1.2: enable its server side (takes effect at boot)")
+    events = facts.get("events") or {}
+    schannel_failed = bool((events.get("36871") or {}).get("count"))
+    if probe != "tls-handshake-failed" and not schannel_failed:
+        draft.reports.append(
+            f"server-side TLS 1.2 is disabled in SCHANNEL but no handshake is shown failing (probe {probe}, no event "
+            "36871): left as configured"
+        )
+        return
+    draft.problems.append("server-side TLS 1.2 is disabled in SCHANNEL")
+    draft.step(Action.ENABLE_TLS12, "RDP clients negotiate TLS 1.2: enable its server side (takes effect at boot)")
 
 
 def _listener_settings(draft: _Draft, facts: Mapping[str, Any]) -> None:
@@ -539,17 +605,17 @@ def _already_done(step: Step, ctx: Context) -> str | None:
 
 
 def _session_refusal(step: Step, sessions: Mapping[str, Any] | None, ctx: Context) -> str | None:
-    if not step.restarts_services or ctx.force:
+    """Remote sessions block every step that restarts a Remote Desktop service or leads to a reboot."""
+    reboots = ctx.reboot_always or step.action in LEADS_TO_REBOOT
+    if not (step.restarts_services or reboots) or ctx.force:
         return None
-    if sessions is None:
-        return (
-            "the remote sessions could not be counted: a Remote Desktop service restart is not risked (force overrides)"
-        )
-    count = int(sessions.get("remote", 0)) + int(sessions.get("cached", 0))
+    what = "restarting Remote Desktop services or the reboot that follows"
+    if sessions is None or sessions.get("remote") is None or sessions.get("cached") is None:
+        return f"the remote sessions could not be counted: {what} is not risked (force overrides)"
+    count = int(sessions["remote"]) + int(sessions["cached"])
     if count:
         return (
-            f"{count} remote session(s) (logon types 10 and 12) would be disturbed by restarting Remote Desktop "
-            "services: rerun with force to proceed"
+            f"{count} remote session(s) (logon types 10 and 12) would be dropped by {what}: rerun with force to proceed"
         )
     return None
 

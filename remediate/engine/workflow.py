@@ -347,7 +347,15 @@ class Workflow:
     def _plan(self, step_name: str, facts: dict[str, Any], probe: str, done: frozenset[str]) -> Decision:
         """The engine's decision from the facts, recorded as a step so the journal says why each repair ran."""
         options = self.request.options
-        context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force, done)
+        context = Context(
+            self._now(),
+            self.settings.expiry_warning_days,
+            options.plan,
+            options.force,
+            done,
+            force_keystore=options.force_keystore,
+            reboot_always=self.settings.reboot_policy == "always",
+        )
         decision = decide(facts, probe, context)
         self._step(step_name, lambda: (decision.explain()[:500], decision.to_json()))
         return decision
@@ -403,7 +411,7 @@ class Workflow:
     ) -> tuple[Outcome, str] | _NextRound:
         """The plan's steps, reboot, wait, verify. A verdict, or what ran and the next decision."""
         suffix = "" if number == 1 else f"-{number}"
-        summaries = [self._execute(step, suffix) for step in decision.steps]
+        summaries = self._execute_until_refused(decision.steps, suffix)
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             # Nothing changed: no reboot, nothing to verify, and a refusal is never a reason to go further.
@@ -414,7 +422,7 @@ class Workflow:
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
-        ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=True) if not s.get("refused")}
+        ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=False) if not s.get("refused")}
         following = self._plan(f"plan{suffix or '-1'}-after", guest, after, ran)
         self.verification = after
         if after in plans.PROBE_OK and following.clean:
@@ -430,11 +438,21 @@ class Workflow:
             return Outcome.FAILED, "; ".join([still, *refused, following.explain()])
         return _NextRound(ran, following)
 
+    def _execute_until_refused(self, steps: tuple[PlannedStep, ...], suffix: str) -> list[dict[str, Any]]:
+        """The planned steps in order, stopping at the first a script refuses: its re-check found the facts
+        changed (a session appeared, the listener moved on), so the steps planned after it rest on stale facts."""
+        summaries: list[dict[str, Any]] = []
+        for step in steps:
+            summaries.append(self._execute(step, suffix))
+            if summaries[-1].get("refused"):
+                break
+        return summaries
+
     def _execute(self, step: PlannedStep, suffix: str) -> dict[str, Any]:
         """One planned step: its script on its named target. The journal keeps the target and the reason."""
         parameters = dict(step.parameters)
-        if step.script in ("renew-certificate", "reset-machinekeys") and self.request.options.force:
-            parameters["Force"] = "true"
+        if step.script == "renew-certificate" and self.request.options.force:
+            parameters["Force"] = "true"  # sessions only; the store reset's Force comes from the plan's target
         return self._script(step.script, step_name=f"{step.action.value}{suffix}", parameters=parameters)
 
     def _proactive_renewal(self, ip: str | None, before: str) -> tuple[Outcome, str]:
@@ -444,7 +462,7 @@ class Workflow:
             if decision.refusals:
                 return Outcome.SKIPPED, f"not renewed: {decision.explain()}"
             return Outcome.HEALTHY, "the certificate did not need renewal"
-        summaries = [self._execute(step, "") for step in decision.steps]
+        summaries = self._execute_until_refused(decision.steps, "")
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             return Outcome.SKIPPED, "; ".join(refused) or "the renewal changed nothing"

@@ -34,9 +34,9 @@ SCRIPTS: tuple[str, ...] = (
 # thumbprint, a key file name, a rule name) are validated by pattern in the script and never interpolated.
 PARAMETERS: Mapping[str, frozenset[str]] = {
     "diagnose": frozenset({"DetectOnly"}),
-    "renew-certificate": frozenset({"DetectOnly", "Force", "Thumbprint", "Successor"}),
+    "renew-certificate": frozenset({"DetectOnly", "Force", "Thumbprint", "Successor", "KeyFile"}),
     "repair-machinekeys": frozenset({"DetectOnly", "Mode", "Thumbprint", "KeyFile"}),
-    "reset-machinekeys": frozenset({"DetectOnly", "Force"}),
+    "reset-machinekeys": frozenset({"DetectOnly", "Force", "AllowSessions"}),
     "enable-firewall-rule": frozenset({"DetectOnly", "RuleName", "Port"}),
     "enable-tls12": frozenset({"DetectOnly"}),
 }

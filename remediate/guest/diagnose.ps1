@@ -49,9 +49,11 @@ $RdpTcpRule = 'RemoteDesktop-UserMode-In-TCP'
 # The groups in each account's token that an ACL entry can name (Microsoft Learn, "Well-known SIDs"): SYSTEM
 # (also Everyone, Authenticated Users, Administrators) and NETWORK SERVICE (also Everyone, Authenticated Users,
 # SERVICE).
+# Both also hold BUILTIN\Users S-1-5-32-545 and LOCAL S-1-2-0; TermService's token holds its service SID
+# NT SERVICE\TermService (Microsoft Learn, "Well-known SIDs", "Service SIDs").
 $TokenSids = @{
-    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
-    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544', 'S-1-5-32-545', 'S-1-2-0')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6', 'S-1-5-32-545', 'S-1-2-0', 'S-1-5-80-446051430-1559341753-4161941529-1950928533-810483104')
 }
 # Services whose presence names a server role that keeps keys in the machine store.
 $RoleServices = @{ NTDS = 'domain-controller'; CertSvc = 'ad-cs'; W3SVC = 'iis'; TSGateway = 'rds-gateway'; Tssdis = 'rds-broker'; TermServLicensing = 'rds-licensing' }
@@ -173,7 +175,9 @@ function Resolve-KeyFile {
     # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
     # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
     # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
-    # found; when it does not open, the file is unknown ($null), never guessed.
+    # found; when it does not open, the file is unknown ($null), never guessed. On .NET Framework 4.6+
+    # GetRSAPrivateKey returns RSACng even for a CSP key (dotnet/corefx#3502): the folder that holds the file
+    # decides the provider, not the type .NET returns.
     param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
     $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
     if (-not $Certificate.HasPrivateKey) {
@@ -194,17 +198,33 @@ function Resolve-KeyFile {
             $result.Provider = 'cng'
             $result.Container = $key.Key.KeyName
             $result.File = $key.Key.UniqueName
-            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
         }
         elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
             $result.Provider = 'csp'
             $result.Container = $key.CspKeyContainerInfo.KeyContainerName
             $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
-            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
         }
     }
     catch {
         Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+    }
+    if ($null -ne $result.File) {
+        $inMachineKeys = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        $inKeys = Join-Path -Path $CngKeysPath -ChildPath $result.File
+        if (Test-Path -LiteralPath $inMachineKeys) {
+            $result.Provider = 'csp'
+            $result.Path = $inMachineKeys
+        }
+        elseif (Test-Path -LiteralPath $inKeys) {
+            $result.Provider = 'cng'
+            $result.Path = $inKeys
+        }
+        elseif ($result.Provider -eq 'csp') {
+            $result.Path = $inMachineKeys
+        }
+        else {
+            $result.Path = $inKeys
+        }
     }
     $result
 }
@@ -239,7 +259,7 @@ function Get-KeyAccess {
             $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
             if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
                 $denied = $true
-                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                if (-not $denies.Contains($sid)) {
                     $denies.Add($sid)
                 }
             }
@@ -261,6 +281,8 @@ function Get-KeyAccess {
 function Get-RdpSessionCount {
     # Remote Desktop logon sessions that still own processes, connected or disconnected: logon type 10
     # (RemoteInteractive) or 12 (CachedRemoteInteractive, RDP with cached credentials). Each CIM call is bounded.
+    # Only a session that is gone (not found) stops counting; any other error, a time-out included, throws, so
+    # the count is unknown rather than too low.
     param([int]$LogonType)
     $count = 0
     $sessions = @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter ('LogonType = {0}' -f $LogonType) -OperationTimeoutSec $CimTimeoutSeconds)
@@ -269,8 +291,10 @@ function Get-RdpSessionCount {
         try {
             $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process' -OperationTimeoutSec $CimTimeoutSeconds)
         }
-        catch {
-            # The session ended between the two queries: it no longer counts.
+        catch [Microsoft.Management.Infrastructure.CimException] {
+            if ([string]$_.Exception.NativeErrorCode -ne 'NotFound') {
+                throw
+            }
             Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
         }
         if ($processes.Count -gt 0) {
@@ -303,41 +327,79 @@ function Receive-Bounded {
 
 function Format-Clip {
     # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
-    # contract length, so that its length is its size in the summary.
-    param([string]$Text, [int]$Length)
+    # contract length, so that its length is its size in the summary. [object], not [string]: a [string]
+    # parameter turns $null into '' and the fact would read as known and empty.
+    param([object]$Text, [int]$Length)
     if ($null -eq $Text) {
         return $null
     }
-    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    $Text = ([string]$Text) -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
     if ($Text.Length -gt $Length) {
         return $Text.Substring(0, $Length)
     }
     $Text
 }
 
+function Test-CrpCertificate {
+    # The Azure agent's transport certificate for extensions' protected settings, by its issuer (not its
+    # FriendlyName, which anyone can set): "DC=Windows Azure CRP Certificate Generator" (Microsoft Learn, "Azure
+    # virtual machine extensions and features for Windows").
+    param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate)
+    [string]$Certificate.Issuer -like '*DC=Windows Azure CRP Certificate Generator*'
+}
+
+function Get-CrpKeyFile {
+    # The key file of the Azure agent's CRP transport certificate in MachineKeys; $null when there is none.
+    foreach ($certificate in @(Get-ChildItem -LiteralPath 'Cert:\LocalMachine\My' | Where-Object { $_.HasPrivateKey })) {
+        if (Test-CrpCertificate -Certificate $certificate) {
+            $key = Resolve-KeyFile -Certificate $certificate -WindowsOwn $false
+            if ($key.Provider -eq 'csp') {
+                return $key.File
+            }
+        }
+    }
+    $null
+}
+
 function Get-OtherKeys {
-    # LocalMachine certificates other than the listener's whose keys live in MachineKeys: what a whole-store
-    # rename would set aside. A key that does not open is counted too (its file is unknown, so it may be there).
-    param([string]$Listener)
-    $names = New-Object -TypeName 'System.Collections.Generic.List[string]'
-    $count = 0
+    # Every key file in MachineKeys but the listener's and the CRP transport key: what a whole-store rename would
+    # set aside. Files are counted, not certificates, so key containers without a certificate (iisConfigurationKey,
+    # NetFrameworkConfigurationKey, iisWasKey, WMSvc: Microsoft Learn, "Understanding Machine-Level and User-Level
+    # RSA Key Containers") count too. A certificate's file is named after the certificate.
+    param([string]$ListenerFile)
+    $crp = Get-CrpKeyFile
+    $labels = @{}
     foreach ($store in @(Get-ChildItem -LiteralPath 'Cert:\LocalMachine')) {
         foreach ($certificate in @(Get-ChildItem -LiteralPath $store.PSPath | Where-Object { $_.HasPrivateKey })) {
-            if ($certificate.Thumbprint -eq $Listener) {
-                continue
-            }
             $key = Resolve-KeyFile -Certificate $certificate -WindowsOwn $false
-            if ($key.Provider -eq 'cng') {
+            if ($key.Provider -ne 'csp' -or $null -eq $key.File) {
                 continue
             }
-            $count++
-            if ($names.Count -lt 5) {
-                $label = $certificate.FriendlyName
-                if (-not $label) {
-                    $label = $certificate.GetNameInfo([System.Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
-                }
-                $names.Add((Format-Clip -Text ('{0} ({1})' -f $label, $store.Name) -Length 48))
+            $label = $certificate.FriendlyName
+            if (-not $label) {
+                $label = $certificate.GetNameInfo([System.Security.Cryptography.X509Certificates.X509NameType]::SimpleName, $false)
             }
+            $labels[$key.File] = '{0} ({1})' -f $label, $store.Name
+        }
+    }
+    $names = New-Object -TypeName 'System.Collections.Generic.List[string]'
+    $count = 0
+    $files = @()
+    if (Test-Path -LiteralPath $MachineKeysPath) {
+        # An unreadable folder throws: the count is then unknown, never zero.
+        $files = @(Get-ChildItem -LiteralPath $MachineKeysPath -File -Force)
+    }
+    foreach ($file in $files) {
+        if ($file.Name -eq $ListenerFile -or $file.Name -eq $crp) {
+            continue
+        }
+        $count++
+        if ($names.Count -lt 5) {
+            $label = $labels[$file.Name]
+            if (-not $label) {
+                $label = $file.Name
+            }
+            $names.Add((Format-Clip -Text $label -Length 48))
         }
     }
     [ordered]@{ count = $count; names = @($names) }
@@ -353,8 +415,11 @@ function Add-CheckError {
 function Get-RdpSetting {
     # A Remote Desktop setting as it is in effect: the Group Policy value when one is set, else the local one;
     # reported as it is (a value outside the documented range is a fact too).
-    param([string]$Path, [string]$Name, [int64]$Default)
-    $value = Get-RegistryValue -Path $RdpPolicyKey -Name $Name -Default $null
+    param([string]$Path, [string]$Name, [int64]$Default, [switch]$LocalOnly)
+    $value = $null
+    if (-not $LocalOnly) {
+        $value = Get-RegistryValue -Path $RdpPolicyKey -Name $Name -Default $null
+    }
     if ($null -eq $value) {
         $value = Get-RegistryValue -Path $Path -Name $Name -Default $Default
     }
@@ -370,7 +435,11 @@ function Get-ListenerFacts {
     # The pinned certificate and whose it is; $null when the listener reports none.
     param([datetime]$Now)
     $setting = Get-ListenerSetting
-    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+    if ($null -eq $setting) {
+        # No RDP-tcp instance is not "no certificate": the fact is unknown.
+        throw 'Win32_TSGeneralSetting has no RDP-tcp instance: the listener''s certificate is unknown'
+    }
+    if (-not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
         return $null
     }
     $thumbprint = ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
@@ -451,7 +520,7 @@ function Get-KeyFacts {
         $access = Get-KeyAccess -Path $key.Path
         $facts.system_read = $access.System
         $facts.network_service_read = $access.NetworkService
-        $facts.denies = $access.Denies
+        $facts.denies = @($access.Denies | Select-Object -First 3)
         $facts.sddl = $access.Sddl
     }
     $facts
@@ -564,6 +633,23 @@ function Test-ProfileCovers {
     $false
 }
 
+function Test-PortCovers {
+    # A port filter's LocalPort list covers the port: 'Any', the port itself, or a range 'low-high' that holds it
+    # (New-NetFirewallRule -LocalPort accepts ranges such as 3380-3390).
+    param([object[]]$Ports, [int64]$Port)
+    foreach ($entry in @($Ports)) {
+        $text = [string]$entry
+        if ($text -eq 'Any' -or $text -eq [string]$Port) {
+            return $true
+        }
+        $range = [regex]::Match($text, '^(\d+)-(\d+)$')
+        if ($range.Success -and [int64]$range.Groups[1].Value -le $Port -and $Port -le [int64]$range.Groups[2].Value) {
+            return $true
+        }
+    }
+    $false
+}
+
 function Get-FirewallFacts {
     # By reachability: the profiles, which one is active, every enabled inbound allow rule (active store: local
     # and Group Policy merged as Windows applies them) for the listener's TCP port on an active profile, the
@@ -586,7 +672,7 @@ function Get-FirewallFacts {
     $paths = New-Object -TypeName 'System.Collections.Generic.List[object]'
     foreach ($filter in @(Receive-Bounded -Job (Get-NetFirewallPortFilter -PolicyStore ActiveStore -AsJob))) {
         $ports = @($filter.LocalPort | ForEach-Object { [string]$_ })
-        if ([string]$filter.Protocol -ne 'TCP' -or ($ports -notcontains [string]$Port -and $ports -notcontains 'Any')) {
+        if ([string]$filter.Protocol -ne 'TCP' -or -not (Test-PortCovers -Ports $ports -Port $Port)) {
             continue
         }
         $rule = Receive-Bounded -Job (Get-NetFirewallRule -AssociatedNetFirewallPortFilter $filter -AsJob)
@@ -603,7 +689,8 @@ function Get-FirewallFacts {
     $local = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore PersistentStore -Name $RdpTcpRule -AsJob))
     if ($local.Count -gt 0) {
         $localPort = @((Receive-Bounded -Job (Get-NetFirewallPortFilter -AssociatedNetFirewallRule $local[0] -AsJob)).LocalPort)[0]
-        $builtin = [ordered]@{ enabled = ([string]$local[0].Enabled -eq 'True'); profiles = (Format-Clip -Text ([string]$local[0].Profile) -Length 24); port = [int64]$localPort }
+        $builtinRemote = @((Receive-Bounded -Job (Get-NetFirewallAddressFilter -AssociatedNetFirewallRule $local[0] -AsJob)).RemoteAddress) -join ','
+        $builtin = [ordered]@{ enabled = ([string]$local[0].Enabled -eq 'True'); profiles = (Format-Clip -Text ([string]$local[0].Profile) -Length 24); port = [int64]$localPort; any_ip = ($builtinRemote -eq 'Any') }
     }
     $copies = @(Receive-Bounded -Job (Get-NetFirewallRule -PolicyStore RSOP -Name $RdpTcpRule -AsJob)).Count
     [ordered]@{ profiles = $profiles; allow_paths = @($paths); builtin_rule = $builtin; policy_copies = $copies }
@@ -705,7 +792,8 @@ catch {
 
 try {
     Write-Step 'listener settings'
-    $port = Get-RdpSetting -Path $RdpTcpKey -Name 'PortNumber' -Default 3389
+    # Group Policy has no setting for the port: PortNumber is read where the listener reads it.
+    $port = Get-RdpSetting -Path $RdpTcpKey -Name 'PortNumber' -Default 3389 -LocalOnly
     $findings.rdp_config = [ordered]@{
         port                = $port
         deny_connections    = (Get-RdpSetting -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
@@ -742,11 +830,11 @@ catch {
 }
 
 try {
-    $listenerThumbprint = ''
-    if ($null -ne $findings.listener) {
-        $listenerThumbprint = $findings.listener.thumbprint
+    $listenerFile = ''
+    if ($null -ne $findings.key -and $null -ne $findings.key.file) {
+        $listenerFile = $findings.key.file
     }
-    $findings.other_keys = Get-OtherKeys -Listener $listenerThumbprint
+    $findings.other_keys = Get-OtherKeys -ListenerFile $listenerFile
 }
 catch {
     Add-CheckError -Check 'other_keys' -Record $_ -Errors $summary.errors

@@ -167,6 +167,23 @@ function Get-RdpRuleProfileState {
     @{ Rule = $rules[0]; Enabled = ([string]$rules[0].Enabled -eq 'True'); Port = [string]$port }
 }
 
+function Test-PortCovers {
+    # A port filter's LocalPort list covers the port: 'Any', the port itself, or a range 'low-high' that holds it
+    # (New-NetFirewallRule -LocalPort accepts ranges such as 3380-3390).
+    param([object[]]$Ports, [int64]$Port)
+    foreach ($entry in @($Ports)) {
+        $text = [string]$entry
+        if ($text -eq 'Any' -or $text -eq [string]$Port) {
+            return $true
+        }
+        $range = [regex]::Match($text, '^(\d+)-(\d+)$')
+        if ($range.Success -and [int64]$range.Groups[1].Value -le $Port -and $Port -le [int64]$range.Groups[2].Value) {
+            return $true
+        }
+    }
+    $false
+}
+
 function Test-AllowPath {
     # An enabled inbound allow rule (active store) for the TCP port on an active profile, or the firewall off on one.
     param([int]$ListenerPort)
@@ -185,7 +202,7 @@ function Test-AllowPath {
     }
     foreach ($filter in @(Receive-Bounded -Job (Get-NetFirewallPortFilter -PolicyStore ActiveStore -AsJob))) {
         $ports = @($filter.LocalPort | ForEach-Object { [string]$_ })
-        if ([string]$filter.Protocol -ne 'TCP' -or ($ports -notcontains [string]$ListenerPort -and $ports -notcontains 'Any')) {
+        if ([string]$filter.Protocol -ne 'TCP' -or -not (Test-PortCovers -Ports $ports -Port $ListenerPort)) {
             continue
         }
         $rule = Receive-Bounded -Job (Get-NetFirewallRule -AssociatedNetFirewallPortFilter $filter -AsJob)
@@ -239,6 +256,9 @@ try {
     }
     elseif (Test-AllowPath -ListenerPort $Port) {
         Add-Text -List $summary.actions -Text ('an allow path for TCP {0} exists on the active profile: nothing to do' -f $Port)
+    }
+    elseif ($state.Enabled) {
+        Add-Text -List $summary.actions -Text ('{0} is already enabled and still no allow path exists: not changed' -f $RuleName)
     }
     elseif ($summary.detect_only) {
         Add-Text -List $summary.actions -Text ('would enable {0}' -f $RuleName)

@@ -28,6 +28,10 @@
 .PARAMETER Successor
     For a custom certificate: the certificate in LocalMachine\My to pin instead (40 hex digits). Default ''.
 
+.PARAMETER KeyFile
+    Windows' own certificate only: its key file, to set aside (rename to <file>.<stamp>.rdp-remediate.bak) after
+    the session check and before the renewal, in this one Run Command. Default '' (no set-aside).
+
 .OUTPUTS
     Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
@@ -48,7 +52,10 @@ param(
     [string]$Thumbprint = '',
 
     [ValidatePattern('^([0-9A-Fa-f]{40})?$')]
-    [string]$Successor = ''
+    [string]$Successor = '',
+
+    [ValidatePattern('^([0-9A-Za-z_.-]{1,200})?$')]
+    [string]$KeyFile = ''
 )
 
 Set-StrictMode -Version Latest
@@ -63,9 +70,11 @@ $CngKeysPath = Join-Path -Path $CryptoPath -ChildPath 'Keys'
 $RdpTcpKey = 'HKLM:\SYSTEM\CurrentControlSet\Control\Terminal Server\WinStations\RDP-Tcp'
 $RdpPolicyKey = 'HKLM:\SOFTWARE\Policies\Microsoft\Windows NT\Terminal Services'
 $RdStore = 'Cert:\LocalMachine\Remote Desktop'
+# Both also hold BUILTIN\Users S-1-5-32-545 and LOCAL S-1-2-0; TermService's token holds its service SID
+# NT SERVICE\TermService (Microsoft Learn, "Well-known SIDs", "Service SIDs").
 $TokenSids = @{
-    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
-    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544', 'S-1-5-32-545', 'S-1-2-0')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6', 'S-1-5-32-545', 'S-1-2-0', 'S-1-5-80-446051430-1559341753-4161941529-1950928533-810483104')
 }
 
 function Write-Step {
@@ -164,9 +173,13 @@ function Get-ListenerSetting {
 }
 
 function Get-ListenerThumbprint {
-    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none.
+    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none. No RDP-tcp instance
+    # at all is not "no certificate" but unknown: it throws.
     $setting = Get-ListenerSetting
-    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+    if ($null -eq $setting) {
+        throw 'Win32_TSGeneralSetting has no RDP-tcp instance: the listener''s certificate is unknown'
+    }
+    if (-not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
         return ''
     }
     ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
@@ -188,7 +201,9 @@ function Resolve-KeyFile {
     # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
     # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
     # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
-    # found; when it does not open, the file is unknown ($null), never guessed.
+    # found; when it does not open, the file is unknown ($null), never guessed. On .NET Framework 4.6+
+    # GetRSAPrivateKey returns RSACng even for a CSP key (dotnet/corefx#3502): the folder that holds the file
+    # decides the provider, not the type .NET returns.
     param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
     $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
     if (-not $Certificate.HasPrivateKey) {
@@ -209,17 +224,33 @@ function Resolve-KeyFile {
             $result.Provider = 'cng'
             $result.Container = $key.Key.KeyName
             $result.File = $key.Key.UniqueName
-            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
         }
         elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
             $result.Provider = 'csp'
             $result.Container = $key.CspKeyContainerInfo.KeyContainerName
             $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
-            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
         }
     }
     catch {
         Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+    }
+    if ($null -ne $result.File) {
+        $inMachineKeys = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        $inKeys = Join-Path -Path $CngKeysPath -ChildPath $result.File
+        if (Test-Path -LiteralPath $inMachineKeys) {
+            $result.Provider = 'csp'
+            $result.Path = $inMachineKeys
+        }
+        elseif (Test-Path -LiteralPath $inKeys) {
+            $result.Provider = 'cng'
+            $result.Path = $inKeys
+        }
+        elseif ($result.Provider -eq 'csp') {
+            $result.Path = $inMachineKeys
+        }
+        else {
+            $result.Path = $inKeys
+        }
     }
     $result
 }
@@ -254,7 +285,7 @@ function Get-KeyAccess {
             $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
             if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
                 $denied = $true
-                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                if (-not $denies.Contains($sid)) {
                     $denies.Add($sid)
                 }
             }
@@ -276,6 +307,8 @@ function Get-KeyAccess {
 function Get-RdpSessionCount {
     # Remote Desktop logon sessions that still own processes, connected or disconnected: logon type 10
     # (RemoteInteractive) or 12 (CachedRemoteInteractive, RDP with cached credentials). Each CIM call is bounded.
+    # Only a session that is gone (not found) stops counting; any other error, a time-out included, throws, so
+    # the count is unknown rather than too low.
     param([int]$LogonType)
     $count = 0
     $sessions = @(Get-CimInstance -ClassName 'Win32_LogonSession' -Filter ('LogonType = {0}' -f $LogonType) -OperationTimeoutSec $CimTimeoutSeconds)
@@ -284,8 +317,10 @@ function Get-RdpSessionCount {
         try {
             $processes = @(Get-CimAssociatedInstance -InputObject $session -ResultClassName 'Win32_Process' -OperationTimeoutSec $CimTimeoutSeconds)
         }
-        catch {
-            # The session ended between the two queries: it no longer counts.
+        catch [Microsoft.Management.Infrastructure.CimException] {
+            if ([string]$_.Exception.NativeErrorCode -ne 'NotFound') {
+                throw
+            }
             Write-Step ('logon session {0} is gone: {1}' -f $session.LogonId, $_.Exception.Message)
         }
         if ($processes.Count -gt 0) {
@@ -297,12 +332,13 @@ function Get-RdpSessionCount {
 
 function Format-Clip {
     # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
-    # contract length, so that its length is its size in the summary.
-    param([string]$Text, [int]$Length)
+    # contract length, so that its length is its size in the summary. [object], not [string]: a [string]
+    # parameter turns $null into '' and the fact would read as known and empty.
+    param([object]$Text, [int]$Length)
     if ($null -eq $Text) {
         return $null
     }
-    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    $Text = ([string]$Text) -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
     if ($Text.Length -gt $Length) {
         return $Text.Substring(0, $Length)
     }
@@ -336,22 +372,30 @@ function Restart-ServiceWithin {
 }
 
 function Restore-Services {
-    # Runs in finally: every service this script stopped and did not start again is started, each wait bounded;
-    # a failure is recorded, never thrown, so the summary is still printed.
-    param([System.Collections.Generic.List[string]]$Stopped, [System.Collections.Generic.List[string]]$Errors)
+    # Runs in finally: every service this script stopped and did not start again is started, each wait bounded.
+    # Start() on a service still in StopPending throws, so it first waits (bounded) for Stopped; a service that
+    # does not stop or start in time is recorded and a reboot is reported as needed. Never throws, so the summary
+    # is still printed.
+    param([System.Collections.Generic.List[string]]$Stopped, [System.Collections.IDictionary]$Summary)
+    $timeout = New-TimeSpan -Seconds 60
     foreach ($name in @($Stopped)) {
         try {
             $controller = Get-Service -Name $name
+            if ($controller.Status -eq 'StopPending') {
+                $controller.WaitForStatus('Stopped', $timeout)
+            }
             if ($controller.Status -ne 'Running') {
                 $controller.Start()
-                $controller.WaitForStatus('Running', (New-TimeSpan -Seconds 60))
+                $controller.WaitForStatus('Running', $timeout)
             }
         }
         catch [System.ServiceProcess.TimeoutException] {
-            Add-Text -List $Errors -Text ('{0} did not start again within 60 s: start it by hand' -f $name)
+            $Summary.reboot_required = $true
+            Add-Text -List $Summary.errors -Text ('{0} did not stop or start again within 60 s: a reboot is needed' -f $name)
         }
         catch {
-            Add-Text -List $Errors -Text ('{0} did not start again: {1}' -f $name, (Format-ErrorText -Record $_))
+            $Summary.reboot_required = $true
+            Add-Text -List $Summary.errors -Text ('{0} did not start again: {1}; a reboot is needed' -f $name, (Format-ErrorText -Record $_))
         }
     }
 }
@@ -389,6 +433,9 @@ function Get-Refusal {
     if ($Current -and $HashType -ne 1) {
         return ('{0} is not Windows'' own certificate (HashType {1}): not removed' -f $Current, $HashType)
     }
+    if ($Sessions -lt 0 -and $Force -ne 'true') {
+        return 'the remote sessions could not be counted: restarting SessionEnv is not risked without Force'
+    }
     if ($Sessions -gt 0 -and $Force -ne 'true') {
         return ('{0} remote session(s) (logon types 10 and 12): restarting SessionEnv is not risked without Force' -f $Sessions)
     }
@@ -413,11 +460,51 @@ function Get-RepinRefusal {
     if ($candidate.NotBefore -gt $now -or $candidate.NotAfter -le $now) {
         return ('{0} is not valid now' -f $Successor)
     }
+    $usages = @($candidate.EnhancedKeyUsageList | ForEach-Object { $_.ObjectId })
+    if ($usages -notcontains '1.3.6.1.5.5.7.3.1' -and $usages -notcontains '1.3.6.1.4.1.311.54.1.2') {
+        return ('{0} is not for server authentication (EKU 1.3.6.1.5.5.7.3.1)' -f $Successor)
+    }
+    $current = Find-Certificate -Thumbprint $Thumbprint.ToUpperInvariant()
+    if ($null -ne $current -and $candidate.Subject -ne $current.Certificate.Subject) {
+        return ('{0} has another subject than the listener''s certificate' -f $Successor)
+    }
     $key = Resolve-KeyFile -Certificate $candidate -WindowsOwn $false
     if ($null -eq $key.Path -or (Get-KeyAccess -Path $key.Path).NetworkService -ne $true) {
         return ('NETWORK SERVICE cannot read the key of {0}' -f $Successor)
     }
     ''
+}
+
+function Get-SetAsideRefusal {
+    # The key file named for setting aside is the key of the listener's certificate, Windows' own; '' when so.
+    param([string]$Current, [int64]$HashType)
+    if ($HashType -ne 1) {
+        return ('{0} is not Windows'' own certificate (HashType {1}): its key stays' -f $Current, $HashType)
+    }
+    $found = Find-Certificate -Thumbprint $Current
+    if ($null -eq $found) {
+        return ('{0} is in no certificate store: no key to set aside' -f $Current)
+    }
+    $key = Resolve-KeyFile -Certificate $found.Certificate -WindowsOwn ($found.Store -eq $RdStore)
+    if ($key.File -ne $KeyFile -or -not (Test-Path -LiteralPath $key.Path)) {
+        return ('{0} is not the key file of {1}' -f $KeyFile, $Current)
+    }
+    ''
+}
+
+function Invoke-SetAside {
+    # Rename the listener's key file aside (never delete it), so that the renewal makes a new key.
+    param([System.Collections.IDictionary]$Summary)
+    $path = Join-Path -Path $MachineKeysPath -ChildPath $KeyFile
+    $backup = '{0}.{1}.rdp-remediate.bak' -f $KeyFile, (Get-Date).ToUniversalTime().ToString("yyyyMMdd'T'HHmmss'Z'", [System.Globalization.CultureInfo]::InvariantCulture)
+    if ($Summary.detect_only) {
+        Add-Text -List $Summary.actions -Text ('would rename {0} to {1}' -f $path, $backup)
+        return
+    }
+    $Summary.changed = $true
+    Rename-Item -LiteralPath $path -NewName $backup
+    $Summary.findings.set_aside = Join-Path -Path $MachineKeysPath -ChildPath $backup
+    Add-Text -List $Summary.actions -Text ('renamed {0} to {1} (set aside, not deleted)' -f $path, $backup)
 }
 
 function Invoke-Renewal {
@@ -494,6 +581,7 @@ $summary = [ordered]@{
         sessions   = 0
         restarted  = New-Object -TypeName 'System.Collections.Generic.List[string]'
         listener   = $null
+        set_aside  = $null
     }
     errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
@@ -511,8 +599,19 @@ try {
     if ($current) {
         $findings.listener = $current
     }
-    $findings.sessions = (Get-RdpSessionCount -LogonType 10) + (Get-RdpSessionCount -LogonType 12)
-    $refusal = Get-Refusal -Named $named -Current $current -HashType ([int64]$setting.SSLCertificateSHA1HashType) -Sessions $findings.sessions
+    $sessionCount = -1
+    try {
+        $sessionCount = (Get-RdpSessionCount -LogonType 10) + (Get-RdpSessionCount -LogonType 12)
+        $findings.sessions = $sessionCount
+    }
+    catch {
+        $findings.sessions = $null
+        Add-Text -List $summary.errors -Text ('sessions: {0}' -f (Format-ErrorText -Record $_))
+    }
+    $refusal = Get-Refusal -Named $named -Current $current -HashType ([int64]$setting.SSLCertificateSHA1HashType) -Sessions $sessionCount
+    if (-not $refusal -and $KeyFile) {
+        $refusal = Get-SetAsideRefusal -Current $current -HashType ([int64]$setting.SSLCertificateSHA1HashType)
+    }
     if ($refusal) {
         $summary.refused = $refusal
         Add-Text -List $summary.actions -Text ('refused: {0}' -f $refusal)
@@ -521,6 +620,9 @@ try {
         Invoke-Repin -Summary $summary -Current $current
     }
     else {
+        if ($KeyFile) {
+            Invoke-SetAside -Summary $summary
+        }
         Invoke-Renewal -Summary $summary -Current $current -Stopped $stopped
     }
 }
@@ -528,6 +630,6 @@ catch {
     Add-Text -List $summary.errors -Text (Format-ErrorText -Record $_)
 }
 finally {
-    Restore-Services -Stopped $stopped -Errors $summary.errors
+    Restore-Services -Stopped $stopped -Summary $summary
 }
 Write-Summary -Summary $summary

@@ -32,8 +32,9 @@
     Progress lines, then one compact ASCII JSON line: the rdp-remediate guest summary (contract.schema.json).
 
 .NOTES
-    Undo: icacls <folder> /restore <log_path>\<name>.acl puts the saved ACL back; a set-aside key file is renamed
-    back to its name.
+    Undo: icacls <folder> /restore <log_path>\<name>.acl puts the saved ACL back (every deny entry removed
+    included: icacls /remove:d removes all of a SID's deny entries); the owner is given back at the end of the
+    repair and recorded in acl.log and findings.owner; a set-aside key file is renamed back to its name.
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
@@ -63,9 +64,11 @@ $CngKeysPath = Join-Path -Path $CryptoPath -ChildPath 'Keys'
 $LogRoot = Join-Path -Path $env:ProgramData -ChildPath 'rdp-remediate'
 $KeyGrants = @('*S-1-5-18:(F)', '*S-1-5-20:(R)')
 $FolderGrants = @('*S-1-5-32-544:(F)')
+# Both also hold BUILTIN\Users S-1-5-32-545 and LOCAL S-1-2-0; TermService's token holds its service SID
+# NT SERVICE\TermService (Microsoft Learn, "Well-known SIDs", "Service SIDs").
 $TokenSids = @{
-    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544')
-    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6')
+    'S-1-5-18' = @('S-1-5-18', 'S-1-1-0', 'S-1-5-11', 'S-1-5-32-544', 'S-1-5-32-545', 'S-1-2-0')
+    'S-1-5-20' = @('S-1-5-20', 'S-1-1-0', 'S-1-5-11', 'S-1-5-6', 'S-1-5-32-545', 'S-1-2-0', 'S-1-5-80-446051430-1559341753-4161941529-1950928533-810483104')
 }
 
 function Write-Step {
@@ -164,9 +167,13 @@ function Get-ListenerSetting {
 }
 
 function Get-ListenerThumbprint {
-    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none.
+    # The certificate the RDP listener uses, as Windows reports it; '' when it reports none. No RDP-tcp instance
+    # at all is not "no certificate" but unknown: it throws.
     $setting = Get-ListenerSetting
-    if ($null -eq $setting -or -not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
+    if ($null -eq $setting) {
+        throw 'Win32_TSGeneralSetting has no RDP-tcp instance: the listener''s certificate is unknown'
+    }
+    if (-not $setting.SSLCertificateSHA1Hash -or $setting.SSLCertificateSHA1Hash -match '^0+$') {
         return ''
     }
     ([string]$setting.SSLCertificateSHA1Hash).ToUpperInvariant()
@@ -188,7 +195,9 @@ function Resolve-KeyFile {
     # Where a certificate's private key lives: CSP keys in Crypto\RSA\MachineKeys (the container's unique name is
     # the file name), CNG keys in Crypto\Keys (the key's unique name). Windows' own RDP key (TSSecKeySet1) is
     # known without opening it: f686aace6942fb7f7ceb231212eef4a4_<MachineGuid>. Another key must be opened to be
-    # found; when it does not open, the file is unknown ($null), never guessed.
+    # found; when it does not open, the file is unknown ($null), never guessed. On .NET Framework 4.6+
+    # GetRSAPrivateKey returns RSACng even for a CSP key (dotnet/corefx#3502): the folder that holds the file
+    # decides the provider, not the type .NET returns.
     param([System.Security.Cryptography.X509Certificates.X509Certificate2]$Certificate, [bool]$WindowsOwn)
     $result = @{ Provider = 'none'; Container = $null; File = $null; Path = $null }
     if (-not $Certificate.HasPrivateKey) {
@@ -209,17 +218,33 @@ function Resolve-KeyFile {
             $result.Provider = 'cng'
             $result.Container = $key.Key.KeyName
             $result.File = $key.Key.UniqueName
-            $result.Path = Join-Path -Path $CngKeysPath -ChildPath $result.File
         }
         elseif ($key -is [System.Security.Cryptography.RSACryptoServiceProvider]) {
             $result.Provider = 'csp'
             $result.Container = $key.CspKeyContainerInfo.KeyContainerName
             $result.File = $key.CspKeyContainerInfo.UniqueKeyContainerName
-            $result.Path = Join-Path -Path $MachineKeysPath -ChildPath $result.File
         }
     }
     catch {
         Write-Step ('the key of {0} does not open as SYSTEM: {1}' -f $Certificate.Thumbprint, $_.Exception.Message)
+    }
+    if ($null -ne $result.File) {
+        $inMachineKeys = Join-Path -Path $MachineKeysPath -ChildPath $result.File
+        $inKeys = Join-Path -Path $CngKeysPath -ChildPath $result.File
+        if (Test-Path -LiteralPath $inMachineKeys) {
+            $result.Provider = 'csp'
+            $result.Path = $inMachineKeys
+        }
+        elseif (Test-Path -LiteralPath $inKeys) {
+            $result.Provider = 'cng'
+            $result.Path = $inKeys
+        }
+        elseif ($result.Provider -eq 'csp') {
+            $result.Path = $inMachineKeys
+        }
+        else {
+            $result.Path = $inKeys
+        }
     }
     $result
 }
@@ -254,7 +279,7 @@ function Get-KeyAccess {
             $grantsRead = ($mask -band $read) -or ($mask -band 0x10000000) -or ($mask -band 0x80000000)
             if ($rule.AccessControlType -eq 'Deny' -and $grantsRead) {
                 $denied = $true
-                if (-not $denies.Contains($sid) -and $denies.Count -lt 3) {
+                if (-not $denies.Contains($sid)) {
                     $denies.Add($sid)
                 }
             }
@@ -275,12 +300,13 @@ function Get-KeyAccess {
 
 function Format-Clip {
     # A text fact as the contract's safeText: characters JSON never escapes (any other becomes ?), clipped to its
-    # contract length, so that its length is its size in the summary.
-    param([string]$Text, [int]$Length)
+    # contract length, so that its length is its size in the summary. [object], not [string]: a [string]
+    # parameter turns $null into '' and the fact would read as known and empty.
+    param([object]$Text, [int]$Length)
     if ($null -eq $Text) {
         return $null
     }
-    $Text = $Text -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
+    $Text = ([string]$Text) -replace '[^A-Za-z0-9 .,:;=_()/@+#*?-]', '?'
     if ($Text.Length -gt $Length) {
         return $Text.Substring(0, $Length)
     }
@@ -302,9 +328,20 @@ function Get-TimeStamp {
 
 function Repair-Acl {
     # One file or folder, never recursive: save its ACL for icacls /restore, take ownership, remove the named
-    # deny entries, grant by SID. When even the save is denied (no entry for SYSTEM, another owner), ownership
-    # comes first: the owner may always read and change the ACL, so the save then works.
+    # deny entries, grant by SID, then give the object back to its owner (icacls /save keeps only the DACL, so
+    # the owner is recorded and restored with /setowner). When even the save is denied (no entry for SYSTEM,
+    # another owner), ownership comes first: the owner may always read and change the ACL, so the save then
+    # works. icacls /remove:d removes every deny entry of that SID, whatever its rights: the saved ACL has them
+    # all. Returns the owner's SID ('' when it could not be read).
     param([string]$Path, [string[]]$Grants, [string[]]$Denies, [string]$LogFolder, [string]$LogFile)
+    $owner = ''
+    try {
+        $owner = (Get-Acl -LiteralPath $Path).GetOwner([System.Security.Principal.SecurityIdentifier]).Value
+    }
+    catch [System.UnauthorizedAccessException] {
+        Write-Step ('the owner of {0} is unreadable: {1}' -f $Path, $_.Exception.Message)
+    }
+    Add-Content -LiteralPath $LogFile -Value ('owner of {0} before: {1}' -f $Path, $owner)
     $saved = Join-Path -Path $LogFolder -ChildPath ((Split-Path -Path $Path -Leaf) + '.acl')
     $output = icacls.exe $Path /save $saved
     $unreadable = $LASTEXITCODE -ne 0
@@ -319,11 +356,18 @@ function Repair-Acl {
         Assert-ExitCode -Tool 'icacls /save' -Output $output
     }
     foreach ($sid in $Denies) {
+        Add-Content -LiteralPath $LogFile -Value ('removing every deny entry of {0} on {1}' -f $sid, $Path)
         $output = icacls.exe $Path /remove:d ('*' + $sid)
         Assert-ExitCode -Tool 'icacls /remove:d' -Output $output
     }
     $output = icacls.exe $Path /grant $Grants
     Assert-ExitCode -Tool 'icacls /grant' -Output $output
+    if ($owner) {
+        $ownerSid = '*' + $owner
+        $output = icacls.exe $Path /setowner $ownerSid
+        Assert-ExitCode -Tool 'icacls /setowner' -Output $output
+    }
+    $owner
 }
 
 function New-LogFolder {
@@ -402,12 +446,16 @@ function Invoke-KeyRepair {
     $logFile = Join-Path -Path $log -ChildPath 'acl.log'
     # Changed from here on, even if a later icacls fails: takeown has already given the file a new owner.
     $Summary.changed = $true
-    $Summary.reboot_required = $true
-    Repair-Acl -Path $Key.Path -Grants $KeyGrants -Denies $denies -LogFolder $log -LogFile $logFile
-    $findings.removed_denies = $denies
+    $owner = Repair-Acl -Path $Key.Path -Grants $KeyGrants -Denies $denies -LogFolder $log -LogFile $logFile
+    if ($owner) {
+        $findings.owner = $owner
+    }
+    $findings.removed_denies = @($denies | Select-Object -First 10)
     $findings.log_path = $log
     $after = Get-KeyAccess -Path $Key.Path
     $findings.ok_after = $after.System -and $after.NetworkService
+    # A reboot only helps when the file is readable now.
+    $Summary.reboot_required = $findings.ok_after -eq $true
     Add-Text -List $Summary.actions -Text ('removed deny entries [{0}] and granted {1} on {2}; ACL saved in {3}' -f ($denies -join ', '), ($KeyGrants -join ' '), $Key.Path, $log)
 }
 
@@ -429,10 +477,13 @@ function Invoke-FolderRepair {
     $log = New-LogFolder
     # Changed from here on, even if a later icacls fails: takeown has already given the folder a new owner.
     $Summary.changed = $true
-    $Summary.reboot_required = $true
-    Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -Denies @() -LogFolder $log -LogFile (Join-Path -Path $log -ChildPath 'acl.log')
+    $owner = Repair-Acl -Path $MachineKeysPath -Grants $FolderGrants -Denies @() -LogFolder $log -LogFile (Join-Path -Path $log -ChildPath 'acl.log')
+    if ($owner) {
+        $findings.owner = $owner
+    }
     $findings.log_path = $log
     $findings.ok_after = Test-FolderAdministrators -Path $MachineKeysPath
+    $Summary.reboot_required = $findings.ok_after -eq $true
     Add-Text -List $Summary.actions -Text ('took ownership of {0} and granted {1}; ACL saved in {2}' -f $MachineKeysPath, ($FolderGrants -join ' '), $log)
 }
 
@@ -468,7 +519,7 @@ $summary = [ordered]@{
     reboot_required = $false
     refused         = $null
     actions         = New-Object -TypeName 'System.Collections.Generic.List[string]'
-    findings        = [ordered]@{ mode = $Mode; target = $null; ok_before = $null; ok_after = $null; removed_denies = @(); log_path = $null }
+    findings        = [ordered]@{ mode = $Mode; target = $null; ok_before = $null; ok_after = $null; removed_denies = @(); log_path = $null; owner = $null }
     errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
 

@@ -211,7 +211,18 @@ class RunbookBody:
     reason: str
 
 
-_FIELDS = ("vms", "subscription", "resourceGroup", "tag", "plan", "dryRun", "diagnoseOnly", "force", "reason")
+_FIELDS = (
+    "vms",
+    "subscription",
+    "resourceGroup",
+    "tag",
+    "plan",
+    "dryRun",
+    "diagnoseOnly",
+    "force",
+    "forceKeyStore",
+    "reason",
+)
 _RUNBOOK_PLANS = (Plan.AUTO.value, Plan.FULL.value)
 
 
@@ -325,13 +336,16 @@ def _parse_options(doc: dict[str, Any], dry_run_default: bool) -> RemediationOpt
     if not isinstance(plan, str) or plan.strip().lower() not in _RUNBOOK_PLANS:
         shown = clip(plan) if isinstance(plan, str) else json_type(plan)
         raise BadRequest("plan", f"plan must be one of {', '.join(_RUNBOOK_PLANS)}, got {shown!r}")
-    flags = {key: _expect_bool(doc.get(key, False), key) for key in ("dryRun", "diagnoseOnly", "force")}
+    flags = {
+        key: _expect_bool(doc.get(key, False), key) for key in ("dryRun", "diagnoseOnly", "force", "forceKeyStore")
+    }
     return RemediationOptions(
         Plan(plan.strip().lower()),
         # The global dry-run setting cannot be switched off by a caller, only on.
         dry_run=flags["dryRun"] or dry_run_default,
         diagnose_only=flags["diagnoseOnly"],
         force=flags["force"],
+        force_keystore=flags["forceKeyStore"],
     )
 
 

@@ -66,7 +66,7 @@ def healthy_facts() -> dict[str, Any]:
             "sddl": "O:SYD:P(A;;FA;;;SY)(A;;GR;;;S-1-5-20)",
         },
         "machinekeys": {"exists": True, "acl_ok": True, "sddl": "O:SYD:PAI(A;;FA;;;BA)", "backup_age_hours": None},
-        "other_keys": {"count": 1, "names": ["Windows Azure CRP Certificate Generator (My)"]},
+        "other_keys": {"count": 0, "names": []},  # the CRP transport key is not counted
         "roles": [],
         "services": None,
         "firewall": {
@@ -173,23 +173,84 @@ def test_a_missing_read_for_network_service_is_granted_on_that_one_file() -> Non
     assert step.action is Action.GRANT_KEY_READ and dict(step.parameters)["KeyFile"] == KEY_FILE
 
 
-def test_a_key_that_does_not_open_although_readable_is_set_aside_then_renewed() -> None:
+def key_failing(facts: dict[str, Any]) -> dict[str, Any]:
+    """The System log shows the key failing: events 1057 and 36870 in the last day."""
+    facts["events"]["1057"] = {"count": 2, "last": "failed to create a new self signed certificate"}
+    facts["events"]["36870"] = {"count": 5, "last": "A fatal error occurred when attempting to access"}
+    return facts
+
+
+def test_a_key_that_does_not_open_although_readable_is_set_aside_by_the_renewal_itself() -> None:
+    """One Run Command sets the key aside after its own session check: never a set-aside left without renewal."""
     decision = plan(healthy_facts(), "no-certificate")
-    assert actions(decision) == [Action.SET_ASIDE_KEY, Action.RENEW_CERTIFICATE]
-    assert dict(decision.steps[0].parameters)["KeyFile"] == KEY_FILE
+    (step,) = decision.steps
+    assert step.action is Action.RENEW_CERTIFICATE
+    assert dict(step.parameters) == {"Thumbprint": THUMB, "KeyFile": KEY_FILE}
 
 
-def test_the_store_reset_comes_last_and_only_with_force_while_other_keys_live_there() -> None:
-    facts = healthy_facts()
+def test_the_store_reset_comes_last_and_only_with_force_keystore_while_other_keys_live_there() -> None:
+    facts = key_failing(healthy_facts())
     facts["listener"] = None
     facts["key"] = None
-    done = frozenset({f"set-aside-key:{KEY_FILE}", "renew-certificate:"})
+    facts["other_keys"].update(count=1, names=["iisConfigurationKey"])
+    done = frozenset({f"renew-certificate:{KEY_FILE}"})
     refused = plan(facts, "no-certificate", done=done)
     assert refused.steps == ()
     (refusal,) = refused.refusals
-    assert refusal.action is Action.RESET_MACHINEKEYS and "Windows Azure CRP Certificate Generator" in refusal.reason
-    forced = plan(facts, "no-certificate", done=done, force=True)
+    assert refusal.action is Action.RESET_MACHINEKEYS and "iisConfigurationKey" in refusal.reason
+    # force overrides sessions only, never the key store's guard
+    assert actions(plan(facts, "no-certificate", done=done, force=True)) == []
+    forced = plan(facts, "no-certificate", done=done, force_keystore=True)
     assert actions(forced) == [Action.RESET_MACHINEKEYS]
+    assert dict(forced.steps[0].parameters) == {"Force": "true", "AllowSessions": "false"}
+
+
+def test_the_crp_transport_key_alone_does_not_block_the_store_reset() -> None:
+    facts = key_failing(healthy_facts())
+    facts.update(listener=None, key=None)
+    decision = plan(facts, "no-certificate", done=frozenset({"renew-certificate:"}))
+    assert actions(decision) == [Action.RESET_MACHINEKEYS]
+    assert dict(decision.steps[0].parameters) == {"Force": "false", "AllowSessions": "false"}
+
+
+@pytest.mark.parametrize("probe", ["healthy", "expiring-soon", "timeout", "certificate-expired"])
+def test_the_store_is_never_called_broken_unless_the_probe_says_no_certificate(probe: str) -> None:
+    """A renewal already ran and the key file is missing, but the probe does not show a keyless listener."""
+    facts = key_failing(healthy_facts())
+    facts["key"]["exists"] = False
+    decision = plan(facts, probe, done=frozenset({f"renew-certificate:{KEY_FILE}"}))
+    assert Action.RESET_MACHINEKEYS not in actions(decision)
+    assert Action.RESET_MACHINEKEYS not in [r.action for r in decision.refusals]
+
+
+def test_the_store_is_not_called_broken_without_event_evidence() -> None:
+    facts = healthy_facts()
+    facts.update(listener=None, key=None)
+    decision = plan(facts, "no-certificate", done=frozenset({"renew-certificate:"}))
+    assert Action.RESET_MACHINEKEYS not in actions(decision) + [r.action for r in decision.refusals]
+
+
+def test_no_certificate_reported_while_the_probe_works_is_a_contradiction_not_a_repair() -> None:
+    facts = healthy_facts()
+    facts.update(listener=None, key=None)
+    decision = plan(facts, "healthy")
+    assert decision.steps == () and not decision.clean and "disagree" in decision.explain()
+
+
+@pytest.mark.parametrize("probe", ["healthy", "no-certificate"])
+def test_the_full_plan_resets_only_with_evidence(probe: str) -> None:
+    healthy = plan(healthy_facts(), probe, plan=Plan.FULL, force=True, force_keystore=True)
+    assert Action.RESET_MACHINEKEYS not in actions(healthy)
+    shown = plan(key_failing(healthy_facts()), "no-certificate", plan=Plan.FULL)
+    assert actions(shown) == [Action.RESET_MACHINEKEYS]
+
+
+@pytest.mark.parametrize("role", ["domain-controller", "ad-cs"])
+def test_the_store_is_never_reset_on_a_domain_controller_or_a_ca(role: str) -> None:
+    facts = key_failing(healthy_facts())
+    facts.update(listener=None, key=None, roles=[role])
+    decision = plan(facts, "no-certificate", done=frozenset({"renew-certificate:"}), force=True, force_keystore=True)
+    assert decision.steps == () and "never set aside" in decision.refusals[0].reason
 
 
 @pytest.mark.parametrize(
@@ -201,10 +262,10 @@ def test_the_store_reset_comes_last_and_only_with_force_while_other_keys_live_th
     ],
 )
 def test_the_store_reset_is_refused_for_roles_unknowns_and_a_fresh_backup(change: dict[str, Any], why: str) -> None:
-    facts = healthy_facts()
+    facts = key_failing(healthy_facts())
     facts.update(listener=None, key=None, other_keys={"count": 0, "names": []})
     facts.update(change)
-    decision = plan(facts, "no-certificate", done=frozenset({"renew-certificate:"}), force=why == "3.0 hours")
+    decision = plan(facts, "no-certificate", done=frozenset({"renew-certificate:"}), force_keystore=why == "3.0 hours")
     assert decision.steps == () and why in decision.refusals[0].reason
 
 
@@ -257,15 +318,17 @@ def test_a_listener_on_another_port_is_judged_by_that_port() -> None:
     assert decision.steps == () and "TCP 3390" in decision.explain()
 
 
-def test_sessions_refuse_only_steps_that_restart_a_service() -> None:
+def test_sessions_refuse_every_step_that_restarts_a_service_or_leads_to_a_reboot() -> None:
     facts = expired(healthy_facts())
     facts["sessions"] = {"remote": 0, "cached": 1}
     facts["key"]["network_service_read"] = False
     facts["tls"]["tls12_server"] = False
+    facts["events"]["36871"] = {"count": 1, "last": "A fatal error occurred while creating a TLS server credential"}
     decision = plan(facts, "certificate-expired")
-    assert actions(decision) == [Action.GRANT_KEY_READ, Action.ENABLE_TLS12]
-    assert [r.action for r in decision.refusals] == [Action.RENEW_CERTIFICATE]
-    assert "logon types 10 and 12" in decision.refusals[0].reason
+    assert actions(decision) == []
+    refused = [r.action for r in decision.refusals]
+    assert Action.GRANT_KEY_READ in refused and Action.ENABLE_TLS12 in refused and Action.RENEW_CERTIFICATE in refused
+    assert all("logon types 10 and 12" in r.reason or "not tried" in r.reason for r in decision.refusals)
     assert actions(plan(facts, "certificate-expired", force=True)) == [
         Action.GRANT_KEY_READ,
         Action.RENEW_CERTIFICATE,
@@ -273,12 +336,49 @@ def test_sessions_refuse_only_steps_that_restart_a_service() -> None:
     ]
 
 
-def test_a_refused_renewal_takes_the_key_set_aside_with_it() -> None:
+def test_a_deny_entry_with_two_sessions_plans_no_repair_that_reboots() -> None:
+    facts = healthy_facts()
+    facts["key"].update(denies=[EVERYONE], network_service_read=False, system_read=False)
+    facts["sessions"] = {"remote": 2, "cached": 0}
+    decision = plan(facts, "no-certificate")
+    assert decision.steps == ()
+    assert (
+        decision.refusals[0].action is Action.REMOVE_KEY_DENY and "2 remote session(s)" in decision.refusals[0].reason
+    )
+
+
+def test_under_the_always_reboot_policy_sessions_refuse_the_firewall_step_too() -> None:
+    facts = healthy_facts()
+    facts["firewall"].update(allow_paths=[], builtin_rule={"enabled": False, "profiles": "Any", "port": 3389})
+    facts["sessions"] = {"remote": 1, "cached": 0}
+    assert actions(plan(facts, "refused")) == [Action.ENABLE_FIREWALL_RULE]
+    assert actions(plan(facts, "refused", reboot_always=True)) == []
+
+
+def test_a_refused_renewal_refuses_its_set_aside_with_it() -> None:
     facts = healthy_facts()
     facts["sessions"] = {"remote": 1, "cached": 0}
     decision = plan(facts, "no-certificate")
     assert decision.steps == ()
-    assert {r.action for r in decision.refusals} == {Action.SET_ASIDE_KEY, Action.RENEW_CERTIFICATE}
+    assert [r.action for r in decision.refusals] == [Action.RENEW_CERTIFICATE]
+
+
+@pytest.mark.parametrize("probe", ["healthy", "no-certificate", "tls-handshake-failed", "certificate-expired"])
+def test_the_firewall_is_changed_only_when_the_probe_shows_the_port_blocked(probe: str) -> None:
+    facts = healthy_facts()
+    facts["firewall"].update(allow_paths=[], builtin_rule={"enabled": False, "profiles": "Any", "port": 3389})
+    assert Action.ENABLE_FIREWALL_RULE not in actions(plan(facts, probe))
+    assert actions(plan(facts, "timeout")) == [Action.ENABLE_FIREWALL_RULE]
+
+
+def test_tls12_is_enabled_only_when_a_handshake_is_shown_failing() -> None:
+    facts = healthy_facts()
+    facts["tls"] = {"tls12_server": False, "tls13_server": True}  # hardened to TLS 1.3 only
+    hardened = plan(facts, "healthy")
+    assert hardened.steps == () and hardened.clean
+    assert actions(plan(facts, "tls-handshake-failed")) == [Action.ENABLE_TLS12]
+    facts["events"]["36871"] = {"count": 3, "last": "A fatal error occurred while creating a TLS server credential"}
+    assert actions(plan(facts, "timeout")) == [Action.ENABLE_TLS12]
 
 
 def test_unknown_facts_change_nothing_and_are_never_clean() -> None:

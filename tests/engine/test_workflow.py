@@ -24,8 +24,8 @@ RC, RESTART = "runCommand", "restart"
         # diagnose, read granted on the one key file, restart, verification
         ("keystore-acl", [RC, RC, RESTART, RC]),
         ("key-deny", [RC, RC, RESTART, RC]),
-        # the key container set aside, Windows' own certificate renewed through SessionEnv
-        ("key-corrupt", [RC, RC, RC, RESTART, RC]),
+        # the key container set aside and Windows' own certificate renewed through SessionEnv, in one Run Command
+        ("key-corrupt", [RC, RC, RESTART, RC]),
         # the successor of an expired custom certificate is pinned
         ("custom-certificate", [RC, RC, RESTART, RC]),
         ("firewall-closed", [RC, RC, RESTART, RC]),
@@ -93,37 +93,49 @@ def test_diagnose_only_runs_only_the_read_only_script(engine: Engine) -> None:
     assert engine.posts_to("expired-certificate") == [RC]
 
 
-def test_full_plan_renames_machinekeys_only_with_force_when_other_keys_depend_on_it(engine: Engine) -> None:
-    refused = engine.run("expired-certificate", plan=Plan.FULL)
-    assert refused.outcome is Outcome.FAILED and "Windows Azure CRP Certificate Generator" in refused.reason
-    assert engine.posts_to("expired-certificate") == [RC]  # diagnose only: nothing changed
+def test_the_full_plan_never_renames_machinekeys_without_evidence_whatever_the_overrides(engine: Engine) -> None:
+    """An expired certificate with a working key store: the full plan with every override renews, never renames."""
+    result = engine.run("expired-certificate", plan=Plan.FULL, force=True, force_keystore=True)
+    assert result.outcome is Outcome.REMEDIATED, result.reason
     assert not engine.vm("expired-certificate").guest.machinekeys_backups
+    assert "reset-machinekeys" not in result.actions and "reset-machinekeys" not in " ".join(
+        s.name for s in result.steps
+    )
 
 
-def test_a_broken_store_is_not_renamed_while_the_agent_transport_key_lives_in_it(engine: Engine) -> None:
+def test_a_broken_store_is_not_renamed_while_other_key_files_live_in_it(engine: Engine) -> None:
     """Set aside the one key and renew (one reboot); Windows still cannot make a key; the store rename would
-    take the Azure agent's transport key with it, so it is refused, and nothing reboots again."""
+    set aside .NET's key container with it, so it is refused, and nothing reboots again."""
     result = engine.run("keystore-corrupt")
     assert result.outcome is Outcome.FAILED, result.reason
-    assert "refused reset-machinekeys" in result.reason and "rerun with force" in result.reason
-    assert engine.posts_to("keystore-corrupt") == [RC, RC, RC, RESTART, RC]
+    assert "refused reset-machinekeys" in result.reason and "rerun with forceKeyStore" in result.reason
+    assert engine.posts_to("keystore-corrupt") == [RC, RC, RESTART, RC]
     assert not engine.vm("keystore-corrupt").guest.machinekeys_backups
 
 
-def test_with_force_the_store_is_renamed_last_and_the_vm_recovers(engine: Engine) -> None:
+def test_force_for_sessions_does_not_rename_the_store(engine: Engine) -> None:
     result = engine.run("keystore-corrupt", force=True)
+    assert result.outcome is Outcome.FAILED and "rerun with forceKeyStore" in result.reason, result.reason
+    assert not engine.vm("keystore-corrupt").guest.machinekeys_backups
+
+
+def test_with_force_keystore_the_store_is_renamed_last_the_crp_key_carried_and_the_vm_recovers(engine: Engine) -> None:
+    crp_key = engine.vm("keystore-corrupt").guest.crp_key
+    result = engine.run("keystore-corrupt", force_keystore=True)
     assert result.outcome is Outcome.REMEDIATED, result.reason
-    # diagnose, set aside the key, renew, restart, verify; then the rename, restart, verify
-    assert engine.posts_to("keystore-corrupt") == [RC, RC, RC, RESTART, RC, RC, RESTART, RC]
+    # diagnose, set aside the key and renew, restart, verify; then the rename, restart, verify
+    assert engine.posts_to("keystore-corrupt") == [RC, RC, RESTART, RC, RC, RESTART, RC]
     guest = engine.vm("keystore-corrupt").guest
     assert len(guest.machinekeys_backups) == 1  # renamed once, never deleted
+    assert guest.crp_key == crp_key  # the agent's transport key was copied into the new folder
     record = engine.ledger.get(result.request_id)
     assert record is not None
     assert [s.name for s in record.steps if s.name.startswith(("set-aside", "renew", "reset"))] == [
-        "set-aside-key",
         "renew-certificate",
         "reset-machinekeys-2",
     ]
+    renew = next(s for s in record.steps if s.name == "renew-certificate")
+    assert renew.summary is not None and renew.summary["findings"]["set_aside"].startswith("C:\\")
 
 
 class Killed(BaseException):

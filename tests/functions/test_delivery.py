@@ -77,6 +77,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "RDPR_BOOT_TIMEOUT_SECONDS": "4",
         "RDPR_PROBE_TIMEOUT_SECONDS": "1",
         "RDPR_RETRY_AFTER_CAP_SECONDS": "0.2",
+        "RDPR_REBOOT_POLICY": settings.reboot_policy,  # as the shared fixture sets it: a change is rebooted
     }
 
 

@@ -287,6 +287,8 @@ def test_an_unreadable_acl_is_taken_over_before_it_is_saved() -> None:
         ("assert-exitcode", ""),
         ("icacls", "/grant"),
         ("assert-exitcode", ""),
+        ("icacls", "/setowner"),  # icacls /save keeps only the DACL: the recorded owner is given back
+        ("assert-exitcode", ""),
     ]
 
 
@@ -326,7 +328,7 @@ def test_renewal_restarts_termservice_only_when_sessionenv_was_not_enough() -> N
 
 def test_services_stopped_by_a_script_are_started_again_in_finally() -> None:
     source = script_text("renew-certificate")
-    assert re.search(r"finally \{\n    Restore-Services -Stopped \$stopped -Errors \$summary\.errors\n\}", source)
+    assert re.search(r"finally \{\n    Restore-Services -Stopped \$stopped -Summary \$summary\n\}", source)
     restart = psast.text(_function("renew-certificate", "Restart-ServiceWithin"))
     assert "$Stopped.Add($controller.ServiceName)" in restart
 
@@ -366,3 +368,116 @@ def test_every_catch_all_reports_through_the_guarded_formatter(name: str) -> Non
     assert reporting
     assert all(re.search(r"(Format-ErrorText|Add-CheckError) .*-Record \$_\b", text) for text in reporting)
     assert "$Record.InvocationInfo.ScriptLineNumber" in psast.text(_function(name, "Format-ErrorText"))
+
+
+# --- what the Windows-admin review found, pinned in the scripts' syntax ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["diagnose", "renew-certificate", "repair-machinekeys", "reset-machinekeys"])
+def test_the_key_provider_is_told_by_the_folder_that_holds_the_file(name: str) -> None:
+    """.NET 4.6+ returns RSACng for CSP keys too (dotnet/corefx#3502): the type alone would send a CSP key's file
+    to Crypto\\Keys. Both folders are looked in, MachineKeys first."""
+    body = psast.text(_function(name, "Resolve-KeyFile"))
+    looked = body.index("Test-Path -LiteralPath $inMachineKeys")
+    assert looked < body.index("Test-Path -LiteralPath $inKeys")
+    assert "$result.Provider = 'csp'" in body[looked:]
+
+
+@pytest.mark.parametrize("name", ["diagnose", "reset-machinekeys"])
+def test_other_keys_are_counted_by_file_not_by_certificate(name: str) -> None:
+    """Key containers without a certificate (iisConfigurationKey, NetFrameworkConfigurationKey) count too; the
+    CRP transport key is told by its issuer, not by a FriendlyName anyone can set."""
+    body = psast.text(_function(name, "Get-OtherKeys"))
+    assert "Get-ChildItem -LiteralPath $MachineKeysPath -File -Force" in body
+    assert "SilentlyContinue" not in body, "an unreadable folder must not count as empty"
+    assert "[string]$Certificate.Issuer -like '*DC=Windows Azure CRP Certificate Generator*'" in psast.text(
+        _function(name, "Test-CrpCertificate")
+    )
+
+
+def test_the_listener_without_a_wmi_instance_is_unknown_not_certificateless() -> None:
+    body = psast.text(_function("diagnose", "Get-ListenerFacts"))
+    missing = body.index("if ($null -eq $setting) {")
+    assert body.index("throw", missing) < body.index("return $null", missing)
+    for name in ("renew-certificate", "repair-machinekeys", "reset-machinekeys"):
+        thumbprint = psast.text(_function(name, "Get-ListenerThumbprint"))
+        assert "if ($null -eq $setting) {\n        throw" in thumbprint, name
+
+
+@pytest.mark.parametrize("name", ["diagnose", "enable-firewall-rule"])
+def test_firewall_port_ranges_count_as_allow_paths(name: str) -> None:
+    body = psast.text(_function(name, "Test-PortCovers"))
+    assert "'^(\\d+)-(\\d+)$'" in body and "'Any'" in body
+    assert "Test-PortCovers -Ports $ports" in script_text(name)
+    assert "$ports -notcontains" not in script_text(name)
+
+
+@pytest.mark.parametrize("name", ["diagnose", "renew-certificate", "repair-machinekeys"])
+def test_every_token_group_is_judged(name: str) -> None:
+    """BUILTIN\\Users, LOCAL and NT SERVICE\\TermService are in the tokens a deny entry can hit."""
+    source = script_text(name)
+    for sid in ("S-1-5-32-545", "S-1-2-0", "S-1-5-80-446051430-1559341753-4161941529-1950928533-810483104"):
+        assert f"'{sid}'" in source.split("$TokenSids = @{", 1)[1].split("}", 1)[0], sid
+    assert "$denies.Count -lt" not in psast.text(_function(name, "Get-KeyAccess")), "every deny entry is removed"
+
+
+@pytest.mark.parametrize("name", ["diagnose", "renew-certificate"])
+def test_only_a_session_that_is_gone_stops_counting(name: str) -> None:
+    """A CIM time-out is no ended session: it makes the count unknown."""
+    body = psast.text(_function(name, "Get-RdpSessionCount"))
+    assert "catch [Microsoft.Management.Infrastructure.CimException]" in body
+    assert "-ne 'NotFound'" in body and "throw" in body
+
+
+def test_a_repair_that_does_not_make_the_key_readable_asks_for_no_reboot() -> None:
+    for function in ("Invoke-KeyRepair", "Invoke-FolderRepair"):
+        body = psast.text(_function("repair-machinekeys", function))
+        assert "$Summary.reboot_required = $true" not in body, function
+        assert "$Summary.reboot_required = $findings.ok_after -eq $true" in body, function
+
+
+def test_a_service_left_in_stop_pending_is_waited_for_before_it_is_started() -> None:
+    body = psast.text(_function("renew-certificate", "Restore-Services"))
+    assert body.index("WaitForStatus('Stopped', $timeout)") < body.index("$controller.Start()")
+    assert body.count("$Summary.reboot_required = $true") == 2
+
+
+def test_the_renewal_sets_the_key_aside_only_after_its_own_checks() -> None:
+    source = script_text("renew-certificate")
+    main = source[source.index("$stopped = New-Object") :]
+    assert main.index("Get-Refusal -Named") < main.index("Get-SetAsideRefusal") < main.index("Invoke-SetAside")
+    assert "Invoke-SetAside -Summary $summary" in main.split("else {")[-1]
+
+
+def test_a_re_pin_checks_server_authentication_and_subject() -> None:
+    body = psast.text(_function("renew-certificate", "Get-RepinRefusal"))
+    assert "'1.3.6.1.5.5.7.3.1'" in body and "$candidate.Subject -ne $current.Certificate.Subject" in body
+
+
+def test_the_store_reset_re_checks_its_facts_and_builds_a_missing_folder() -> None:
+    refusal = psast.text(_function("reset-machinekeys", "Get-ResetRefusal"))
+    for check in (
+        "'domain-controller'",
+        "'ad-cs'",
+        "SSLCertificateSHA1HashType -ne 1",
+        "Test-ListenerKeyWorks",
+        "Get-RdpSessionCount",
+        "$AllowSessions -ne 'true'",
+        "$Force -ne 'true'",
+    ):
+        assert check in refusal, check
+    source = script_text("reset-machinekeys")
+    assert "elseif (-not (Test-Path -LiteralPath $MachineKeysPath)) {" in source
+    assert source.index("Copy-CrpKey -Summary") < source.index("Invoke-Swap -Summary")
+
+
+def test_the_firewall_repair_reports_no_change_for_a_rule_already_enabled() -> None:
+    source = script_text("enable-firewall-rule")
+    assert source.index("elseif ($state.Enabled) {") < source.index("$summary.changed = $true")
+
+
+def test_the_port_is_read_where_the_listener_reads_it_and_clipping_keeps_null() -> None:
+    assert "-Name 'PortNumber' -Default 3389 -LocalOnly" in script_text("diagnose")
+    for name in SCRIPTS:
+        if "function Format-Clip {" in script_text(name):
+            assert "param([object]$Text, [int]$Length)" in psast.text(_function(name, "Format-Clip")), name

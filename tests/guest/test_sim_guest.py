@@ -112,10 +112,12 @@ def test_the_default_key_acl_depends_on_the_build_and_only_system_and_network_se
 
 
 def test_diagnose_names_what_else_lives_in_machinekeys() -> None:
+    """The CRP transport key is not counted (the agent re-creates it); key containers without a certificate are."""
     facts = run(vm_in("healthy"), "diagnose")["findings"]
-    assert facts["other_keys"]["count"] == 1
-    assert facts["other_keys"]["names"] == ["Windows Azure CRP Certificate Generator (My)"]
+    assert facts["other_keys"] == {"count": 0, "names": []}
     assert facts["roles"] == [] and facts["machinekeys"]["backup_age_hours"] is None
+    corrupt = run(vm_in("keystore-corrupt"), "diagnose")["findings"]
+    assert corrupt["other_keys"] == {"count": 1, "names": ["NetFrameworkConfigurationKey"]}
 
 
 def test_diagnose_reports_reachability_not_one_rule() -> None:
@@ -235,10 +237,10 @@ def test_the_store_reset_lists_what_it_would_set_aside_and_refuses_without_force
     vm = vm_in("keystore-corrupt")
     before = guest_state(vm)
     listed = run(vm, "reset-machinekeys", DetectOnly="true", Force="true")
-    assert "would set aside the key of Windows Azure CRP Certificate Generator" in listed["actions"]
+    assert "would set aside NetFrameworkConfigurationKey" in listed["actions"]
     assert listed["findings"]["would_set_aside"]["count"] == 1
     refused = run(vm, "reset-machinekeys")
-    assert refused["refused"] and "Windows Azure CRP Certificate Generator" in refused["refused"]
+    assert refused["refused"] and "1 other key file(s)" in refused["refused"]
     assert guest_state(vm) == before
 
 
@@ -399,3 +401,101 @@ def test_trimming_keeps_the_change_record_first_and_prints_ascii() -> None:
     assert parsed["errors"] == [], "errors go before the change record"
     assert parsed["actions"][0].startswith("action 0 f?r")
     assert parsed["truncated"] == 5 + 12 - len(parsed["actions"])
+
+
+# --- as unkind as Windows: what the Windows-admin review found the simulated guest too kind about ---------------
+
+
+def test_the_store_reset_carries_the_crp_key_and_never_runs_on_a_dc_or_ca() -> None:
+    vm = vm_in("keystore-corrupt")
+    crp = vm.guest.crp_key
+    vm.guest.roles = ["ad-cs"]
+    refused = run(vm, "reset-machinekeys", Force="true", AllowSessions="true")
+    assert refused["refused"] and "never renamed" in refused["refused"] and not vm.guest.machinekeys_backups
+    vm.guest.roles = []
+    done = run(vm, "reset-machinekeys", Force="true")
+    assert done["findings"]["renamed"] and done["findings"]["carried"] == crp and vm.guest.crp_key == crp
+
+
+def test_the_store_reset_re_checks_sessions_and_the_listener() -> None:
+    vm = vm_in("keystore-corrupt")
+    vm.guest.active_sessions = 2
+    refused = run(vm, "reset-machinekeys", Force="true")
+    assert refused["refused"] and "2 remote session(s)" in refused["refused"]
+    assert run(vm, "reset-machinekeys", Force="true", AllowSessions="true")["findings"]["renamed"]
+    healthy = vm_in("healthy")
+    again = run(healthy, "reset-machinekeys", Force="true")
+    assert again["refused"] and "works again" in again["refused"] and not healthy.guest.machinekeys_backups
+
+
+def test_a_missing_machinekeys_folder_is_created_not_renamed() -> None:
+    vm = vm_in("keystore-corrupt")
+    vm.guest.folder_exists = False
+    summary = run(vm, "reset-machinekeys", Force="true")
+    assert summary["changed"] and summary["reboot_required"] and not summary["findings"]["renamed"]
+    assert "was missing: created it" in summary["actions"][0]
+    assert vm.guest.folder_exists and not vm.guest.machinekeys_backups
+
+
+def test_the_renewal_sets_the_key_aside_only_after_its_session_check() -> None:
+    vm = vm_in("key-corrupt")
+    assert vm.guest.certificate is not None and vm.guest.key is not None
+    (step,) = plan_for(vm).steps
+    assert step.action is Action.RENEW_CERTIFICATE and dict(step.parameters)["KeyFile"] == vm.guest.key.name
+    vm.guest.active_sessions = 1  # a user logs on between the plan and the Run Command
+    refused = run_at(vm, "renew-certificate", NOW, dict(step.parameters))
+    assert refused["refused"] and vm.guest.key is not None, "the key stays where it was"
+    vm.guest.active_sessions = 0
+    done = run_at(vm, "renew-certificate", NOW, dict(step.parameters))
+    assert done["findings"]["set_aside"].endswith(".rdp-remediate.bak") and vm.guest.key_usable
+
+
+def test_a_service_stuck_in_stop_pending_leaves_the_renewal_to_a_reboot() -> None:
+    vm = vm_in("expired-certificate")
+    vm.guest.stop_hangs = True
+    assert vm.guest.certificate is not None
+    summary = run(vm, "renew-certificate", Thumbprint=vm.guest.certificate.thumbprint)
+    assert summary["reboot_required"] and "StopPending" in summary["errors"][0]
+    assert summary["findings"]["listener"] is None
+
+
+@pytest.mark.parametrize("sid", ["S-1-5-32-545", "S-1-2-0"])
+def test_a_deny_on_users_or_local_makes_the_key_unreadable(sid: str) -> None:
+    vm = vm_in("healthy")
+    assert vm.guest.key is not None
+    vm.guest.key.denies = {sid}
+    key = run(vm, "diagnose")["findings"]["key"]
+    assert key["network_service_read"] is False and key["denies"] == [sid]
+
+
+def test_remove_deny_removes_the_denies_that_apply_and_keeps_the_others() -> None:
+    vm = vm_in("key-deny")
+    assert vm.guest.certificate is not None and vm.guest.key is not None
+    vm.guest.key.readers = {"S-1-5-32-544"}
+    vm.guest.key.denies = {EVERYONE, "S-1-5-80-0"}  # the second applies to neither account and stays
+    target = {"Thumbprint": vm.guest.certificate.thumbprint, "KeyFile": vm.guest.key.name, "Mode": "remove-deny"}
+    fixed = run_at(vm, "repair-machinekeys", NOW, target)
+    assert fixed["findings"]["ok_after"] and fixed["reboot_required"] and "S-1-5-80-0" in vm.guest.key.denies
+
+
+def test_the_listener_settings_are_the_guests() -> None:
+    vm = vm_in("healthy")
+    vm.guest.deny_connections, vm.guest.security_layer = True, 0
+    config = run(vm, "diagnose")["findings"]["rdp_config"]
+    assert config["deny_connections"] is True and config["security_layer"] == 0
+
+
+def test_the_agent_re_creates_its_transport_key_at_boot() -> None:
+    vm = vm_in("healthy")
+    vm.guest.crp_key = None
+    sim_guest.boot(vm, NOW)
+    assert vm.guest.crp_key is not None
+
+
+def test_a_custom_rule_with_a_port_range_is_an_allow_path() -> None:
+    """A rule for TCP 3380-3390 lets 3389 in: the built-in rule (any remote address) is not enabled beside it."""
+    vm = vm_in("firewall-custom-allow")
+    facts = run(vm, "diagnose")["findings"]["firewall"]
+    assert [p["rule"] for p in facts["allow_paths"]] == ["RDP from jump hosts"]
+    assert plan_for(vm).steps == ()
+    assert run(vm, "enable-firewall-rule")["changed"] is False
