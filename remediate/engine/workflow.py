@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
+from remediate.azure.polling import Cadence
 from remediate.engine import plans, policy
 from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
 from remediate.ledger import DONE, AuditRecord, Ledger
@@ -299,9 +300,9 @@ class Workflow:
             self._step(f"reboot{suffix}", self._reboot)
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)
+        self.verification = after  # the verdict carries it even if the in-guest check then fails
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         remaining = list(guest["findings"]["recommended"])
-        self.verification = after
         self._key_store_implicated = bool(set(remaining) & plans.KEY_STORE_REPAIRS) or after in plans.PROBE_KEY_STORE
         guest_clean = not remaining
         if after in plans.PROBE_OK and guest_clean:
@@ -354,7 +355,14 @@ class Workflow:
         holder: list[dict[str, Any]] = []
 
         def run() -> tuple[str, dict[str, Any] | None]:
-            summary = run_script(self.clients, self.request.vm, name, self._parameters(name), self._deadline)
+            summary = run_script(
+                self.clients,
+                self.request.vm,
+                name,
+                self._parameters(name),
+                self._deadline,
+                agent_deadline=self._agent_deadline(),
+            )
             _refuse_if_users_connected(name, summary, self.request.options.plan)
             holder.append(summary)
             return _describe(summary), summary
@@ -397,11 +405,15 @@ class Workflow:
         if poller is not None:
             azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
         self._restart_poller = None
+        # When Azure accepted the restart (the reboot step's end, in the journal's clock): a status reported
+        # before that is from before the reboot.
+        asked = (reboot.finished_at or reboot.started_at) if reboot is not None else time.time()
         view = azure_vm.wait_until_ready(
             self.clients,
             self.request.vm,
             max(end - self._monotonic(), 0.0),
-            poll_seconds=self._poll_seconds(),
+            since=dt.datetime.fromtimestamp(asked, dt.UTC),  # an agent Ready older than the restart is stale
+            poll_seconds=Cadence.from_settings(self.settings).delay,
             clock=self._monotonic,
             sleep=self._sleep,
         )
@@ -471,6 +483,15 @@ class Workflow:
 
     def _remaining(self) -> float:
         return max(self._deadline - self._monotonic(), 0.0)
+
+    def _agent_deadline(self) -> float | None:
+        """Until when (monotonic) an unresponsive VM agent may still be coming back from this request's last
+        reboot; None when the request has not rebooted the VM."""
+        reboots = [s for s in self._require_journal().steps if s.name.startswith("reboot") and s.status != SKIPPED]
+        if not reboots:
+            return None
+        since_reboot = time.time() - reboots[-1].started_at  # the journal's clock
+        return self._monotonic() + self.settings.boot_timeout_seconds - since_reboot
 
     def _poll_seconds(self) -> float:
         return self.settings.poll_interval_seconds if self.settings.poll_interval_seconds is not None else 10.0
