@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
@@ -69,7 +71,7 @@ def test_get_vm_carries_the_fields_the_product_reads(emulator: Emulator, azure_c
     nics = vm.network_profile.network_interfaces
     assert len(nics) == 2 and [nic.primary for nic in nics] == [False, True]
     assert nics[1].id == source.nic_id
-    assert vm.zones == ["1"] and vm.identity.type == "SystemAssigned"
+    assert vm.zones == ["1"] and vm.identity is not None and vm.identity.type == "SystemAssigned"
     assert vm.security_profile.security_type == "TrustedLaunch"
     assert vm.resources and vm.license_type is None
     assert vm.provisioning_state == "Succeeded"
@@ -96,12 +98,13 @@ def test_instance_view_reports_an_agent_that_is_not_ready(azure_clients: AzureCl
     assert status_codes(view)[1] == "PowerState/running"
     assert agent_status(view) == "Not Ready"
     # The shape of an agent that stopped reporting.
-    assert view.vm_agent.vm_agent_version == "Unknown"
-    assert view.vm_agent.statuses[0].code == "ProvisioningState/Unavailable"
+    agent: Any = view.vm_agent
+    assert agent.vm_agent_version == "Unknown"
+    assert agent.statuses[0].code == "ProvisioningState/Unavailable"
 
 
 def test_instance_view_has_the_real_shape(azure_clients: AzureClients) -> None:
-    view = azure_clients.compute(SUBSCRIPTION).virtual_machines.instance_view(RESOURCE_GROUP, "vm-healthy")
+    view: Any = azure_clients.compute(SUBSCRIPTION).virtual_machines.instance_view(RESOURCE_GROUP, "vm-healthy")
     assert view.vm_agent.extension_handlers and view.vm_agent.statuses[0].time is not None
     assert view.disks and view.disks[0].statuses
     assert view.patch_status is not None and view.patch_status.available_patch_summary.status == "Succeeded"
