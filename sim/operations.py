@@ -236,6 +236,12 @@ class Operations:
         """`Updating` while a restart is in flight, as ARM reports it; `Succeeded` otherwise."""
         return "Updating" if vm.key in self._restarts else "Succeeded"
 
+    def records(self) -> list[Operation]:
+        """Every accepted operation so far (for benchmarks and tests that add up Azure's own time)."""
+        with self.fleet.lock:
+            self._advance_locked()
+            return list(self._operations.values())
+
     def remaining(self, operation: Operation) -> float:
         return max(0.0, operation.ends - self.clock())
 
