@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from sim.fleet import MIXES, Fleet, demo_fleet, generated_fleet, load_fleet
+from sim.realism import ANSWER_STYLES, Realism
 from sim.server import Emulator
 
 log = logging.getLogger("sim")
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiplier of every simulated latency")
     parser.add_argument("--page-size", type=int, default=100, help="VMs per page of a VM list")
     parser.add_argument("--no-listeners", action="store_true", help="do not start the RDP listeners")
+    parser.add_argument(
+        "--answer-style",
+        default="async",
+        choices=ANSWER_STYLES,
+        help="how Run Command and restart answer (docs/emulator.md, 'How unkind')",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 
@@ -62,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             rdp_port=args.rdp_port,
             listeners=not args.no_listeners,
+            realism=Realism(answer_style=args.answer_style),
         )
         emulator.start()
     except (OSError, ValueError) as exc:
