@@ -106,7 +106,8 @@ def _windows_vms(fleet: Fleet, subscriptions: set[str], _params: dict[str, str])
 
 def _inventory_row(vm: VirtualMachine) -> dict[str, Any]:
     # Column names and shapes as the KQL projects them. Resource Graph keeps the resource group's case as created
-    # (azure-rest-api-specs ResourceGraph examples, e.g. ResourcesBasicQuery.json), so ids and groups must be
+    # (azure-rest-api-specs specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/
+    # examples/ResourcesBasicQuery.json: ids with "RG1", `resultTruncated` "false"), so ids and groups must be
     # compared case-insensitively. `privateIp` is the primary IP configuration of the primary NIC.
     return {
         "id": vm.resource_id,

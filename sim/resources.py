@@ -40,8 +40,8 @@ def vm_json(
 ) -> dict[str, Any]:
     """`Microsoft.Compute/virtualMachines` GET body; with `instance_view` when `$expand=instanceView`.
 
-    Shaped after azure-rest-api-specs Microsoft.Compute ComputeRP stable 2024-07-01
-    examples/virtualMachineExamples/VirtualMachine_Get.json: explicit nulls, `zones`, `identity`,
+    Shaped after azure-rest-api-specs specification/compute/resource-manager/Microsoft.Compute/ComputeRP/stable/
+    2024-07-01/examples/virtualMachineExamples/VirtualMachine_Get.json: explicit nulls, `zones`, `identity`,
     `securityProfile`, `resources` (the VM's extensions), data disks, and several NICs whose primary one need not
     come first (the Compute REST reference: NetworkInterfaceReference `properties.primary` "specifies the primary
     network interface in case the virtual machine has more than 1 network interface").
@@ -287,9 +287,10 @@ def _patch_status() -> dict[str, Any]:
 
 
 def nic_json(vm: VirtualMachine, nic: Nic) -> dict[str, Any]:
-    """`Microsoft.Network/networkInterfaces` GET body (azure-rest-api-specs Microsoft.Network stable
-    examples/NetworkInterfaceGet.json); the primary address is the VM's loopback address, the others are
-    addresses where nothing listens, and the primary IP configuration need not come first."""
+    """`Microsoft.Network/networkInterfaces` GET body (azure-rest-api-specs specification/network/resource-manager/
+    Microsoft.Network/stable/2024-05-01/examples/NetworkInterfaceGet.json); the primary address is the VM's
+    loopback address, the others are addresses where nothing listens, and the primary IP configuration need not
+    come first."""
     group_prefix = f"/subscriptions/{vm.subscription_id}/resourceGroups/{vm.resource_group}"
     nic_id = f"{group_prefix}/providers/Microsoft.Network/networkInterfaces/{nic.name}"
     vnet = f"{group_prefix}/providers/Microsoft.Network/virtualNetworks/vnet-sim"
