@@ -436,9 +436,25 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "RDPR_POLL_INTERVAL_SECONDS",
         "poll_interval_seconds",
-        "",
-        "Long-running-operation poll interval when Azure sends no `Retry-After`. Empty: the SDK's.",
-        lambda text: _non_negative_float(text) if text.strip() else None,
+        "2",
+        "Seconds between polls of a young long-running operation, of a rebooting VM and of its RDP listener "
+        "(Azure's Compute answers carry no `Retry-After`).",
+        _non_negative_float,
+    ),
+    SettingSpec(
+        "RDPR_POLL_FAST_SECONDS",
+        "poll_fast_seconds",
+        "60",
+        "How long an operation or a reboot is polled at `RDPR_POLL_INTERVAL_SECONDS` before the polls back off.",
+        _non_negative_float,
+    ),
+    SettingSpec(
+        "RDPR_POLL_MAX_INTERVAL_SECONDS",
+        "poll_max_interval_seconds",
+        "10",
+        "Longest wait between polls once they back off (each wait grows by a quarter of the time past the fast "
+        "window).",
+        _non_negative_float,
     ),
 )
 
@@ -490,7 +506,9 @@ class Settings:
     managed_identity_client_id: str
     emulator: bool
     emulator_ca_cert: str
-    poll_interval_seconds: float | None
+    poll_interval_seconds: float
+    poll_fast_seconds: float
+    poll_max_interval_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

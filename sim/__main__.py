@@ -25,6 +25,7 @@ from types import FrameType
 
 from sim.azurite import Azurite
 from sim.fleet import MIXES, Fleet, demo_fleet, generated_fleet, load_fleet
+from sim.realism import ANSWER_STYLES, Realism
 from sim.server import Emulator
 
 log = logging.getLogger("sim")
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiplier of every simulated latency")
     parser.add_argument("--page-size", type=int, default=100, help="VMs per page of a VM list")
     parser.add_argument("--no-listeners", action="store_true", help="do not start the RDP listeners")
+    parser.add_argument(
+        "--answer-style",
+        default="async",
+        choices=ANSWER_STYLES,
+        help="how Run Command and restart answer (docs/emulator.md, 'How unkind')",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     parser.add_argument("--with-azurite", action="store_true", help="also start Azurite (the ledger's storage)")
     parser.add_argument("--print-env", action="store_true", help="print `export` lines instead of the JSON line")
@@ -81,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             rdp_port=args.rdp_port,
             listeners=not args.no_listeners,
+            realism=Realism(answer_style=args.answer_style),
         )
         if args.with_azurite:
             azurite = Azurite().start()

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -327,6 +328,14 @@ class VirtualMachine:
     tags: dict[str, str] = field(default_factory=dict)
     vm_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     run_command_busy: bool = False  # a Run Command is executing: a second one gets 409
+    # --- What ARM reports, which can differ from the guest's truth (sim.operations keeps these) ---
+    busy_until: float = 0.0  # epoch: Run Command still answers 409 "in progress" until then
+    agent_time: float = field(default_factory=time.time)  # epoch of the agent's last status report
+    agent_linger_until: float = 0.0  # epoch: the agent's old Ready is still reported until then
+    reported_power: str | None = None  # the platform's power state while the guest reboots (None: the truth)
+    # Per-VM overrides of the run's `sim.realism.Realism` (None: the run's choice).
+    answer_style: str | None = None
+    secondary_nics: int | None = None
 
     @property
     def resource_id(self) -> str:
@@ -349,6 +358,42 @@ class VirtualMachine:
     @property
     def key(self) -> str:
         return self.resource_id.lower()
+
+    def nics(self, secondary: int) -> list[Nic]:
+        """The VM's NICs in the order ARM lists them: `secondary` NICs first, then the primary one.
+
+        Azure does not promise the primary NIC first (`networkProfile.networkInterfaces[].properties.primary`
+        marks it), nor the primary IP configuration first within a NIC. The secondary addresses are loopback
+        addresses no listener binds, so a probe sent to one of them fails.
+        """
+        octets = self.private_ip.split(".")[2:]
+        extras = [
+            Nic(f"{self.name}-nic{i + 2}", False, [IpConfig("ipconfig1", _unused(250 - i, octets), True)])
+            for i in range(secondary)
+        ]
+        configs = [IpConfig("ipconfig1", self.private_ip, True)]
+        if secondary:
+            configs.insert(0, IpConfig("ipconfig-secondary", _unused(251, octets), False))
+        return [*extras, Nic(self.nic_name, True, configs)]
+
+
+@dataclass(frozen=True)
+class IpConfig:
+    name: str
+    address: str
+    primary: bool
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    primary: bool
+    ip_configurations: list[IpConfig]
+
+
+def _unused(second_octet: int, last: list[str]) -> str:
+    """A loopback address that no simulated RDP listener binds (VMs use 127.0.x.y for small fleets)."""
+    return f"127.{second_octet}.{last[0]}.{last[1]}"
 
 
 class Fleet:

@@ -105,11 +105,14 @@ def _windows_vms(fleet: Fleet, subscriptions: set[str], _params: dict[str, str])
 
 
 def _inventory_row(vm: VirtualMachine) -> dict[str, Any]:
-    # Column names and shapes as the KQL projects them; Resource Graph lower-cases resourceGroup.
+    # Column names and shapes as the KQL projects them. Resource Graph keeps the resource group's case as created
+    # (azure-rest-api-specs specification/resourcegraph/resource-manager/Microsoft.ResourceGraph/stable/2021-03-01/
+    # examples/ResourcesBasicQuery.json: ids with "RG1", `resultTruncated` "false"), so ids and groups must be
+    # compared case-insensitively. `privateIp` is the primary IP configuration of the primary NIC.
     return {
         "id": vm.resource_id,
         "name": vm.name,
-        "resourceGroup": vm.resource_group.lower(),
+        "resourceGroup": vm.resource_group,
         "subscriptionId": vm.subscription_id,
         "location": vm.location,
         "tags": dict(vm.tags),
@@ -260,14 +263,21 @@ def _digest(query: str, subscriptions: list[str]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+_TOKEN_PREFIX = b"\xfb\xff"  # encodes as "+/": real skip tokens are standard base64 with `+`, `/` and `=`
+
+
 def _encode_token(offset: int, top: int, digest: str) -> str:
-    raw = json.dumps({"o": offset, "t": top, "q": digest}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode()
+    raw = _TOKEN_PREFIX + json.dumps({"o": offset, "t": top, "q": digest}, separators=(",", ":")).encode()
+    raw += b" " * ((1 - len(raw)) % 3)  # a length of 1 mod 3 ends the token with "=="
+    return base64.b64encode(raw).decode()
 
 
 def _decode_token(token: str, digest: str) -> tuple[int, int] | None:
     try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        raw = base64.b64decode(token.encode(), validate=True)
+        if not raw.startswith(_TOKEN_PREFIX):
+            return None
+        data = json.loads(raw[len(_TOKEN_PREFIX) :])
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict) or data.get("q") != digest:

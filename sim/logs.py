@@ -42,15 +42,49 @@ def handle_logs_query(
     *,
     expected_workspace_id: str = WORKSPACE_ID,
     now: dt.datetime | None = None,
+    partial_error: bool = False,
+    foreign_rows: bool = False,
 ) -> Response:
-    """Answer a workspace query. `workspace_id` is the id in the request path."""
+    """Answer a workspace query. `workspace_id` is the id in the request path.
+
+    `foreign_rows`: the workspace also holds machines that are not Azure VMs (a blank `_ResourceId` for an
+    on-premises agent, an Arc machine's id), as a workspace collecting from anything does. `partial_error`: the
+    answer carries `error` (code PartialError) beside its tables, as the query API does when a query ran into a
+    limit (azure-rest-api-specs OperationalInsights data-plane; azure-monitor-query reports it as PARTIAL).
+    """
     if workspace_id.lower() != expected_workspace_id.lower():
         return error(404, "WorkspaceNotFoundError", f"Workspace {workspace_id} not found.")
     try:
         window = _check_request(workspace_id, body, now or utcnow())
     except Rejected as rejected:
         return rejected.response
-    return 200, {"tables": [{"name": "PrimaryResult", "columns": COLUMNS, "rows": _rows(fleet, *window)}]}
+    rows = _rows(fleet, *window) + (_foreign_rows(*window) if foreign_rows else [])
+    answer: dict[str, Any] = {"tables": [{"name": "PrimaryResult", "columns": COLUMNS, "rows": rows}]}
+    if partial_error:
+        answer["error"] = {
+            "code": "PartialError",
+            "message": "There were some errors when processing your query.",
+            "details": [
+                {
+                    "code": "EngineError",
+                    "message": "Something went wrong processing your query on the server.",
+                    "innererror": {"code": "-2133196797", "message": "Query result set has exceeded the limit."},
+                }
+            ],
+        }
+    return 200, answer
+
+
+def _foreign_rows(start: dt.datetime | None, end: dt.datetime | None) -> list[list[Any]]:
+    """Machines reporting to the workspace that are not Azure VMs, each with an event the query selects."""
+    seen = (end or utcnow()) - dt.timedelta(minutes=30)
+    if start is not None and seen < start:
+        return []
+    arc = (
+        "/subscriptions/00000000-0000-4000-8000-000000000001/resourcegroups/rg-onprem"
+        "/providers/microsoft.hybridcompute/machines/arc-srv01"
+    )
+    return [["", "ONPREM-DC01.contoso.local", 1058, 3, _iso(seen)], [arc, "ARC-SRV01", 36870, 1, _iso(seen)]]
 
 
 def _check_request(workspace_id: str, body: object, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None]:
@@ -92,7 +126,9 @@ def _rows(fleet: Fleet, start: dt.datetime | None, end: dt.datetime | None) -> l
 
 
 def _iso(time: dt.datetime) -> str:
-    return time.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Seven fractional digits, as Log Analytics writes datetimes (.NET ticks): `...:05.1234567Z`."""
+    utc = time.astimezone(dt.UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S.%f}{utc.microsecond % 7 + 1}Z"
 
 
 def parse_timespan(value: object, now: dt.datetime) -> tuple[dt.datetime | None, dt.datetime | None] | None:

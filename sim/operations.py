@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 
 from sim.faults import Faults
 from sim.fleet import Fleet, VirtualMachine
+from sim.realism import Realism
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,25 @@ class Latencies:
 
     run_command: float = 35.0  # accepted -> output available
     restart_stop: float = 20.0  # restart accepted -> the VM is stopped and starts booting
-    restart_start: float = 40.0  # booting -> the VM reports running (the restart LRO succeeds)
+    restart_start: float = 40.0  # booting -> the guest runs again (the kind restart LRO succeeds here)
     agent_ready: float = 30.0  # running -> the guest agent reports Ready again
     failure: float = 5.0  # accepted -> a failed operation (fault `lro-failed`) reports Failed
     arm_request: float = 0.0  # added to every ARM answer
+    # Recorded restart operations (azure-cli vm test recordings) finish in well under a second, long before
+    # the guest is back.
+    restart_operation: float = 0.5
+    # Run Command answers 409 "execution is in progress" for a while after a command succeeded
+    # (Azure/azure-cli issue 19137: a second `az vm run-command invoke` right after a successful one).
+    busy_after_success: float = 2.0
+    # After a restart, the instance view keeps the agent's last `Ready` (with its old time) for a while.
+    agent_linger: float = 15.0
+    # A Run Command sent while the agent is down waits for it, then fails with VMAgentStatusCommunicationError
+    # (Azure/azure-powershell issue 5741: an operation that waited 25 minutes; MicrosoftDocs/azure-docs issue
+    # 11596: "took an extremely long time ... VM has not reported status for VM agent or extensions").
+    agent_wait_limit: float = 300.0
+    # A running agent reports its status again this often: the status `time` moves on, except while the guest
+    # is down (then the last one lingers). The exact cadence is not documented; a minute is assumed.
+    agent_heartbeat: float = 60.0
 
     def scaled(self, factor: float) -> Latencies:
         if factor < 0:
@@ -114,6 +130,8 @@ class Operation:
     parameters: dict[str, str] = field(default_factory=dict)
     fault: str | None = None  # behavioural fault this operation carries
     interrupted: bool = False  # a restart cut a running Run Command short
+    waiting_for_agent: bool = False  # accepted while the VM agent was down: runs when it is back, or fails
+    signature: dict[str, str] = field(default_factory=dict)  # signed query parameters of its URLs
 
     @property
     def done(self) -> bool:
@@ -138,10 +156,12 @@ class Operations:
         faults: Faults,
         clock: Clock = time.time,
         guest: GuestModel | None = None,
+        realism: Realism | None = None,
     ) -> None:
         self.fleet = fleet
         self.latencies = latencies
         self.faults = faults
+        self.realism = realism or Realism()
         self.clock = clock
         self._guest = guest
         self._guest_loaded = guest is not None
@@ -216,6 +236,12 @@ class Operations:
         """`Updating` while a restart is in flight, as ARM reports it; `Succeeded` otherwise."""
         return "Updating" if vm.key in self._restarts else "Succeeded"
 
+    def records(self) -> list[Operation]:
+        """Every accepted operation so far (for benchmarks and tests that add up Azure's own time)."""
+        with self.fleet.lock:
+            self._advance_locked()
+            return list(self._operations.values())
+
     def remaining(self, operation: Operation) -> float:
         return max(0.0, operation.ends - self.clock())
 
@@ -233,7 +259,9 @@ class Operations:
         """Accept a Run Command or raise Refused (409) the way Azure does."""
         with self.fleet.lock:
             self._advance_locked()
-            if vm.run_command_busy:
+            now = self.clock()
+            # The 409 quoted in Azure/azure-cli issue 19137 and MicrosoftDocs/azure-docs issue 43356.
+            if vm.run_command_busy or now < vm.busy_until:
                 raise Refused(
                     "Conflict",
                     "Run command extension execution is in progress. "
@@ -241,11 +269,7 @@ class Operations:
                 )
             _require_running(vm, "runCommand")
             if not vm.agent_ready or self.faults.take("runCommand", "agent-not-ready", vm.key):
-                raise Refused(
-                    "OperationNotAllowed",
-                    f"Operation 'runCommand' is not allowed on VM '{vm.name}' since the VM agent is not "
-                    "ready (the VM Guest Agent status is 'Not Ready').",
-                )
+                return self._wait_for_agent(vm, script, parameters, now)
             fault = next(
                 (
                     kind
@@ -254,7 +278,6 @@ class Operations:
                 ),
                 None,
             )
-            now = self.clock()
             duration = self.latencies.failure if fault == "lro-failed" else self.latencies.run_command
             op = self._new("runCommand", vm, now, now + duration)
             op.script, op.parameters, op.fault = script, dict(parameters), fault
@@ -263,15 +286,77 @@ class Operations:
             self._at(op.ends, lambda due: self._finish_run_command(op, due))
             return op
 
-    def _finish_run_command(self, op: Operation, due: float) -> None:
-        vm = op.vm
-        vm.run_command_busy = False
-        self._commands.pop(vm.key, None)
+    def _wait_for_agent(self, vm: VirtualMachine, script: str, parameters: dict[str, str], now: float) -> Operation:
+        """Accepted while the agent is down: the command runs when the agent is back, or fails at the limit.
+
+        Replaces an immediate 409 that no public source shows; see `Latencies.agent_wait_limit` for the sources.
+        """
+        op = self._new("runCommand", vm, now, now + self.latencies.agent_wait_limit)
+        op.script, op.parameters, op.waiting_for_agent = script, dict(parameters), True
+        vm.run_command_busy = True
+        self._commands[vm.key] = op
+        self._at(op.ends, lambda _due: self._agent_never_answered(op))
+        return op
+
+    def _agent_never_answered(self, op: Operation) -> None:
+        if not op.waiting_for_agent or op.done:
+            return
+        op.waiting_for_agent = False
+        op.vm.run_command_busy = False
+        self._commands.pop(op.vm.key, None)
+        # Message: Microsoft Learn, "Understand common error messages when you manage virtual machines".
+        op.fail(
+            409,
+            "VMAgentStatusCommunicationError",
+            f"VM '{op.vm.name}' has not reported status for VM agent or extensions. Please verify the VM has a "
+            "running VM agent, and can establish outbound connections to Azure storage.",
+        )
+
+    def _agent_answers(self, vm: VirtualMachine, due: float) -> None:
+        """The agent is back: a command that waited for it starts now."""
+        op = self._commands.get(vm.key)
+        if op is None or not op.waiting_for_agent:
+            return
+        op.waiting_for_agent = False
+        self.simulated_seconds += (due + self.latencies.run_command) - op.ends
+        op.ends = due + self.latencies.run_command
+        self._at(op.ends, lambda end: self._finish_run_command(op, end))
+
+    @staticmethod
+    def _fails_before_the_script(op: Operation) -> bool:
+        """A command cut short by a restart, or an injected `lro-failed`: the operation fails, no script ran."""
         if op.interrupted:
             op.fail(409, "OperationPreempted", "The run command was interrupted because the VM restarted.")
-            return
+            return True
         if op.fault == "lro-failed":
             op.fail(500, "InternalExecutionError", "An internal execution error occurred. Please retry later.")
+            return True
+        return False
+
+    @staticmethod
+    def _fails_without_crp_key(op: Operation) -> bool:
+        """The agent cannot decrypt the extension's protected settings without the CRP transport certificate's
+        key: extensions fail until the agent restarts and re-creates it (Microsoft Learn, "Azure virtual machine
+        extensions and features for Windows" and "Troubleshooting Azure Windows VM extension failures"). The
+        code and message shape are the ones extension failures report (VMExtensionProvisioningError, "VM has
+        reported a failure when processing extension ...")."""
+        if op.vm.guest.crp_key is not None:
+            return False
+        op.fail(
+            409,
+            "VMExtensionProvisioningError",
+            "VM has reported a failure when processing extension 'RunCommandWindows'. Error message: "
+            '"Failed to decrypt protected settings."',
+        )
+        return True
+
+    def _finish_run_command(self, op: Operation, due: float) -> None:
+        vm = op.vm
+        if op.done:
+            return
+        vm.run_command_busy = False
+        self._commands.pop(vm.key, None)
+        if self._fails_before_the_script(op):
             return
         if op.fault == "garbage-output":
             op.stdout, op.stderr = _tail(_GARBAGE), ""
@@ -281,18 +366,7 @@ class Operations:
         if guest is None:
             op.fail(500, "InternalExecutionError", "The simulated guest (sim.guest) is not available.")
             return
-        if vm.guest.crp_key is None:
-            # The agent cannot decrypt the extension's protected settings without the CRP transport certificate's
-            # key: extensions fail until the agent restarts and re-creates it (Microsoft Learn, "Azure virtual
-            # machine extensions and features for Windows" and "Troubleshooting Azure Windows VM extension
-            # failures"). The code and message shape are the ones extension failures report
-            # (VMExtensionProvisioningError, "VM has reported a failure when processing extension ...").
-            op.fail(
-                409,
-                "VMExtensionProvisioningError",
-                "VM has reported a failure when processing extension 'RunCommandWindows'. Error message: "
-                '"Failed to decrypt protected settings."',
-            )
+        if self._fails_without_crp_key(op):
             return
         try:
             result = guest.run_script(vm, op.script, op.parameters, self.wall(due))
@@ -300,11 +374,14 @@ class Operations:
             log.exception("simulated guest failed", extra={"vm": vm.resource_id})
             op.fail(500, "InternalExecutionError", f"The simulated guest failed: {exc}")
             return
-        stdout = result.stdout
+        stdout, stderr = result.stdout, result.stderr
         if op.fault == "oversized-output":
             stdout = _PADDING + stdout
-        op.stdout, op.stderr = _tail(stdout), _tail(result.stderr)
+        if self.realism.crlf:  # Windows PowerShell writes CRLF line ends
+            stdout, stderr = _crlf(stdout), _crlf(stderr)
+        op.stdout, op.stderr = _tail(stdout), _tail(stderr)
         op.status = "Succeeded"
+        vm.busy_until = due + self.latencies.busy_after_success
 
     # --- Restart -----------------------------------------------------------------------------------------
 
@@ -327,27 +404,46 @@ class Operations:
                 self._at(op.ends, lambda _due: op.fail(500, "InternalExecutionError", _RETRY_LATER))
                 return op
             never = vm.never_returns or self.faults.take("restart", "never-returns", vm.key)
-            op = self._new("restart", vm, now, now + self.latencies.restart)
+            early = self.realism.restart_early
+            op = self._new(
+                "restart", vm, now, now + (self.latencies.restart_operation if early else self.latencies.restart)
+            )
             op.fault = "never-returns" if never else None
             self._restarts[vm.key] = op
             # A VM restarted again before its agent came back keeps the agent's health, not its momentary state.
             _, agent_healthy = self._agents.pop(vm.key, ("", vm.agent_ready))
+            if vm.agent_ready and early:
+                vm.agent_linger_until = now + self.latencies.agent_linger  # the old Ready, old time, lingers
+                beat = self.latencies.agent_heartbeat
+                if beat > 0:  # its last report before the reboot
+                    vm.agent_time += ((now - vm.agent_time) // beat) * beat
             vm.power_state, vm.agent_ready = "stopping", False
             command = self._commands.get(vm.key)
             if command is not None:
                 command.interrupted = True
             self._at(now + self.latencies.restart_stop, lambda _due: _set_power(vm, "starting"))
-            self._at(op.ends, lambda due: self._finish_restart(op, due, agent_healthy))
+            boot = now + self.latencies.restart
+            if early:
+                self._at(op.ends, lambda _due: self._restart_accepted_done(op))
+            self._at(boot, lambda due: self._finish_restart(op, due, agent_healthy))
             return op
+
+    def _restart_accepted_done(self, op: Operation) -> None:
+        """The operation reports Succeeded while the guest is still going down and booting: the platform
+        reports the VM running (`reported_power`), the guest is not back yet."""
+        self._restarts.pop(op.vm.key, None)
+        op.status = "Succeeded"
+        op.vm.reported_power = "running"
 
     def _finish_restart(self, op: Operation, due: float, agent_healthy: bool) -> None:
         vm = op.vm
-        self._restarts.pop(vm.key, None)
+        if self._restarts.get(vm.key) is op:
+            self._restarts.pop(vm.key, None)
         op.status = "Succeeded"  # Azure performed the restart, whether or not the guest comes back
         if op.fault == "never-returns":
             log.info("simulated VM stays starting after restart", extra={"vm": vm.resource_id})
             return
-        vm.power_state = "running"
+        vm.power_state, vm.reported_power = "running", None
         guest = self._load_guest()
         if guest is None:
             log.warning("sim.guest is not available: boot effects skipped", extra={"vm": vm.resource_id})
@@ -358,14 +454,17 @@ class Operations:
                 log.exception("simulated guest failed to boot", extra={"vm": vm.resource_id})
         # A broken agent stays broken across a reboot; a healthy one reports Ready a while after boot.
         self._agents[vm.key] = (op.id, agent_healthy)
-        self._at(due + self.latencies.agent_ready, lambda _due: self._agent_back(vm, op.id))
+        self._at(due + self.latencies.agent_ready, lambda back: self._agent_back(vm, op.id, back))
 
-    def _agent_back(self, vm: VirtualMachine, restart_id: str) -> None:
+    def _agent_back(self, vm: VirtualMachine, restart_id: str, due: float) -> None:
         pending = self._agents.get(vm.key)
         if pending is None or pending[0] != restart_id:
             return  # another restart began meanwhile; its own timeline decides
         del self._agents[vm.key]
         vm.agent_ready = pending[1]
+        if vm.agent_ready:
+            vm.agent_time = due  # a fresh status report, newer than the restart
+            self._agent_answers(vm, due)
 
     # --- Helpers -----------------------------------------------------------------------------------------
 
@@ -382,15 +481,20 @@ class Operations:
 
 
 def _require_running(vm: VirtualMachine, operation: str) -> None:
-    if vm.power_state != "running":
+    power = vm.reported_power or vm.power_state  # ARM judges by what the platform reports, not by the guest
+    if power != "running":
         raise Refused(
             "OperationNotAllowed",
-            f"Operation '{operation}' is not allowed on VM '{vm.name}' since the VM is {vm.power_state}.",
+            f"Operation '{operation}' is not allowed on VM '{vm.name}' since the VM is {power}.",
         )
 
 
 def _set_power(vm: VirtualMachine, state: str) -> None:
     vm.power_state = state
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
 def _tail(text: str, limit: int = OUTPUT_LIMIT) -> str:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib
 import ipaddress
 import json
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from sim.activitylog import ActivityLog, FilterError
 from sim.certs import server_certificate
@@ -48,6 +49,7 @@ from sim.operations import (
     Operations,
     Refused,
 )
+from sim.realism import Realism
 from sim.resources import instance_view_json, nic_json, run_command_result, status_document, vm_json
 from sim.transport import HttpsServer, Response
 
@@ -239,6 +241,7 @@ class Emulator:
         latencies: Latencies | None = None,
         clock: Clock | None = None,
         guest: GuestModel | None = None,
+        realism: Realism | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(f"the emulator only binds loopback addresses, not {host!r}")
@@ -255,12 +258,13 @@ class Emulator:
         self.latencies = self.base_latencies.scaled(time_scale)
         # A caller-supplied clock means simulated time moves only when the caller says so (exact tests).
         self._manual_clock = clock is not None
-        self.operations = Operations(fleet, self.latencies, self.faults, clock or time.time, guest)
+        self.realism = realism or Realism()
+        self.operations = Operations(fleet, self.latencies, self.faults, clock or time.time, guest, self.realism)
         self.page_size = page_size
         self.host, self.port, self.rdp_port = host, port, rdp_port
         self.listeners = listeners
         self.workspace_id = workspace_id
-        self._index = _FleetIndex(fleet)
+        self._index = _FleetIndex(fleet, self.secondary_nics)
         self._server: HttpsServer | None = None
         self._thread: threading.Thread | None = None
         self._tempdir: Path | None = None
@@ -339,8 +343,18 @@ class Emulator:
         return f"{self.arm_url}/v1"
 
     def poll_interval(self) -> float:
-        """LRO poll interval for clients when no Retry-After comes: 10 simulated seconds, within [0.05, 5] s."""
-        return round(min(5.0, max(0.05, 10.0 * self.time_scale)), 3)
+        """LRO poll interval for clients when no Retry-After comes: 2 simulated seconds, within [0.02, 2] s."""
+        return round(min(2.0, max(0.02, 2.0 * self.time_scale)), 3)
+
+    def secondary_nics(self, vm: VirtualMachine) -> int:
+        return self.realism.secondary_nics if vm.secondary_nics is None else vm.secondary_nics
+
+    def answer_style(self, vm: VirtualMachine) -> str:
+        return vm.answer_style or self.realism.answer_style
+
+    def now(self) -> dt.datetime:
+        """The emulator's time (a test's manual clock, or real time) as ARM reports it."""
+        return self.operations.wall(self.operations.clock())
 
     def settings_env(self, scopes: list[str] | None = None) -> dict[str, str]:
         """The environment that points `remediate.settings` at this emulator."""
@@ -352,7 +366,10 @@ class Emulator:
             "RDPR_EMULATOR_CA_CERT": self.ca_cert,
             "RDPR_RDP_PORT": str(self.rdp_port),
             "RDPR_LOG_WORKSPACE_ID": self.workspace_id,
+            # The product's polling cadence (2 s for a minute, then up to 10 s) in the emulator's time.
             "RDPR_POLL_INTERVAL_SECONDS": f"{self.poll_interval():g}",
+            "RDPR_POLL_FAST_SECONDS": f"{60.0 * self.time_scale:g}",
+            "RDPR_POLL_MAX_INTERVAL_SECONDS": f"{max(self.poll_interval(), 10.0 * self.time_scale):g}",
             "RDPR_SCOPES": ",".join(scopes),
             # The emulator's Activity Log shows a restart the moment it is called (Azure's may lag): a second
             # of silence is enough here to take a restart as not accepted.
@@ -486,13 +503,16 @@ class Emulator:
         with_status = call.query.get("statusOnly", "").lower() == "true"
         offset = _decode_skip_token(call.query.get("$skiptoken"))
         page = vms[offset : offset + self.page_size]
-        now = dt.datetime.now(dt.UTC)
+        now = self.now()
         with self.fleet.lock:
             values = [
                 vm_json(
                     vm,
                     self.operations.provisioning_state(vm),
-                    instance_view_json(vm, self.operations.provisioning_state(vm), now) if with_status else None,
+                    instance_view_json(vm, self.operations.provisioning_state(vm), now, self.latencies.agent_heartbeat)
+                    if with_status
+                    else None,
+                    secondary_nics=self.secondary_nics(vm),
                 )
                 for vm in page
             ]
@@ -510,17 +530,23 @@ class Emulator:
         expand = call.query.get("$expand", "")
         if expand.lower() not in ("", "instanceview", "userdata", "resiliencypolicy"):
             raise ArmError(400, "InvalidParameter", f"The value '{expand}' of parameter '$expand' is not valid.")
-        now = dt.datetime.now(dt.UTC)
+        now = self.now()
         with self.fleet.lock:
             provisioning = self.operations.provisioning_state(vm)
-            view = instance_view_json(vm, provisioning, now) if expand.lower() == "instanceview" else None
-            payload = vm_json(vm, provisioning, view)
+            view = (
+                instance_view_json(vm, provisioning, now, self.latencies.agent_heartbeat)
+                if expand.lower() == "instanceview"
+                else None
+            )
+            payload = vm_json(vm, provisioning, view, secondary_nics=self.secondary_nics(vm))
         return json_response(200, payload)
 
     def instance_view(self, _call: Call, groups: tuple[str, ...]) -> Response:
         vm = self._vm(groups)
         with self.fleet.lock:
-            payload = instance_view_json(vm, self.operations.provisioning_state(vm), dt.datetime.now(dt.UTC))
+            payload = instance_view_json(
+                vm, self.operations.provisioning_state(vm), self.now(), self.latencies.agent_heartbeat
+            )
         return json_response(200, payload)
 
     def run_command(self, call: Call, groups: tuple[str, ...]) -> Response:
@@ -561,24 +587,62 @@ class Emulator:
         return json_response(200, body)
 
     def _accepted(self, call: Call, op: Operation) -> Response:
-        """202 with both polling headers: azure-core needs `Location` for the final result."""
+        """The answer to an accepted POST, in the VM's answer style (see `sim.realism.ANSWER_STYLES`)."""
+        style = self.answer_style(op.vm)
+        if style == "sync":
+            return self._final(op, self._wait_for(op))
         base = (
             f"{self.arm_url}/subscriptions/{op.vm.subscription_id}/providers/Microsoft.Compute"
             f"/locations/{op.vm.location}/operations/{op.id}"
         )
+        headers = {"Location": self._operation_url(base, op, call.api_version, monitor=True), **self._retry_after(op)}
+        if style == "async":
+            headers["Azure-AsyncOperation"] = self._operation_url(base, op, call.api_version, monitor=False)
         if self.faults.take(op.kind, "foreign-polling-host", op.vm.key):  # see sim.faults: a hostile answer
-            base = self.foreign_polling_url + base[len(self.arm_url) :]
-        headers = {
-            "Azure-AsyncOperation": f"{base}?api-version={call.api_version}",
-            "Location": f"{base}?monitor=true&api-version={call.api_version}",
-            **self._retry_after(op),
-        }
+            headers = {
+                name: self.foreign_polling_url + value.removeprefix(self.arm_url) if name != "Retry-After" else value
+                for name, value in headers.items()
+            }
         return Response(202, b"", headers)
 
+    def _operation_url(self, base: str, op: Operation, api_version: str | None, *, monitor: bool) -> str:
+        """An operation URL as Compute hands them out: `p=` (and, signed, `t=`, `c=`, `s=`, `h=`) beside the
+        api-version (azure-cli vm test recordings). Clients must follow it verbatim."""
+        if not self.realism.signed_urls:
+            query = f"monitor=true&api-version={api_version}" if monitor else f"api-version={api_version}"
+            return f"{base}?{query}"
+        if not op.signature:
+            op.signature = _signature(op.id)
+        signed = op.signature
+        parts = [f"p={signed['p']}", *(["monitor=true"] if monitor else []), f"api-version={api_version}"]
+        parts += [f"{key}={quote(signed[key], safe='')}" for key in ("t", "c", "s", "h")]
+        return f"{base}?{'&'.join(parts)}"
+
+    def _wait_for(self, op: Operation) -> tuple[bool, str, dict[str, str] | None, dict[str, Any] | None]:
+        """Hold the request until the operation ends (real clock only), then its (done, status, error, result)."""
+        while not self._manual_clock:
+            remaining = self.operations.remaining(op)
+            with self.fleet.lock:
+                if op.done:
+                    break
+            time.sleep(min(max(remaining, 0.005), 0.25))
+            self.operations.advance()
+        with self.fleet.lock:
+            result = run_command_result(op) if op.kind == "runCommand" and op.status == "Succeeded" else None
+            return op.done, op.status, op.error, result
+
+    def _final(self, op: Operation, state: tuple[bool, str, dict[str, str] | None, dict[str, Any] | None]) -> Response:
+        done, status, error, result = state
+        if status == "Failed" and error is not None:
+            return ArmError(op.error_status, error["code"], error["message"]).response()
+        if not done:
+            raise ArmError(500, "InternalServerError", "A synchronous answer needs the emulator's real clock.")
+        return json_response(200, result) if result is not None else Response(200)
+
     def _retry_after(self, op: Operation) -> dict[str, str]:
-        """A polling hint in whole seconds, only when the operation takes a second or more: azure-core
-        treats 0 as absent (and then waits 30 s) and crashes on a fraction."""
-        if op.done or op.ends - op.started < 1:
+        """A polling hint in whole seconds, only when the run asks for one (real Compute sends none) and the
+        operation takes a second or more: azure-core treats 0 as absent and crashes on a fraction."""
+        if not self.realism.retry_after or op.done or op.ends - op.started < 1:
             return {}
         return {"Retry-After": str(max(1, min(RETRY_AFTER_CAP, math.ceil(self.operations.remaining(op)))))}
 
@@ -586,6 +650,9 @@ class Emulator:
         subscription, location, operation_id = groups
         op = self.operations.get(operation_id)
         if op is None or op.vm.subscription_id.lower() != subscription or op.vm.location.lower() != location:
+            raise ArmError(404, "OperationNotFound", f"The operation '{operation_id}' was not found.")
+        if any(call.query.get(key) != value for key, value in op.signature.items()):
+            # A client that rebuilt the URL (dropped or re-encoded a signed parameter) does not reach it.
             raise ArmError(404, "OperationNotFound", f"The operation '{operation_id}' was not found.")
         with self.fleet.lock:
             started = self.operations.wall(op.started)
@@ -595,19 +662,15 @@ class Emulator:
             done, status, error = op.done, op.status, op.error
         if call.query.get("monitor", "").lower() != "true":
             return json_response(200, document, self._retry_after(op))
-        # The Location URL: 202 until done, then the operation's result (or its error).
+        # The Location URL: 202 until done (pointing at itself), then the operation's result (or its error).
         if not done:
+            base = f"{self.arm_url}{call.raw_path}"
             return Response(
                 202,
                 b"",
-                {
-                    "Location": f"{self.arm_url}{call.raw_path}?monitor=true&api-version={call.api_version}",
-                    **self._retry_after(op),
-                },
+                {"Location": self._operation_url(base, op, call.api_version, monitor=True), **self._retry_after(op)},
             )
-        if status == "Failed" and error is not None:
-            return ArmError(op.error_status, error["code"], error["message"]).response()
-        return json_response(200, result) if result is not None else Response(200)
+        return self._final(op, (done, status, error, result))
 
     # --- Network -----------------------------------------------------------------------------------------
 
@@ -617,8 +680,9 @@ class Emulator:
         vm = self._index.nic(sub, group, name)
         if vm is None:
             raise not_found("Microsoft.Network/networkInterfaces", name, group)
+        nic = next(n for n in vm.nics(self.secondary_nics(vm)) if n.name.lower() == name)
         with self.fleet.lock:
-            payload = nic_json(vm)
+            payload = nic_json(vm, nic)
         return json_response(200, payload)
 
     # --- Resource Graph and Log Analytics (handlers live in sim.graph and sim.logs) ----------------------
@@ -638,7 +702,14 @@ class Emulator:
         if handler is None:
             raise ArmError(501, "NotImplemented", "Log Analytics is not available in this emulator build.")
         with self.fleet.lock:
-            status, payload = handler(self.fleet, workspace_id, body, expected_workspace_id=self.workspace_id)
+            status, payload = handler(
+                self.fleet,
+                workspace_id,
+                body,
+                expected_workspace_id=self.workspace_id,
+                partial_error=self.realism.logs_partial_error,
+                foreign_rows=self.realism.logs_foreign_rows,
+            )
         return json_response(status, payload)
 
     # --- Admin endpoints (no auth, not logged) -----------------------------------------------------------
@@ -697,7 +768,7 @@ class Emulator:
 class _FleetIndex:
     """Lookups by subscription, resource group and NIC; a fleet's VMs never change identity."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, secondary_nics: Callable[[VirtualMachine], int]) -> None:
         self.all = sorted(fleet, key=lambda vm: vm.key)
         self._subscriptions: dict[str, list[VirtualMachine]] = {}
         self._groups: dict[tuple[str, str], list[VirtualMachine]] = {}
@@ -708,7 +779,8 @@ class _FleetIndex:
             self._subscriptions.setdefault(sub, []).append(vm)
             self._groups.setdefault((sub, group), []).append(vm)
             self._vms[sub, group, vm.name.lower()] = vm
-            self._nics[sub, group, vm.nic_name.lower()] = vm
+            for nic in vm.nics(secondary_nics(vm)):
+                self._nics[sub, group, nic.name.lower()] = vm
 
     def require_group(self, subscription: str, group: str) -> None:
         if subscription not in self._subscriptions:
@@ -776,6 +848,19 @@ def _fault_response(kind: str, retry_after: int, operation: str) -> Response:
     if kind == "503":
         return ArmError(503, "ServiceUnavailable", "The service is temporarily unavailable.").response()
     return ArmError(500, "InternalServerError", "Encountered internal server error.").response()
+
+
+def _signature(operation_id: str) -> dict[str, str]:
+    """Signed query parameters like those of Compute's operation URLs: base64 values with `+`, `/` and `=`,
+    so a client that decodes and re-encodes them, or drops them, is caught."""
+    digest = hashlib.sha256(operation_id.encode()).digest()
+    return {
+        "p": str(uuid.uuid5(uuid.NAMESPACE_URL, operation_id)),
+        "t": str(638_000_000_000_000_000 + int.from_bytes(digest[:4], "big")),
+        "c": base64.b64encode(b"\xfb\xef" + digest[4:22]).decode(),
+        "s": base64.b64encode(b"\xff\xfe" + digest[22:31]).decode(),
+        "h": base64.urlsafe_b64encode(digest[:24]).decode().rstrip("="),
+    }
 
 
 def _encode_skip_token(offset: int) -> str:

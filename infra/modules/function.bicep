@@ -215,6 +215,21 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           name: 'RDPR_ARM_URL'
           value: environment().resourceManager
         }
+        // Polling cadence: Compute's long-running operations carry no Retry-After, and the SDK would then wait
+        // 30 s between polls. Poll every 2 s for the first minute (most Run Commands end within it), then back
+        // off to at most 10 s (docs/architecture.md, "Polling cadence").
+        {
+          name: 'RDPR_POLL_INTERVAL_SECONDS'
+          value: '2'
+        }
+        {
+          name: 'RDPR_POLL_FAST_SECONDS'
+          value: '60'
+        }
+        {
+          name: 'RDPR_POLL_MAX_INTERVAL_SECONDS'
+          value: '10'
+        }
       ]
     }
   }

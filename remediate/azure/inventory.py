@@ -56,7 +56,7 @@ class VmRecord:
     power_state: str | None  # "running", "deallocated", "stopped", ... (None: not reported yet)
     computer_name: str | None
     tags: dict[str, str]
-    private_ip: str | None  # of the first NIC's first IP configuration
+    private_ip: str | None  # of the primary IP configuration of the primary NIC
 
 
 # --- Queries -------------------------------------------------------------------------------------------

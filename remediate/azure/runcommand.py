@@ -1,10 +1,12 @@
 """Run a guest script on a VM through the action Run Command and return its validated JSON summary.
 
 The script text goes as `RunPowerShellScript` lines and its parameters as `RunCommandInputParameter`s (never
-interpolated into the text). Azure runs one Run Command per VM at a time and needs the VM agent: a 409
-"execution is in progress" and a 409 about the agent not being ready are transient and retried with
-exponential backoff and jitter until the caller's deadline. A failed operation, output without a summary, or a
-summary that breaks the contract is permanent, and the error quotes the end of StdOut/StdErr.
+interpolated into the text). Azure runs one Run Command per VM at a time, and answers 409 "execution is in
+progress" for a while even after a command has just succeeded: that is transient and retried with exponential
+backoff and jitter until the caller's deadline. A Run Command needs the VM agent; sent while the agent is
+down, it waits for it and may end `Failed` with `VMAgentStatusCommunicationError`: right after a reboot that is
+transient until the caller's agent deadline (the boot deadline). Any other failed operation, output without a
+summary, or a summary that breaks the contract is permanent, and the error quotes the end of StdOut/StdErr.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+from remediate.azure.polling import cadence_polling
 from remediate.guest.contract import PARAMETERS, parse_output, script_text
 from remediate.model import PermanentError, TransientError, VmId
 
@@ -24,19 +28,28 @@ if TYPE_CHECKING:
     from azure.mgmt.compute import ComputeManagementClient
     from azure.mgmt.compute.models import RunCommandInput, RunCommandResult
 
+    from remediate.settings import Settings
+
 log = logging.getLogger(__name__)
 
 COMMAND_ID = "RunPowerShellScript"
-# Backoff between attempts: full jitter over 1 s .. 5 s * 2^n, at most 60 s, never past the deadline.
+# Backoff between attempts: full jitter over 1 s .. 2 s * 2^n, at most 60 s, never past the deadline. The first
+# retry comes soon: the usual 409 is the short "in progress" that follows a command that has just finished.
 RETRY_MIN_SECONDS = 1.0
-RETRY_MULTIPLIER_SECONDS = 5.0
+RETRY_MULTIPLIER_SECONDS = 2.0
 RETRY_MAX_SECONDS = 60.0
 # Statuses left after azure-core's own retries that are still worth another attempt later.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# The operation failed because the VM agent did not answer (Microsoft Learn, "Understand common error messages
+# when you manage virtual machines": VMAgentStatusCommunicationError).
+AGENT_UNRESPONSIVE = "VMAgentStatusCommunicationError"
 
 
 class ComputeClients(Protocol):
     """What this module needs from `remediate.azure.clients.AzureClients`."""
+
+    @property
+    def settings(self) -> Settings: ...
 
     def compute(self, subscription_id: str) -> ComputeManagementClient: ...
 
@@ -48,16 +61,20 @@ def run_script(
     parameters: Mapping[str, str],
     deadline: float,
     *,
+    agent_deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Run guest script `script` on `vm` and return its summary, validated against the contract.
 
-    `deadline` is a `clock()` time: no attempt starts, and no wait lasts, beyond it. Raises TransientError when
-    the VM stayed busy or its agent stayed not ready until the deadline, PermanentError otherwise.
+    `deadline` is a `clock()` time: no attempt starts, and no wait lasts, beyond it. `agent_deadline` (a
+    `clock()` time, after a reboot) is until when an agent that does not answer is still expected back.
+    Raises TransientError when the VM stayed busy or its agent stayed away until the deadline, PermanentError
+    otherwise.
     """
     command = _command(script, parameters)
     compute = clients.compute(vm.subscription)
+    polling = cadence_polling(clients.settings)
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
         wait=wait_random_exponential(multiplier=RETRY_MULTIPLIER_SECONDS, max=RETRY_MAX_SECONDS, min=RETRY_MIN_SECONDS),
@@ -66,7 +83,8 @@ def run_script(
         before_sleep=_log_retry(vm, script),
         reraise=True,
     )
-    stdout, stderr = retrying(_run_once, compute, vm, script, command, deadline, clock)
+    attempt = _Attempt(compute, vm, script, command, polling, deadline, agent_deadline, clock)
+    stdout, stderr = retrying(attempt.run)
     summary = parse_output(stdout, stderr, script)
     log.info(
         "guest script finished",
@@ -102,36 +120,71 @@ def _command(script: str, parameters: Mapping[str, str]) -> RunCommandInput:
     )
 
 
-def _run_once(
-    compute: ComputeManagementClient,
-    vm: VmId,
-    script: str,
-    command: RunCommandInput,
-    deadline: float,
-    clock: Callable[[], float],
-) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _Attempt:
     """One Run Command: (StdOut, StdErr) of a completed operation, or a classified error."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-    if clock() >= deadline:
-        raise TransientError(f"no time left to run {script} on {vm.name} before the deadline")
-    try:
-        poller = compute.virtual_machines.begin_run_command(vm.resource_group, vm.name, command)
-    except HttpResponseError as exc:
-        raise _refusal(exc, vm, script) from exc
-    except (ServiceRequestError, ServiceResponseError) as exc:
-        raise TransientError(f"Run Command of {script} on {vm.name}: Azure unreachable ({exc})") from exc
-    try:
-        poller.wait(timeout=max(deadline - clock(), 0.0))
-        if not poller.done():
-            # The script keeps running in the VM; a later attempt would get 409 until it ends.
-            raise TransientError(f"{script} on {vm.name} was still running at the deadline")
-        result = poller.result()
-    except HttpResponseError as exc:
-        raise _failure(exc, vm, script) from exc
-    except (ServiceRequestError, ServiceResponseError) as exc:
-        raise TransientError(f"lost track of {script} on {vm.name}: Azure unreachable ({exc})") from exc
-    return _streams(result)
+    compute: ComputeManagementClient
+    vm: VmId
+    script: str
+    command: RunCommandInput
+    polling: Any
+    deadline: float
+    agent_deadline: float | None
+    clock: Callable[[], float]
+
+    def run(self) -> tuple[str, str]:
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+        vm, script = self.vm, self.script
+        if self.clock() >= self.deadline:
+            raise TransientError(f"no time left to run {script} on {vm.name} before the deadline")
+        try:
+            poller = self.compute.virtual_machines.begin_run_command(
+                vm.resource_group, vm.name, self.command, polling=self.polling
+            )
+        except HttpResponseError as exc:
+            # A synchronous answer (200 at once) carries the operation's failure on the POST itself.
+            raise (self._agent_failure(exc) or _refusal(exc, vm, script)) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TransientError(f"Run Command of {script} on {vm.name}: Azure unreachable ({exc})") from exc
+        try:
+            poller.wait(timeout=max(self.deadline - self.clock(), 0.0))
+            if not poller.done():
+                # The script keeps running in the VM; a later attempt would get 409 until it ends.
+                raise TransientError(f"{script} on {vm.name} was still running at the deadline")
+            result = poller.result()
+        except HttpResponseError as exc:
+            raise self._failure(exc) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TransientError(f"lost track of {script} on {vm.name}: Azure unreachable ({exc})") from exc
+        return _streams(result)
+
+    def _failure(self, exc: HttpResponseError) -> Exception:
+        """The operation was accepted and then failed (or its status could not be read)."""
+        vm, script = self.vm, self.script
+        from remediate.azure.errors import retryable_operation_error
+
+        status = exc.status_code or 0
+        code, message = _error_detail(exc)
+        agent = self._agent_failure(exc)
+        if agent is not None:
+            return agent
+        if retryable_operation_error(code, status):
+            # A retry-later code, or a status read that kept failing: the script is idempotent, run it again.
+            return TransientError(f"{script} on {vm.name} did not complete ({status} {code}: {message}); worth a retry")
+        return PermanentError(f"Run Command of {script} on {vm.name} failed ({code}: {message}); no script output")
+
+    def _agent_failure(self, exc: HttpResponseError) -> Exception | None:
+        """The agent did not answer: transient right after a reboot (until the agent deadline), else None."""
+        code, message = _error_detail(exc)
+        if code != AGENT_UNRESPONSIVE or self.agent_deadline is None or self.clock() >= self.agent_deadline:
+            return None
+        # Right after a reboot the agent may simply not be back yet: worth another try until the boot deadline.
+        return TransientError(
+            f"Run Command of {self.script} on {self.vm.name} failed ({code}: {message}); "
+            "the VM agent is not back from the reboot yet"
+        )
 
 
 def _refusal(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
@@ -141,23 +194,9 @@ def _refusal(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
     text = f"Run Command of {script} on {vm.name} refused ({status} {code}: {message})"
     if status == 409 and ("in progress" in message.lower() or code == "Conflict"):
         return TransientError(f"{text}; another Run Command is still executing")
-    if status == 409 and code == "OperationNotAllowed" and "agent" in message.lower():
-        return TransientError(f"{text}; waiting for the VM agent")
     if status in TRANSIENT_STATUS:
         return TransientError(text)
     return PermanentError(text)
-
-
-def _failure(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
-    """The operation was accepted and then failed (or its status could not be read)."""
-    from remediate.azure.errors import retryable_operation_error
-
-    status = exc.status_code or 0
-    code, message = _error_detail(exc)
-    if retryable_operation_error(code, status):
-        # A retry-later code, or a status read that kept failing: the script is idempotent, run it again.
-        return TransientError(f"{script} on {vm.name} did not complete ({status} {code}: {message}); worth a retry")
-    return PermanentError(f"Run Command of {script} on {vm.name} failed ({code}: {message}); no script output")
 
 
 def _error_detail(exc: HttpResponseError) -> tuple[str, str]:

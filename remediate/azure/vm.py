@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ class VmView:
     agent_ready: bool
     computer_name: str | None
     tags: dict[str, str] = field(default_factory=dict)
-    nic_ids: tuple[str, ...] = ()
+    nic_ids: tuple[str, ...] = ()  # the primary NIC first, then the others in Azure's order
+    # When the agent last reported the status in `agent_ready`: after a restart the old `Ready` can linger.
+    agent_time: dt.datetime | None = None
 
     @property
     def is_windows(self) -> bool:
@@ -40,6 +43,10 @@ class VmView:
     def ready(self) -> bool:
         return self.running and self.agent_ready
 
+    def ready_since(self, moment: dt.datetime) -> bool:
+        """Running, with an agent `Ready` reported after `moment` (a `Ready` from before a reboot is stale)."""
+        return self.ready and self.agent_time is not None and self.agent_time > moment
+
 
 def get_vm(clients: AzureClients, vm: VmId) -> VmView:
     with azure_errors(f"reading VM {vm.name}"):
@@ -51,35 +58,54 @@ def _view(vm: VmId, model: Any) -> VmView:
     os_disk = model.storage_profile.os_disk if model.storage_profile else None
     # The SDK gives an OperatingSystemTypes enum (a str subclass whose str() is its class-qualified name).
     os_type = getattr(os_disk.os_type, "value", os_disk.os_type) if os_disk and os_disk.os_type else None
-    power, agent_ready = _power_and_agent(model.instance_view)
-    nics = tuple(nic.id for nic in (model.network_profile.network_interfaces or [])) if model.network_profile else ()
+    power, agent_ready, agent_time = _power_and_agent(model.instance_view)
+    nics = _primary_first(model.network_profile.network_interfaces or []) if model.network_profile else ()
     computer = model.os_profile.computer_name if model.os_profile else None
-    return VmView(vm, os_type, power, agent_ready, computer, dict(model.tags or {}), nics)
+    return VmView(vm, os_type, power, agent_ready, computer, dict(model.tags or {}), nics, agent_time)
 
 
-def _power_and_agent(view: Any) -> tuple[str | None, bool]:
+def _primary_first(references: list[Any]) -> tuple[str, ...]:
+    """NIC ids with the one marked `primary` first: a VM with several NICs need not list its primary first.
+
+    A single NIC is primary whether or not Azure says so (`primary` is often null then).
+    """
+    ids = [ref.id for ref in references if ref.id]
+    primary = [ref.id for ref in references if ref.id and ref.primary]
+    return tuple(primary[:1] + [nic for nic in ids if nic not in primary[:1]])
+
+
+def _power_and_agent(view: Any) -> tuple[str | None, bool, dt.datetime | None]:
+    """(power state, agent ready, when the agent reported it) from an instance view."""
     if view is None:
-        return None, False
+        return None, False, None
     power = next(
         (s.code.split("/", 1)[1] for s in view.statuses or [] if (s.code or "").startswith("PowerState/")), None
     )
     agent = view.vm_agent
-    ready = bool(agent and agent.statuses and (agent.statuses[0].display_status or "").lower() == "ready")
-    return power, ready
+    status = agent.statuses[0] if agent and agent.statuses else None
+    ready = status is not None and (status.display_status or "").lower() == "ready"
+    when = status.time if status is not None and isinstance(status.time, dt.datetime) else None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return power, ready, when
 
 
 def private_ip(clients: AzureClients, view: VmView) -> str | None:
-    """The primary private IP of the VM's first NIC (where the probe connects), or None."""
+    """The private IP of the primary IP configuration of the VM's primary NIC (where the probe connects)."""
     if not view.nic_ids:
         return None
-    nic_id = view.nic_ids[0]
+    nic_id = view.nic_ids[0]  # the primary one (see _primary_first)
     parts = nic_id.strip("/").split("/")
     if len(parts) != 8 or parts[6].lower() != "networkinterfaces":
         raise PermanentError(f"VM {view.vm.name} has a NIC id that is not a network interface: {nic_id}")
     with azure_errors(f"reading the NIC of {view.vm.name}"):
         nic = clients.network(parts[1]).network_interfaces.get(parts[3], parts[7])
-    configs = nic.ip_configurations or []
-    primary = next((c for c in configs if c.primary), configs[0] if configs else None)
+    return primary_address(nic.ip_configurations or [])
+
+
+def primary_address(configs: list[Any]) -> str | None:
+    """The address of the IP configuration marked `primary`; with a single configuration, that one."""
+    primary = next((c for c in configs if c.primary), configs[0] if len(configs) == 1 else None)
     return primary.private_ip_address if primary is not None else None
 
 
@@ -145,23 +171,33 @@ def wait_until_ready(
     vm: VmId,
     timeout: float,
     *,
-    poll_seconds: float = 10.0,
+    since: dt.datetime,
+    poll_seconds: float | Callable[[float], float] = 10.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> VmView:
-    """Poll the instance view until the VM runs with its agent ready; PermanentError after `timeout`.
+    """Poll the instance view until the VM runs with an agent `Ready` reported after `since` (when the restart
+    was asked for); PermanentError after `timeout`.
 
+    Azure's restart operation ends long before the guest is back, and the instance view can still show the
+    agent's `Ready` from before the reboot: only a status whose time is after the restart counts.
+    `poll_seconds` is a fixed interval or a function of the seconds waited so far (a cadence).
     Resource Graph lags by about a minute, so readiness is read from the VM itself, never from the graph.
     """
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
+    interval = poll_seconds if callable(poll_seconds) else (lambda _elapsed: float(poll_seconds))
     view = get_vm(clients, vm)
-    while not view.ready:
+    while not view.ready_since(since):
         if clock() >= deadline:
+            agent = "ready" if view.agent_ready else "not ready"
+            if view.agent_ready and not view.ready_since(since):
+                agent = "still showing the status from before the restart"
             raise PermanentError(
                 f"{vm.name} did not come back within {timeout:.0f} s after the restart "
-                f"(power state {view.power_state or 'unknown'}, agent {'ready' if view.agent_ready else 'not ready'})"
+                f"(power state {view.power_state or 'unknown'}, agent {agent})"
             )
-        sleep(min(poll_seconds, max(deadline - clock(), 0.0)))
+        sleep(min(interval(clock() - started), max(deadline - clock(), 0.0)))
         try:
             view = get_vm(clients, vm)
         except TransientError:

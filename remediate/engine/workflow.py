@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
 from remediate.azure.errors import sdk_first_use_race
+from remediate.azure.polling import Cadence
 from remediate.engine import evidence, plans, policy
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
@@ -421,10 +422,10 @@ class Workflow:
             self._step(f"reboot{suffix}", self._reboot)
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)
+        self.verification = after  # the verdict carries it even if the in-guest check then fails
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=False) if not s.get("refused")}
         following = self._plan(f"plan{suffix or '-1'}-after", guest, after, ran)
-        self.verification = after
         if after in plans.PROBE_OK and following.clean:
             return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
         if after in plans.PROBE_NO_PATH and following.clean:
@@ -490,7 +491,14 @@ class Workflow:
         resumed = name != "diagnose" and earlier is not None and earlier.status in (STARTED, FAILED)
 
         def run() -> tuple[str, dict[str, Any] | None]:
-            summary = run_script(self.clients, self.request.vm, name, parameters or {}, self._deadline)
+            summary = run_script(
+                self.clients,
+                self.request.vm,
+                name,
+                parameters or {},
+                self._deadline,
+                agent_deadline=self._agent_deadline(),
+            )
             if resumed:  # a change the earlier, unrecorded run made still needs its reboot and cooldown
                 summary = evidence.resolve_repair(summary)
             holder.append(summary)
@@ -552,11 +560,15 @@ class Workflow:
                 self._restart_poller = None
                 raise
         self._restart_poller = None
+        # When Azure accepted the restart (the reboot step's end, in the journal's clock): a status reported
+        # before that is from before the reboot.
+        asked = (reboot.finished_at or reboot.started_at) if reboot is not None else time.time()
         view = azure_vm.wait_until_ready(
             self.clients,
             self.request.vm,
             max(end - self._monotonic(), 0.0),
-            poll_seconds=self._poll_seconds(),
+            since=dt.datetime.fromtimestamp(asked, dt.UTC),  # an agent Ready older than the restart is stale
+            poll_seconds=Cadence.from_settings(self.settings).delay,
             clock=self._monotonic,
             sleep=self._sleep,
         )
@@ -641,6 +653,15 @@ class Workflow:
 
     def _remaining(self) -> float:
         return max(self._deadline - self._monotonic(), 0.0)
+
+    def _agent_deadline(self) -> float | None:
+        """Until when (monotonic) an unresponsive VM agent may still be coming back from this request's last
+        reboot; None when the request has not rebooted the VM."""
+        reboots = [s for s in self._require_journal().steps if s.name.startswith("reboot") and s.status != SKIPPED]
+        if not reboots:
+            return None
+        since_reboot = time.time() - reboots[-1].started_at  # the journal's clock
+        return self._monotonic() + self.settings.boot_timeout_seconds - since_reboot
 
     def _poll_seconds(self) -> float:
         return self.settings.poll_interval_seconds if self.settings.poll_interval_seconds is not None else 10.0

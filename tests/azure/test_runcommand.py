@@ -3,8 +3,9 @@ refusals are retried within the deadline, and everything else becomes a permanen
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from azure.mgmt.compute.models import RunCommandInput, RunCommandInputParameter
@@ -13,8 +14,11 @@ from remediate.azure.clients import AzureClients
 from remediate.azure.runcommand import run_script
 from remediate.guest.contract import GuestOutputError, script_text
 from remediate.model import PermanentError, TransientError, VmId
+from remediate.settings import Settings
 from sim.fleet import VirtualMachine
+from sim.operations import Latencies
 from sim.server import Emulator
+from tests.fixtures.emulator import EmulatorFactory, emulator_env
 
 pytestmark = pytest.mark.emulator
 
@@ -44,6 +48,15 @@ def run_commands(emulator: Emulator) -> list[int]:
 
 def within(seconds: float) -> float:
     return time.monotonic() + seconds
+
+
+@contextlib.contextmanager
+def product_clients(emulator: Emulator) -> Iterator[AzureClients]:
+    clients = AzureClients(Settings.from_env(emulator_env(emulator)))
+    try:
+        yield clients
+    finally:
+        clients.close()
 
 
 def test_diagnose_returns_the_validated_summary(emulator: Emulator, azure_clients: AzureClients) -> None:
@@ -96,20 +109,42 @@ def test_a_run_command_in_progress_is_waited_out(emulator: Emulator, azure_clien
     assert len(sleeps.waits) == 1
 
 
-def test_an_agent_that_is_not_ready_yet_is_waited_for(emulator: Emulator, azure_clients: AzureClients) -> None:
+def test_an_agent_not_back_from_a_reboot_is_waited_for_until_the_agent_deadline(
+    emulator_factory: EmulatorFactory,
+) -> None:
+    emulator = emulator_factory(latencies=Latencies(agent_wait_limit=20.0), listeners=False)
     guest_vm, vm = the_vm(emulator, "healthy")
     emulator.faults.add("runCommand", "agent-not-ready", 2, guest_vm.resource_id)
     sleeps = Sleeps()
-    summary = run_script(azure_clients, vm, "diagnose", {}, within(60), sleep=sleeps)
+    with product_clients(emulator) as clients:
+        summary = run_script(clients, vm, "diagnose", {}, within(60), agent_deadline=within(60), sleep=sleeps)
     assert summary["script"] == "diagnose"
-    assert run_commands(emulator) == [409, 409, 202]
+    # Each attempt was accepted, waited for the agent and failed with VMAgentStatusCommunicationError.
+    assert run_commands(emulator) == [202, 202, 202]
     assert len(sleeps.waits) == 2
-    assert sleeps.waits[1] <= 10  # exponential: at most 5 s * 2 on the second wait
+
+
+def test_an_unresponsive_agent_without_a_reboot_is_permanent(emulator_factory: EmulatorFactory) -> None:
+    emulator = emulator_factory(latencies=Latencies(agent_wait_limit=20.0), listeners=False)
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "agent-not-ready", 1, guest_vm.resource_id)
+    with product_clients(emulator) as clients, pytest.raises(PermanentError, match="VMAgentStatusCommunicationError"):
+        run_script(clients, vm, "diagnose", {}, within(60))
+    assert run_commands(emulator) == [202]
+
+
+def test_an_unresponsive_agent_past_the_agent_deadline_is_permanent(emulator_factory: EmulatorFactory) -> None:
+    emulator = emulator_factory(latencies=Latencies(agent_wait_limit=20.0), listeners=False)
+    guest_vm, vm = the_vm(emulator, "healthy")
+    emulator.faults.add("runCommand", "agent-not-ready", 5, guest_vm.resource_id)
+    with product_clients(emulator) as clients, pytest.raises(PermanentError, match="VMAgentStatusCommunicationError"):
+        run_script(clients, vm, "diagnose", {}, within(60), agent_deadline=within(0.1))
+    assert run_commands(emulator) == [202]
 
 
 def test_retries_stop_at_the_deadline(emulator: Emulator, azure_clients: AzureClients) -> None:
     guest_vm, vm = the_vm(emulator, "healthy")
-    emulator.faults.add("runCommand", "agent-not-ready", 1000, guest_vm.resource_id)
+    emulator.faults.add("runCommand", "409", 1000, guest_vm.resource_id)
     now = [0.0]
 
     def clock() -> float:
@@ -118,10 +153,10 @@ def test_retries_stop_at_the_deadline(emulator: Emulator, azure_clients: AzureCl
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    with pytest.raises(TransientError, match="agent"):
+    with pytest.raises(TransientError, match="in progress"):
         run_script(azure_clients, vm, "diagnose", {}, 120.0, clock=clock, sleep=sleep)
     assert now[0] < 120.0, "no wait may end past the deadline"
-    assert 2 <= len(run_commands(emulator)) < 20
+    assert 2 <= len(run_commands(emulator)) < 40
 
 
 def test_an_operation_that_failed_with_a_retry_later_code_is_run_again(

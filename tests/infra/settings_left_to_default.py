@@ -46,9 +46,6 @@ LEFT_TO_DEFAULT: dict[str, str] = {
         "the public cloud's Log Analytics endpoint; Bicep's environment() does not expose it, so a sovereign "
         "cloud sets it by hand (docs/deploy.md)"
     ),
-    "RDPR_POLL_INTERVAL_SECONDS": (
-        "empty means Azure's Retry-After decides how often a long-running operation is polled"
-    ),
 }
 
 # Never set by the infrastructure: they point the product at the local emulator with a static token.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from remediate.azure.clients import AzureClients
 from remediate.settings import Settings
 from sim.fleet import OUT_OF_SCOPE_GROUP, RESOURCE_GROUP, SUBSCRIPTION, generated_fleet
+from sim.realism import KIND
 from sim.server import Emulator
 from tests.fixtures.emulator import EmulatorFactory, emulator_env
 from tests.sim.support import agent_status, error_code, status_codes
@@ -64,7 +67,13 @@ def test_get_vm_carries_the_fields_the_product_reads(emulator: Emulator, azure_c
     assert vm.storage_profile.os_disk.os_type == "Windows"
     assert vm.os_profile.computer_name == source.guest.computer_name
     assert vm.hardware_profile.vm_size == source.vm_size
-    assert vm.network_profile.network_interfaces[0].id == source.nic_id
+    # A secondary NIC comes first, as Azure allows: only `primary` tells which one the VM's address is on.
+    nics = vm.network_profile.network_interfaces
+    assert len(nics) == 2 and [nic.primary for nic in nics] == [False, True]
+    assert nics[1].id == source.nic_id
+    assert vm.zones == ["1"] and vm.identity is not None and vm.identity.type == "SystemAssigned"
+    assert vm.security_profile.security_type == "TrustedLaunch"
+    assert vm.resources and vm.license_type is None
     assert vm.provisioning_state == "Succeeded"
     assert vm.instance_view is None  # only with $expand=instanceView
 
@@ -88,6 +97,18 @@ def test_instance_view_reports_an_agent_that_is_not_ready(azure_clients: AzureCl
 
     assert status_codes(view)[1] == "PowerState/running"
     assert agent_status(view) == "Not Ready"
+    # The shape of an agent that stopped reporting.
+    agent: Any = view.vm_agent
+    assert agent.vm_agent_version == "Unknown"
+    assert agent.statuses[0].code == "ProvisioningState/Unavailable"
+
+
+def test_instance_view_has_the_real_shape(azure_clients: AzureClients) -> None:
+    view: Any = azure_clients.compute(SUBSCRIPTION).virtual_machines.instance_view(RESOURCE_GROUP, "vm-healthy")
+    assert view.vm_agent.extension_handlers and view.vm_agent.statuses[0].time is not None
+    assert view.disks and view.disks[0].statuses
+    assert view.patch_status is not None and view.patch_status.available_patch_summary.status == "Succeeded"
+    assert view.extensions
 
 
 def test_a_deallocated_vm_shows_no_guest_information(azure_clients: AzureClients) -> None:
@@ -107,15 +128,34 @@ def test_linux_vm_reports_its_os_type(azure_clients: AzureClients) -> None:
 def test_nic_get_gives_the_vms_loopback_private_ip(emulator: Emulator, azure_clients: AzureClients) -> None:
     compute = azure_clients.compute(SUBSCRIPTION)
     vm = compute.virtual_machines.get(RESOURCE_GROUP, "vm-expired-certificate")
-    nic_name = vm.network_profile.network_interfaces[0].id.rsplit("/", 1)[1]
+    nic_name = next(nic.id for nic in vm.network_profile.network_interfaces if nic.primary).rsplit("/", 1)[1]
 
     nic = azure_clients.network(SUBSCRIPTION).network_interfaces.get(RESOURCE_GROUP, nic_name)
 
     source = emulator.fleet.get(str(vm.id))
     assert source is not None
-    assert nic.ip_configurations[0].private_ip_address == source.private_ip
-    assert nic.virtual_machine.id == vm.id
+    # The primary IP configuration is not the first one either.
+    assert [config.primary for config in nic.ip_configurations] == [False, True]
+    assert nic.ip_configurations[1].private_ip_address == source.private_ip
+    assert nic.ip_configurations[0].private_ip_address != source.private_ip
+    assert nic.primary is True and nic.virtual_machine.id == vm.id
     assert [entry.operation for entry in emulator.log.entries()] == ["getVm", "getNic"]
+
+
+def test_the_secondary_nic_is_served_too_and_carries_an_address_nothing_listens_on(
+    emulator: Emulator, azure_clients: AzureClients
+) -> None:
+    vm = azure_clients.compute(SUBSCRIPTION).virtual_machines.get(RESOURCE_GROUP, "vm-expired-certificate")
+    secondary = vm.network_profile.network_interfaces[0]
+    nic = azure_clients.network(SUBSCRIPTION).network_interfaces.get(RESOURCE_GROUP, secondary.id.rsplit("/", 1)[1])
+    assert nic.primary is False
+    assert nic.ip_configurations[0].private_ip_address.startswith("127.250.")
+
+
+def test_a_kind_run_gives_one_nic_with_one_configuration(emulator_factory: EmulatorFactory) -> None:
+    kind = emulator_factory(realism=KIND)
+    view = kind.fleet.get(kind.fleet.by_scenario("healthy")[0].resource_id)
+    assert view is not None and kind.secondary_nics(view) == 0
 
 
 def test_unknown_vm_is_a_404_resource_not_found(azure_clients: AzureClients) -> None:

@@ -240,8 +240,25 @@ def test_rows_are_summarised_per_resource_computer_and_event() -> None:
     columns = [column["name"] for column in answer["tables"][0]["columns"]]
     assert columns == ["_ResourceId", "Computer", "EventID", "Count", "LastSeen"]
     assert answer["tables"][0]["rows"] == [
-        [vm.resource_id.lower(), vm.guest.computer_name, 1058, 2, "2025-03-01T11:50:00.000000Z"]
+        [vm.resource_id.lower(), vm.guest.computer_name, 1058, 2, "2025-03-01T11:50:00.0000001Z"]
     ]
+
+
+def test_a_realistic_workspace_also_holds_machines_that_are_not_azure_vms_and_may_answer_partially() -> None:
+    vm = make_vm("expired-certificate", 0, now=NOW)
+    status, answer = handle_logs_query(
+        Fleet([vm]),
+        WORKSPACE_ID,
+        {"query": load_query("rdp_events"), "timespan": "P1D"},
+        now=NOW,
+        partial_error=True,
+        foreign_rows=True,
+    )
+    assert status == 200
+    ids = [row[0] for row in answer["tables"][0]["rows"]]
+    assert "" in ids and any("/microsoft.hybridcompute/machines/" in row_id for row_id in ids)
+    assert answer["error"]["code"] == "PartialError"
+    assert all(len(row[4].split(".")[1]) == 8 for row in answer["tables"][0]["rows"])  # 7 digits and the Z
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ depends on how fast this machine is.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
@@ -23,6 +25,7 @@ from azure.mgmt.compute.models import (
 from remediate.azure.clients import AzureClients
 from remediate.settings import Settings
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION
+from sim.realism import Realism
 from sim.server import Emulator
 from tests.fixtures.emulator import EmulatorFactory, emulator_env
 from tests.sim.support import SUMMARY, ManualClock, RecordingGuest, agent_status, error_code, status_codes, streams
@@ -88,6 +91,12 @@ def view(compute: ComputeManagementClient, name: str = "vm-healthy") -> VirtualM
     return compute.virtual_machines.instance_view(RESOURCE_GROUP, name)
 
 
+def agent_time(current: VirtualMachineInstanceView) -> dt.datetime:
+    """When the agent last reported, as the instance view says."""
+    agent: Any = current.vm_agent
+    return cast(dt.datetime, agent.statuses[0].time)
+
+
 def power_and_agent(compute: ComputeManagementClient, name: str = "vm-healthy") -> tuple[str, str | None]:
     current = view(compute, name)
     return status_codes(current)[1], agent_status(current)
@@ -107,7 +116,8 @@ def test_run_command_returns_stdout_and_stderr_of_the_guest(
 
     stdout, stderr = streams(result)
     assert stdout.splitlines()[-1] == SUMMARY
-    assert stderr == "a warning\n"
+    assert stderr == "a warning\r\n"  # Windows line ends
+    assert stdout.endswith(SUMMARY + "\r\n")
     assert guest.scripts == [("vm-healthy", "\n".join(SCRIPT), {"DetectOnly": "true"})]
 
 
@@ -120,7 +130,7 @@ def test_run_command_keeps_only_the_last_4096_bytes_of_each_stream(
     stdout, stderr = streams(run(compute))
 
     assert 4094 <= len(stdout.encode()) <= 4096
-    assert stdout.endswith(SUMMARY + "\n")
+    assert stdout.endswith(SUMMARY + "\r\n")
     assert len(stderr.encode()) == 4096
     assert stderr.endswith("END")
 
@@ -166,34 +176,64 @@ def test_a_second_run_command_while_one_runs_is_a_409_conflict(
     assert code == "Conflict"
     assert "execution is in progress" in message
     assert streams(first.result())[0].splitlines()[-1] == SUMMARY
-    # Once the first finished, the VM accepts the next one.
+    # Right after the first succeeded, Run Command still says it is in progress for a moment.
+    with pytest.raises(ResourceExistsError) as still:
+        frozen_compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command())
+    assert "execution is in progress" in error_code(still.value)[1]
+    clock.advance(frozen.latencies.busy_after_success)
     frozen_compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command(), polling=False)
     posts = [entry.status for entry in frozen.log.entries() if entry.operation == "runCommand"]
-    assert posts == [202, 409, 202]
+    assert posts == [202, 409, 409, 202]
 
 
-@pytest.mark.parametrize(
-    ("vm", "says"),
-    [("vm-deallocated", "since the VM is deallocated"), ("vm-agent-not-ready", "VM agent is not ready")],
-)
-def test_run_command_on_a_vm_that_cannot_run_it_is_a_409_saying_why(
-    compute: ComputeManagementClient, vm: str, says: str
-) -> None:
+def test_run_command_on_a_deallocated_vm_is_a_409_saying_why(compute: ComputeManagementClient) -> None:
     with pytest.raises(ResourceExistsError) as caught:
-        compute.virtual_machines.begin_run_command(RESOURCE_GROUP, vm, command())
+        compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-deallocated", command())
 
     assert error_code(caught.value)[0] == "OperationNotAllowed"
-    assert says in error_code(caught.value)[1]
+    assert "since the VM is deallocated" in error_code(caught.value)[1]
 
 
-def test_agent_not_ready_fault_refuses_then_clears(live: Emulator, compute: ComputeManagementClient) -> None:
+def test_run_command_sent_while_the_agent_is_down_waits_then_fails(
+    frozen: Emulator, frozen_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
+) -> None:
+    poller = frozen_compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-agent-not-ready", command())
+    clock.advance(frozen.latencies.agent_wait_limit / 2)
+    assert not poller.done()  # accepted, waiting for the agent (no immediate refusal)
+    clock.advance(frozen.latencies.agent_wait_limit)
+
+    with pytest.raises(HttpResponseError) as caught:
+        poller.result()
+    assert "VMAgentStatusCommunicationError" in str(caught.value)
+    assert guest.scripts == []
+
+
+def test_run_command_sent_during_a_reboot_waits_for_the_agent_and_then_runs(
+    frozen: Emulator, frozen_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
+) -> None:
+    latencies = frozen.latencies
+    restart = frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-healthy")
+    clock.advance(latencies.restart_operation)
+    restart.result()
+    poller = frozen_compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command())
+    clock.advance(latencies.restart + latencies.agent_ready)
+    assert not poller.done() and guest.scripts == []
+    clock.advance(latencies.run_command)
+
+    assert streams(poller.result())[0].splitlines()[-1] == SUMMARY
+    assert guest.boots == [("vm-healthy", "running")] and len(guest.scripts) == 1
+
+
+def test_agent_not_ready_fault_makes_one_command_wait_and_fail(
+    live: Emulator, compute: ComputeManagementClient
+) -> None:
     live.faults.add("runCommand", "agent-not-ready", vm=HEALTHY_ID.upper())  # ids compare case-insensitively
 
-    with pytest.raises(ResourceExistsError) as caught:
-        compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command())
+    with pytest.raises(HttpResponseError) as caught:
+        compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command()).result()
     result = compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command()).result()
 
-    assert "agent is not ready" in error_code(caught.value)[1]
+    assert "VMAgentStatusCommunicationError" in str(caught.value)
     assert streams(result)[0].splitlines()[-1] == SUMMARY
 
 
@@ -240,9 +280,45 @@ def test_a_restart_interrupts_a_running_command(
 # --- Restart -------------------------------------------------------------------------------------------
 
 
-def test_restart_moves_the_vm_through_stopping_and_starting_to_running(
+@pytest.fixture
+def kind(emulator_factory: EmulatorFactory, guest: RecordingGuest, clock: ManualClock) -> Emulator:
+    """A manual-clock emulator whose restart operation lasts until the guest runs again (not Azure's way)."""
+    return emulator_factory(guest=guest, clock=clock, listeners=False, realism=Realism(restart_early=False))
+
+
+@pytest.fixture
+def kind_compute(kind: Emulator) -> Iterator[ComputeManagementClient]:
+    yield from compute_for(kind)
+
+
+def test_the_restart_operation_ends_at_once_while_the_old_ready_lingers(
     frozen: Emulator, frozen_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
 ) -> None:
+    latencies = frozen.latencies
+    before = agent_time(view(frozen_compute))
+    poller = frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-healthy")
+    clock.advance(latencies.restart_operation)
+    poller.result()
+    booted_when_done = list(guest.boots)
+    lingering = view(frozen_compute)
+    clock.advance(latencies.agent_linger)
+    gone = power_and_agent(frozen_compute)
+    clock.advance(latencies.restart + latencies.agent_ready)
+    back = view(frozen_compute)
+
+    # Done at once, VM reported running, and the agent's Ready from before the reboot, with its old time.
+    assert poller.status() == "Succeeded" and booted_when_done == []
+    assert (status_codes(lingering)[1], agent_status(lingering)) == ("PowerState/running", "Ready")
+    assert agent_time(lingering) == before
+    assert gone == ("PowerState/running", "Not Ready")
+    assert agent_status(back) == "Ready" and agent_time(back) > before
+    assert guest.boots == [("vm-healthy", "running")]
+
+
+def test_restart_moves_the_vm_through_stopping_and_starting_to_running(
+    kind: Emulator, kind_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
+) -> None:
+    frozen, frozen_compute = kind, kind_compute
     latencies = frozen.latencies
     poller = frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-healthy")
     seen = [power_and_agent(frozen_compute)]
@@ -268,8 +344,9 @@ def test_restart_moves_the_vm_through_stopping_and_starting_to_running(
 
 
 def test_restart_of_a_vm_that_never_returns_succeeds_but_the_vm_stays_starting(
-    frozen: Emulator, frozen_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
+    kind: Emulator, kind_compute: ComputeManagementClient, clock: ManualClock, guest: RecordingGuest
 ) -> None:
+    frozen, frozen_compute = kind, kind_compute
     poller = frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-never-returns")
     clock.advance(frozen.latencies.restart + frozen.latencies.agent_ready * 10)
 
@@ -279,8 +356,9 @@ def test_restart_of_a_vm_that_never_returns_succeeds_but_the_vm_stays_starting(
 
 
 def test_never_returns_fault_strands_a_healthy_vm_once(
-    frozen: Emulator, frozen_compute: ComputeManagementClient, clock: ManualClock
+    kind: Emulator, kind_compute: ComputeManagementClient, clock: ManualClock
 ) -> None:
+    frozen, frozen_compute = kind, kind_compute
     frozen.faults.add("restart", "never-returns")
     frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-healthy", polling=False)
     frozen_compute.virtual_machines.begin_restart(RESOURCE_GROUP, "vm-expired-certificate", polling=False)
@@ -320,7 +398,13 @@ def test_a_failed_restart_raises_and_leaves_the_vm_running(
 def test_lro_answers_carry_both_polling_headers_and_whole_second_retry_after(
     emulator_factory: EmulatorFactory, guest: RecordingGuest, clock: ManualClock
 ) -> None:
-    slow = emulator_factory(guest=guest, clock=clock, time_scale=1.0, listeners=False)
+    slow = emulator_factory(
+        guest=guest,
+        clock=clock,
+        time_scale=1.0,
+        listeners=False,
+        realism=Realism(retry_after=True, restart_early=False),
+    )
     clients = AzureClients(Settings.from_env(emulator_env(slow)))
     url = f"{slow.arm_url}{HEALTHY_ID}/restart?api-version=2026-04-01"
     try:
@@ -332,3 +416,37 @@ def test_lro_answers_carry_both_polling_headers_and_whole_second_retry_after(
     assert "/operations/" in initial.headers["Azure-AsyncOperation"]
     assert "monitor=true" in initial.headers["Location"]
     assert initial.headers["Retry-After"] == "30"  # capped polling hint for a 60 s restart
+
+
+def test_real_lro_answers_carry_no_retry_after_and_signed_urls_followed_verbatim(
+    live: Emulator, compute: ComputeManagementClient
+) -> None:
+    initial = compute.send_request(HttpRequest("POST", f"{live.arm_url}{HEALTHY_ID}/restart?api-version=2026-04-01"))
+    assert initial.status_code == 202 and "Retry-After" not in initial.headers
+    url = initial.headers["Azure-AsyncOperation"]
+    assert "p=" in url and "%2B" in url and "%2F" in url and "%3D" in url  # signed values, percent-encoded
+    assert compute.send_request(HttpRequest("GET", url)).status_code == 200
+    # A client that rebuilds the URL without the signed parameters does not reach the operation.
+    stripped = url.split("?")[0] + "?api-version=2026-04-01"
+    assert compute.send_request(HttpRequest("GET", stripped)).status_code == 404
+
+
+@pytest.mark.parametrize("style", ["async", "location", "sync"])
+def test_every_answer_style_gives_the_sdk_the_result(
+    emulator_factory: EmulatorFactory, guest: RecordingGuest, style: str
+) -> None:
+    styled = emulator_factory(guest=guest, listeners=False, realism=Realism(answer_style=style))
+    for compute in compute_for(styled):
+        initial = compute.send_request(
+            HttpRequest(
+                "POST", f"{styled.arm_url}{HEALTHY_ID}/runCommand?api-version=2026-04-01", json=command().as_dict()
+            )
+        )
+        expected = {"async": (202, True), "location": (202, False), "sync": (200, False)}[style]
+        assert (initial.status_code, "Azure-AsyncOperation" in initial.headers) == expected
+        styled.operations.advance()
+        import time
+
+        time.sleep(styled.latencies.run_command + styled.latencies.busy_after_success + 0.05)
+        result = compute.virtual_machines.begin_run_command(RESOURCE_GROUP, "vm-healthy", command()).result()
+        assert streams(result)[0].splitlines()[-1] == SUMMARY
