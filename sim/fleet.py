@@ -207,6 +207,15 @@ class Guest:
     machinekeys_backups: list[str] = field(default_factory=list)
     backup_times: list[dt.datetime] = field(default_factory=list)
     events: list[tuple[int, dt.datetime]] = field(default_factory=list)  # (event id, time)
+    # The causes of 0x904 that no repair of ours fixes (see docs/causes.md for each one's Microsoft source).
+    clock_offset_seconds: float = 0.2  # guest clock minus its time source (w32tm /query /status: Phase Offset)
+    lan_adapter: int = 0  # RDP-Tcp LanAdapter: 0 listens on every adapter
+    min_encryption_level: int = 2  # RDP-Tcp MinEncryptionLevel: 2 client compatible (the default)
+    security_layer: int = 2  # RDP-Tcp SecurityLayer: 2 TLS (the default)
+    fips: bool = False  # FipsAlgorithmPolicy Enabled
+    cipher_suites: list[str] | None = None  # the SSL\00010002 Functions policy; None: no policy sets the order
+    port_owner: str | None = None  # a process other than TermService that holds the listener's port
+    failed_logons: dict[int, int] = field(default_factory=dict)  # event 4625 in the last hour, by logon type
 
     def __post_init__(self) -> None:
         if self.key is None and self.certificate is not None:
