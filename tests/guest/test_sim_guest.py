@@ -80,7 +80,8 @@ def test_diagnose_reports_whose_certificate_it_is() -> None:
     own = run(vm_in("expired-certificate"), "diagnose")["findings"]
     assert own["listener"]["hash_type"] == 1 and own["listener"]["pin"] == "none"
     assert own["listener"]["store"] == "Cert:\\LocalMachine\\Remote Desktop"
-    assert own["events"]["1058"]["count"] == 1 and own["events"]["1058"]["last"].startswith("The RD Session Host Server has failed")
+    event = own["events"]["1058"]
+    assert event["count"] == 1 and event["last"].startswith("The RD Session Host Server has failed")
     policy = run(vm_in("policy-certificate"), "diagnose")["findings"]["listener"]
     assert (policy["hash_type"], policy["pin"], policy["store"]) == (2, "policy", "Cert:\\LocalMachine\\My")
     custom = run(vm_in("custom-certificate"), "diagnose")["findings"]["listener"]
