@@ -216,7 +216,7 @@ def test_result_json_has_the_documented_fields() -> None:
 def test_statuses_are_exactly_the_documented_strings() -> None:
     assert {str(s) for s in ProbeStatus} == {
         "healthy", "expiring-soon", "certificate-expired", "certificate-not-yet-valid", "no-certificate",
-        "tls-not-offered", "negotiation-failed", "tls-handshake-failed", "not-rdp", "refused", "timeout",
+        "tls-not-offered", "negotiation-failed", "tls-handshake-failed", "not-rdp", "no-answer", "refused", "timeout",
         "unreachable",
     }  # fmt: skip
     assert {s for s in ProbeStatus if s.rdp_works} == {ProbeStatus.HEALTHY, ProbeStatus.EXPIRING_SOON}
