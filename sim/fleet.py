@@ -306,6 +306,10 @@ class VirtualMachine:
     tags: dict[str, str] = field(default_factory=dict)
     vm_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     run_command_busy: bool = False  # a Run Command is executing: a second one gets 409
+    # The NIC's NSG rules above Azure's defaults ({name, priority, access, source, ports}) and the ports a
+    # just-in-time policy protects (sim.network serves both).
+    nsg_rules: list[dict[str, Any]] = field(default_factory=list)
+    jit_ports: tuple[int, ...] = ()
 
     @property
     def resource_id(self) -> str:

@@ -24,8 +24,11 @@ var operatorActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/restart/action'
   'Microsoft.Compute/virtualMachines/runCommand/action'
+  'Microsoft.Network/locations/operationResults/read'
+  'Microsoft.Network/networkInterfaces/effectiveNetworkSecurityGroups/action'
   'Microsoft.Network/networkInterfaces/read'
   'Microsoft.ResourceGraph/resources/read'
+  'Microsoft.Security/locations/jitNetworkAccessPolicies/read'
 ]
 
 var logReaderActions = [

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remediate.azure.network import NetworkPath
 from remediate.engine.decide import PROBE_NO_PATH, PROBE_OK, Action, Context, Decision, Step, decide
 
 
@@ -60,42 +61,6 @@ _CAUSE_OF_ACTION: Mapping[Action, str] = {
     Action.ENABLE_FIREWALL_RULE: "guest-firewall",
     Action.ENABLE_TLS12: "tls12-disabled",
 }
-
-
-@dataclass(frozen=True)
-class NetworkPath:
-    """What Azure knows about the path from the function to the VM's RDP port (effective NSG rules, JIT).
-
-    `open` is True (an allow rule decides first in every NSG on the way), False (a rule denies: `rule` names
-    it) or None (unknown: the rules could not be read or do not decide for our address)."""
-
-    open: bool | None
-    rule: str | None = None
-    nsg: str | None = None
-    jit: bool = False  # a just-in-time policy governs the port (its deny rule opens only on request)
-    source: str | None = None  # the address the function reaches the VM from
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "open": self.open,
-            "rule": self.rule,
-            "nsg": self.nsg,
-            "jit": self.jit,
-            "source": self.source,
-            "detail": self.detail,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> NetworkPath:
-        return cls(
-            data.get("open"),
-            data.get("rule"),
-            data.get("nsg"),
-            bool(data.get("jit")),
-            data.get("source"),
-            str(data.get("detail") or ""),
-        )
 
 
 @dataclass(frozen=True)

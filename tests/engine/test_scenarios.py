@@ -39,8 +39,10 @@ def test_a_policy_certificate_is_reported_with_its_event_evidence(engine: Engine
     assert "events 1058 x1" in result.reason and "never touches it" in result.reason
     record = engine.ledger.get(result.request_id)
     assert record is not None
-    plan = next(step for step in record.steps if step.name == "plan")
-    assert plan.summary is not None and plan.summary["steps"] == [] and plan.summary["reports"]
+    (named,) = [step for step in record.steps if step.name == "classify"]
+    assert named.summary is not None and named.summary["cause"] == "policy-certificate"
+    assert named.summary["disposition"] == "report-to-owner" and "never touches it" in named.summary["nextStep"]
+    assert not any(step.name == "plan" for step in record.steps)  # no plan: nothing the product would change
 
 
 def test_with_force_a_session_does_not_stop_the_renewal(engine: Engine) -> None:
