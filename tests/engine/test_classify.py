@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from remediate.azure.network import NetworkPath
 from remediate.engine.classify import (
     STORM_PER_HOUR,
     Diagnosis,
     Disposition,
-    NetworkPath,
     Observation,
     classify,
     classify_outside,
