@@ -23,6 +23,7 @@ silent (sim/rdp.py), and it is these rules, read through the API, that tell the 
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,7 @@ def _default_rules() -> list[dict[str, Any]]:
     ]
 
 
-def effective_groups(vm: VirtualMachine) -> dict[str, Any]:
+def effective_groups(vm: VirtualMachine, rdp_port: int) -> dict[str, Any]:
     """The effectiveNetworkSecurityGroups result for the VM's NIC: one NSG associated with the NIC."""
     custom = [
         _rule(
@@ -88,7 +89,7 @@ def effective_groups(vm: VirtualMachine) -> dict[str, Any]:
             rule["access"],
             "Inbound",
             protocol=rule.get("protocol", "Tcp"),
-            ports=rule.get("ports", "3389-3389"),
+            ports=f"{rdp_port}-{rdp_port}",
             source=rule.get("source", "*"),
         )
         for rule in vm.nsg_rules
@@ -104,7 +105,7 @@ def effective_groups(vm: VirtualMachine) -> dict[str, Any]:
     }
 
 
-def jit_policy(vm: VirtualMachine) -> dict[str, Any]:
+def jit_policy(vm: VirtualMachine, rdp_port: int) -> dict[str, Any]:
     """A JIT policy naming the VM's protected ports (spec example GetJitNetworkAccessPoliciesSubscription)."""
     return {
         "kind": "Basic",
@@ -114,12 +115,11 @@ def jit_policy(vm: VirtualMachine) -> dict[str, Any]:
                     "id": vm.resource_id,
                     "ports": [
                         {
-                            "number": port,
+                            "number": rdp_port,
                             "protocol": "*",
                             "allowedSourceAddressPrefix": "*",
                             "maxRequestAccessDuration": "PT3H",
                         }
-                        for port in vm.jit_ports
                     ],
                 }
             ],
@@ -136,6 +136,19 @@ def jit_policy(vm: VirtualMachine) -> dict[str, Any]:
     }
 
 
+PRODUCT_ADDRESS = ipaddress.ip_address("127.0.0.1")  # where the product calls from in the emulator
+
+
+def blocks_product(vm: VirtualMachine) -> bool:
+    """Whether the VM's own rules deny the product's address on 3389 before any allows it (priority order)."""
+    for rule in sorted(vm.nsg_rules, key=lambda r: int(r["priority"])):
+        source = str(rule.get("source", "*"))
+        covers = source == "*" or PRODUCT_ADDRESS in ipaddress.ip_network(source, strict=False)
+        if covers:
+            return str(rule["access"]).lower() == "deny"
+    return False
+
+
 # --- handlers (registered in sim.server's route table) -----------------------------------------------------------
 
 
@@ -149,7 +162,7 @@ def start_effective_groups(emulator: Emulator, call: Call, groups: tuple[str, ..
     if vm is None:
         raise not_found("Microsoft.Network/networkInterfaces", name, group)
     with emulator.fleet.lock:
-        result = effective_groups(vm)
+        result = effective_groups(vm, emulator.rdp_port)
         location = vm.location
     operation = str(uuid.uuid4())
     with _lock:
@@ -188,7 +201,9 @@ def list_jit_policies(emulator: Emulator, call: Call, groups: tuple[str, ...]) -
         )
     emulator._index.require_group(groups[0], groups[1])
     with emulator.fleet.lock:
-        policies = [jit_policy(vm) for vm in emulator._index.in_group(groups[0], groups[1]) if vm.jit_ports]
+        policies = [
+            jit_policy(vm, emulator.rdp_port) for vm in emulator._index.in_group(groups[0], groups[1]) if vm.jit_rdp
+        ]
     return json_response(200, {"value": policies})
 
 

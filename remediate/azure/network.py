@@ -93,7 +93,8 @@ def effective_groups(clients: AzureClients, nic_id: str, timeout: float) -> list
         result = poller.result(timeout=timeout)
     if result is None or not poller.done():
         raise PermanentError(f"the effective security rules of {parts[7]} were not ready within {timeout:.0f} s")
-    return [group.as_dict() for group in result.value or []]
+    # The SDK's models are mappings with the REST wire names (camelCase), which `evaluate` reads.
+    return [dict(group.as_dict()) for group in result.value or []]
 
 
 def _jit_ports(clients: AzureClients, vm: VmId) -> frozenset[int]:
@@ -149,8 +150,8 @@ def evaluate(groups: Sequence[Mapping[str, Any]], source: str | None, destinatio
         return NetworkPath(True, source=source, detail="no network security group applies")
     allowed: list[str] = []
     for group in _subnet_first(groups):
-        nsg = str((group.get("network_security_group") or {}).get("id", "")).rsplit("/", 1)[-1] or None
-        verdict = _first_match(group.get("effective_security_rules") or [], source, destination, port)
+        nsg = str((group.get("networkSecurityGroup") or {}).get("id", "")).rsplit("/", 1)[-1] or None
+        verdict = _first_match(group.get("effectiveSecurityRules") or [], source, destination, port)
         if verdict is None:
             return NetworkPath(None, nsg=nsg, source=source, detail=f"no rule in {nsg} decides for {source}")
         access, rule = verdict
@@ -185,7 +186,7 @@ def _first_match(
 
 
 def _port_matches(rule: Mapping[str, Any], port: int) -> bool:
-    ranges = list(rule.get("destination_port_ranges") or []) or [rule.get("destination_port_range") or "*"]
+    ranges = list(rule.get("destinationPortRanges") or []) or [rule.get("destinationPortRange") or "*"]
     for item in ranges:
         text = str(item).strip()
         if text == "*":
@@ -199,9 +200,9 @@ def _port_matches(rule: Mapping[str, Any], port: int) -> bool:
 
 def _address_matches(rule: Mapping[str, Any], side: str, address: str) -> bool | None:
     """True / False, or None when the rule names a tag Azure did not expand for us."""
-    prefixes = list(rule.get(f"expanded_{side}_address_prefix") or [])
+    prefixes = list(rule.get(f"expanded{side.title()}AddressPrefix") or [])
     if not prefixes:
-        prefixes = list(rule.get(f"{side}_address_prefixes") or []) or [rule.get(f"{side}_address_prefix") or "*"]
+        prefixes = list(rule.get(f"{side}AddressPrefixes") or []) or [rule.get(f"{side}AddressPrefix") or "*"]
     ip = ipaddress.ip_address(address)
     unknown = False
     for prefix in prefixes:
