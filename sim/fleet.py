@@ -64,6 +64,21 @@ SCENARIOS: dict[str, str] = {
     "client-credssp": "the server is fine; the users' clients fail CredSSP (encryption oracle remediation)",
 }
 
+# The scenarios whose cause no repair of ours fixes: the engine names the cause and changes nothing.
+CAUSE_SCENARIOS = frozenset(
+    {
+        "brute-force-storm",
+        "nsg-no-path",
+        "jit-no-path",
+        "port-taken",
+        "listener-one-adapter",
+        "clock-skew",
+        "security-layer-policy",
+        "cipher-policy",
+        "client-credssp",
+    }
+)
+
 # Named mixes for generated fleets: scenario -> weight.
 MIXES: dict[str, dict[str, float]] = {
     "realistic": {
