@@ -323,7 +323,9 @@ class Workflow:
             return Outcome.HEALTHY, (
                 "RDP works (probe healthy) and the in-guest check found nothing to repair: " + diagnosis.explain()
             )
-        return Outcome.FAILED, f"not changed: {diagnosis.explain()}"
+        # Skipped, not failed: the product did what it should (named the cause, left the VM alone), and a storm
+        # or a policy across a fleet must not open the circuit breaker that guards real repairs.
+        return Outcome.SKIPPED, f"not changed: {diagnosis.explain()}"
 
     def _plan(self, step_name: str, facts: dict[str, Any], probe: str, done: frozenset[str]) -> Decision:
         """The engine's decision from the facts, recorded as a step so the journal says why each repair ran."""
