@@ -23,6 +23,8 @@ OPERATIONS = frozenset(
         "resourceGraph",
         "logsQuery",
         "operationStatus",
+        "effectiveNsgs",
+        "listJitPolicies",
     }
 )
 
