@@ -39,6 +39,8 @@ def test_evidence_matches_the_fleet_scenarios(emulator: Emulator, azure_clients:
     for quiet in ("healthy", "expiring-soon", "firewall-closed", "linux", "deallocated"):
         assert events(quiet) == set(), quiet
     assert None not in found  # every row's _ResourceId is a VM id
+    storm = next(e for e in evidence if e.event_id == 4625)  # failed logons, types 10 and 3, in the last hour
+    assert events("brute-force-storm") == {4625} and storm.count == 4200
     tls = next(item for item in evidence if item.event_id == 36871)
     assert tls.computer == emulator.fleet.by_scenario("tls12-disabled")[0].guest.computer_name
     assert tls.count == 1
