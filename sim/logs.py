@@ -90,9 +90,11 @@ def _rows(fleet: Fleet, start: dt.datetime | None, end: dt.datetime | None) -> l
                 count, last = summary.get(key, (0, time))
                 summary[key] = (count + 1, max(last, time))
             failed = sum(n for logon_type, n in vm.guest.failed_logons.items() if logon_type in (10, 3))
-            # Spread over the last hour: inside any window that reaches back an hour, counted once each.
-            if failed and (end is None or end >= utcnow()) and (start is None or start <= utcnow()):
-                summary[(vm.resource_id.lower(), vm.guest.computer_name, FAILED_LOGON)] = (failed, utcnow())
+            # The guest counts the last hour: a window that overlaps it sees them all, last at its end.
+            now = utcnow()
+            if failed and (end is None or end > now - dt.timedelta(hours=1)) and (start is None or start < now):
+                last_seen = min(end, now) if end is not None else now
+                summary[(vm.resource_id.lower(), vm.guest.computer_name, FAILED_LOGON)] = (failed, last_seen)
     return [
         [resource_id, computer, event_id, count, _iso(last)]
         for (resource_id, computer, event_id), (count, last) in sorted(summary.items())
