@@ -99,8 +99,10 @@ def _configure(emulator: Any, azurite: Any) -> None:
             "RDPR_SWEEP_MODE": "remediate",
             "RDPR_BOOT_TIMEOUT_SECONDS": "15",
             "RDPR_PROBE_TIMEOUT_SECONDS": "2",
-            "RDPR_SWEEP_MAX_VMS": "10",
-            "RDPR_SWEEP_MAX_PERCENT": "50",
+            # Room for every broken VM of the demo fleet (the causes no repair fixes are found broken too), so the
+            # expiring certificate is still renewed after them.
+            "RDPR_SWEEP_MAX_VMS": "25",
+            "RDPR_SWEEP_MAX_PERCENT": "100",
             "RDPR_CIRCUIT_MIN_OUTCOMES": "50",
         }
     )

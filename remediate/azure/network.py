@@ -70,11 +70,13 @@ class NetworkPath:
         )
 
 
-def read_path(clients: AzureClients, vm: VmId, nic_id: str, destination: str, port: int) -> NetworkPath:
+def read_path(
+    clients: AzureClients, vm: VmId, nic_id: str, destination: str, port: int, timeout: float = 60.0
+) -> NetworkPath:
     """The path from this process to `destination`:`port` as the NIC's effective rules and JIT policies say."""
     source = local_source(destination, port)
     try:
-        groups = effective_groups(clients, nic_id, timeout=60.0)
+        groups = effective_groups(clients, nic_id, timeout=timeout)
     except PermanentError as exc:  # e.g. a NIC not attached to a running VM: unknown, not blocked
         return NetworkPath(None, source=source, detail=f"effective security rules unreadable: {exc.reason}")
     jit_ports = _jit_ports(clients, vm)

@@ -296,7 +296,9 @@ class Workflow:
         from remediate.azure.network import read_path
 
         def read() -> tuple[str, dict[str, Any] | None]:
-            path = read_path(self.clients, self.request.vm, view.nic_ids[0], ip, self.settings.rdp_port)
+            path = read_path(
+                self.clients, self.request.vm, view.nic_ids[0], ip, self.settings.rdp_port, max(self._remaining(), 1.0)
+            )
             return path.detail or "read", path.to_json()
 
         step = self._step("network-path", read)
