@@ -38,6 +38,9 @@ class Disposition(enum.StrEnum):
 STORM_PER_HOUR = 3600 // 4
 # Probe statuses that say the listener itself is not serving (not a certificate verdict).
 _LISTENER_STRUGGLES = frozenset({"no-answer", "timeout", "refused", "not-rdp", "tls-handshake-failed"})
+# What the probe sees when another program holds the port, or when nothing listens on the address it reached.
+_NOT_THE_LISTENER = frozenset({"not-rdp", "no-answer"})
+_NOTHING_LISTENS = frozenset({"refused", "timeout", "no-answer"})
 # Statuses where TLS could not be agreed on, which a crypto policy explains.
 _TLS_FAILED = frozenset({"tls-handshake-failed", "negotiation-failed", "tls-not-offered"})
 # RDP_NEG_FAILURE codes (MS-RDPBCGR 2.2.1.2.2) that a security-layer or authentication policy sends.
@@ -180,8 +183,8 @@ def _clock(obs: Observation, facts: Mapping[str, Any], status: str, now: dt.date
 def _port_taken(_obs: Observation, facts: Mapping[str, Any], status: str, _now: dt.datetime) -> Diagnosis | None:
     owner = facts.get("port_owner")
     port = (facts.get("rdp_config") or {}).get("port") or 3389
-    if not owner or str(owner).lower() == "termservice" or status in PROBE_OK:
-        return None
+    if not owner or str(owner).lower() == "termservice" or status not in _NOT_THE_LISTENER:
+        return None  # an RDP answer came from the port: whatever the owner's name, RDP holds it
     return Diagnosis(
         "port-taken",
         Disposition.REPORT_TO_OWNER,
@@ -193,8 +196,8 @@ def _port_taken(_obs: Observation, facts: Mapping[str, Any], status: str, _now: 
 
 def _lan_adapter(_obs: Observation, facts: Mapping[str, Any], status: str, _now: dt.datetime) -> Diagnosis | None:
     adapter = (facts.get("rdp_config") or {}).get("lan_adapter")
-    if not adapter or status in PROBE_OK:
-        return None
+    if not adapter or status not in _NOTHING_LISTENS:
+        return None  # the listener answered on the address we reached: its binding includes our path
     return Diagnosis(
         "listener-bound-to-one-adapter",
         Disposition.REPORT_TO_OWNER,

@@ -620,6 +620,10 @@ function Get-PortOwner {
     }
     $processId = [int64]$listeners[0].OwningProcess
     $service = @(Get-CimInstance -ClassName 'Win32_Service' -Filter ('ProcessId = {0}' -f $processId) -OperationTimeoutSec $CimTimeoutSeconds)
+    # A shared service host runs several services: the listener's owner is TermService when it is one of them.
+    if (@($service | Where-Object { $_.Name -eq 'TermService' }).Count -gt 0) {
+        return 'TermService'
+    }
     if ($service.Count -gt 0) {
         return Format-Clip -Text ([string]$service[0].Name) -Length 60
     }

@@ -126,6 +126,8 @@ def test_a_port_held_by_another_program_is_reported_with_its_name() -> None:
     facts["port_owner"] = "javaw"
     diagnosis = run("not-rdp", facts)
     assert diagnosis.cause == "port-taken" and "javaw" in diagnosis.next_step and diagnosis.steps == ()
+    # An RDP answer came from the port: whatever name diagnose read for its owner, the certificate is the cause.
+    assert run("certificate-expired", expired(facts)).cause == "listener-certificate"
 
 
 def test_a_listener_bound_to_one_adapter_is_reported() -> None:
@@ -133,6 +135,7 @@ def test_a_listener_bound_to_one_adapter_is_reported() -> None:
     facts["rdp_config"]["lan_adapter"] = 2
     assert run("refused", facts).cause == "listener-bound-to-one-adapter"
     assert run("healthy", facts).cause == "not-server-side"  # it serves the adapter we reach: not our problem
+    assert run("certificate-expired", expired(facts)).cause == "listener-certificate"
 
 
 def test_a_negotiation_failure_from_a_security_policy_is_named_and_reported() -> None:
