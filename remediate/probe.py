@@ -111,6 +111,9 @@ class ProbeStatus(enum.StrEnum):
     NEGOTIATION_FAILED = "negotiation-failed"
     TLS_HANDSHAKE_FAILED = "tls-handshake-failed"
     NOT_RDP = "not-rdp"
+    # TCP accepted, then no answer to the Connection Request: something holds the port without serving it (a
+    # listener exhausted by a logon storm, a hung TermService): not a network path problem.
+    NO_ANSWER = "no-answer"
     REFUSED = "refused"
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
@@ -306,6 +309,37 @@ def certificate_verdict(cert: CertificateInfo, now: dt.datetime, expiry_warning_
     return ProbeStatus.HEALTHY, f"RDP works: certificate valid for another {_span(left)} ({cert.label})"
 
 
+# Beyond this the guest's clock is "far off": Kerberos' default maximum tolerance for computer clock
+# synchronization is 5 minutes (Microsoft Learn, "Maximum tolerance for computer clock synchronization").
+CLOCK_SKEW_TOLERANCE = dt.timedelta(minutes=5)
+
+
+def clock_skew(
+    not_before: dt.datetime, not_after: dt.datetime, now: dt.datetime, guest_offset: dt.timedelta
+) -> str | None:
+    """A sentence when the certificate's validity reads differently by our clock and by the guest's.
+
+    `guest_offset` is the guest clock minus true time (the diagnose fact). The guest makes and judges its own
+    certificate by its clock: one valid by ours but not by the guest's (the guest thinks it expired, or not yet
+    valid) or valid by the guest's but not by ours (made with a clock running ahead) is a clock problem, and a
+    renewal on that clock would only make another such certificate. None when the clocks agree on the verdict
+    or the offset is within tolerance.
+    """
+    if abs(guest_offset) <= CLOCK_SKEW_TOLERANCE:
+        return None
+    guest_now = now + guest_offset
+    ours, theirs = not_before <= now < not_after, not_before <= guest_now < not_after
+    if ours == theirs:
+        return None
+    ahead = "ahead" if guest_offset > dt.timedelta(0) else "behind"
+    by_ours = "valid" if ours else ("not yet valid" if now < not_before else "expired")
+    by_guest = "valid" if theirs else ("not yet valid" if guest_now < not_before else "expired")
+    return (
+        f"clock skew: the guest's clock runs {_span(abs(guest_offset))} {ahead}; the certificate valid "
+        f"{_iso(not_before)} to {_iso(not_after)} is {by_ours} by ours and {by_guest} by the guest's"
+    )
+
+
 def _is_self_signed(cert: x509.Certificate) -> bool:
     if cert.issuer != cert.subject:
         return False
@@ -363,9 +397,11 @@ def timeout_verdict(phase: str, port: int, timeout: float) -> Verdict:
             "(NSG rules, VNet routing or integration) and that the VM is running"
         )
     if phase == "negotiate":
-        return ProbeStatus.TIMEOUT, (
-            f"connected to port {port}, but no RDP answer within {timeout:g} s: "
-            "check the network path and that Remote Desktop Services respond"
+        # The TCP handshake completed, so the path is open: what is wrong is what holds the port.
+        return ProbeStatus.NO_ANSWER, (
+            f"connected to port {port}, but no RDP answer within {timeout:g} s: the port accepts connections "
+            "and then stays silent (a listener exhausted by failed logons, a hung TermService, or another "
+            "program holding the port)"
         )
     return ProbeStatus.TIMEOUT, (
         f"the TLS handshake on port {port} did not finish within {timeout:g} s: "

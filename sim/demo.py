@@ -40,6 +40,12 @@ SCENARIO_ORDER = (
     "firewall-custom-allow",
     "cached-session",
     "wmi-hung",
+    # Causes no repair fixes: each ends with its cause and the next step, nothing changed.
+    "brute-force-storm",
+    "nsg-no-path",
+    "clock-skew",
+    "security-layer-policy",
+    "port-taken",
 )
 # The alert names one VM, the sweep finds the expiring certificate, the runbook asks for the rest.
 ALERTED = "expired-certificate"
@@ -107,8 +113,10 @@ def _configure(emulator: Any, azurite: Any, ingestion: Any) -> None:
             "RDPR_SWEEP_MODE": "remediate",
             "RDPR_BOOT_TIMEOUT_SECONDS": "15",
             "RDPR_PROBE_TIMEOUT_SECONDS": "2",
-            "RDPR_SWEEP_MAX_VMS": "10",
-            "RDPR_SWEEP_MAX_PERCENT": "50",
+            # Room for every broken VM of the demo fleet (the causes no repair fixes are found broken too), so the
+            # expiring certificate is still renewed after them.
+            "RDPR_SWEEP_MAX_VMS": "25",
+            "RDPR_SWEEP_MAX_PERCENT": "100",
             "RDPR_CIRCUIT_MIN_OUTCOMES": "50",
         }
     )
@@ -266,11 +274,16 @@ EXPECTED = {
     "key-deny": "remediated",
     "key-corrupt": "remediated",
     "custom-certificate": "remediated",
-    "policy-certificate": "failed",  # reported to its owner, nothing changed
-    "firewall-policy": "failed",  # reported: a Group Policy copy governs the rule
+    "policy-certificate": "skipped",  # reported to its owner, nothing changed
+    "firewall-policy": "skipped",  # reported: a Group Policy copy governs the rule
     "firewall-custom-allow": "healthy",  # an allow path exists: no firewall change
     "cached-session": "failed",  # the renewal is refused under an RDP session
-    "wmi-hung": "failed",  # facts unknown: nothing changed on a guess
+    "wmi-hung": "skipped",  # facts unknown: nothing changed on a guess
+    "brute-force-storm": "skipped",  # under attack: restrict the source, no reboot
+    "nsg-no-path": "skipped",  # unknown: no network path (the NSG rule named), never rebooted
+    "clock-skew": "skipped",  # reported: the guest's clock, not its certificate
+    "security-layer-policy": "skipped",  # reported: SecurityLayer / FIPS policy, named by the negotiation failure
+    "port-taken": "skipped",  # reported: another program holds the port
 }
 
 
@@ -282,8 +295,11 @@ def _report(ledger: Any, fleet: Any) -> list[dict[str, Any]]:
         vm = next(v for v in fleet if v.scenario == scenario)
         records = ledger.history(VmId.parse(vm.resource_id))
         finished = [r for r in records if r.outcome is not None]
-        # The most telling record: the newest that was not skipped (a later sweep may only hit a cooldown).
-        record = next((r for r in finished if r.outcome != "skipped"), finished[0] if finished else None)
+        # The most telling record: the newest that was not skipped (a later sweep may only hit a cooldown), else the
+        # newest that named a cause (a cause no repair fixes ends skipped), else the newest.
+        named = [r for r in finished if any(step.name == "classify" for step in r.steps)]
+        fallback = named[0] if named else (finished[0] if finished else None)
+        record = next((r for r in finished if r.outcome != "skipped"), fallback)
         entries.append(_entry(vm, scenario, record))
     return entries
 
@@ -339,6 +355,9 @@ def _finding(steps: dict[str, Any]) -> str:
     planned = [step["action"] for step in (plan.summary or {}).get("steps", [])] if plan else []
     refused = [refusal["action"] for refusal in (plan.summary or {}).get("refusals", [])] if plan else []
     parts = [f"probe {status}"] if status else []
+    named = (steps["classify"].summary or {}) if "classify" in steps else {}
+    if named.get("disposition") not in (None, "repair"):
+        parts.append(f"{named['disposition']}: {named['cause']}")
     if planned:
         parts.append("plan " + "+".join(planned))
     if refused:

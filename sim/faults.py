@@ -25,6 +25,8 @@ OPERATIONS = frozenset(
         "logsQuery",
         "operationStatus",
         "activityLog",
+        "effectiveNsgs",
+        "listJitPolicies",
     }
 )
 

@@ -53,7 +53,34 @@ SCENARIOS: dict[str, str] = {
     "opted-out": "expired certificate, but the VM carries the opt-out tag",
     "out-of-scope": "expired certificate, in a resource group outside the configured scope",
     "never-returns": "expired certificate; after a restart the VM never reports running again",
+    # Causes of 0x904 that no repair of ours fixes (docs/causes.md names each one's Microsoft source).
+    "brute-force-storm": "thousands of failed logons an hour on an open 3389 exhaust the listener: accepts, is silent",
+    "nsg-no-path": (
+        "expired certificate, but the NSG allows RDP only from the Bastion subnet: no path from the function"
+    ),
+    "jit-no-path": "a just-in-time policy protects 3389 and no access was requested: its deny rule blocks the function",
+    "port-taken": "another program (javaw) listens on 3389 and answers something that is not RDP",
+    "listener-one-adapter": "RDP-Tcp LanAdapter binds the listener to a second adapter: the primary IP refuses",
+    "clock-skew": "the guest's clock runs 3 days ahead and it made its certificate by that clock: not yet valid",
+    "security-layer-policy": "FIPS on, MinEncryptionLevel 4 and SecurityLayer 0 by policy: the server refuses TLS",
+    "cipher-policy": "a cipher-suite order policy lists no suite a current client offers: the TLS handshake fails",
+    "client-credssp": "the server is fine; the users' clients fail CredSSP (encryption oracle remediation)",
 }
+
+# The scenarios whose cause no repair of ours fixes: the engine names the cause and changes nothing.
+CAUSE_SCENARIOS = frozenset(
+    {
+        "brute-force-storm",
+        "nsg-no-path",
+        "jit-no-path",
+        "port-taken",
+        "listener-one-adapter",
+        "clock-skew",
+        "security-layer-policy",
+        "cipher-policy",
+        "client-credssp",
+    }
+)
 
 # Named mixes for generated fleets: scenario -> weight.
 MIXES: dict[str, dict[str, float]] = {
@@ -210,7 +237,7 @@ class Guest:
     stop_hangs: bool = False
     # The listener's settings (HKLM\...\WinStations\RDP-Tcp and fDenyTSConnections).
     deny_connections: bool = False
-    security_layer: int = 2
+    security_layer: int = 2  # RDP-Tcp SecurityLayer: 2 TLS (the default)
     user_authentication: int = 1
     roles: list[str] = field(default_factory=list)
     # Firewall: the built-in rule RemoteDesktop-UserMode-In-TCP per profile (local), the profiles' on/off state,
@@ -238,6 +265,15 @@ class Guest:
     machinekeys_backups: list[str] = field(default_factory=list)
     backup_times: list[dt.datetime] = field(default_factory=list)
     events: list[tuple[int, dt.datetime]] = field(default_factory=list)  # (event id, time)
+    # The causes of 0x904 that no repair of ours fixes (see docs/causes.md for each one's Microsoft source).
+    clock_offset_seconds: float = 0.2  # guest clock minus its time source (w32tm /query /status: Phase Offset)
+    lan_adapter: int = 0  # RDP-Tcp LanAdapter: 0 listens on every adapter
+    min_encryption_level: int = 2  # RDP-Tcp MinEncryptionLevel: 2 client compatible (the default)
+    fips: bool = False  # FipsAlgorithmPolicy Enabled
+    cipher_suites: list[str] | None = None  # the SSL\00010002 Functions policy; None: no policy sets the order
+    port_owner: str | None = None  # a process other than TermService that holds the listener's port
+    failed_logons: dict[int, int] = field(default_factory=dict)  # event 4625 in the last hour, by logon type
+    listener_exhausted: bool = False  # a logon storm holds every connection slot: new connections get no answer
 
     def __post_init__(self) -> None:
         if self.key is None and self.certificate is not None:
@@ -336,6 +372,10 @@ class VirtualMachine:
     # Per-VM overrides of the run's `sim.realism.Realism` (None: the run's choice).
     answer_style: str | None = None
     secondary_nics: int | None = None
+    # The NIC's NSG rules for the RDP port above Azure's defaults ({name, priority, access, source}) and whether a
+    # just-in-time policy protects the RDP port (sim.network serves both, on the emulator's RDP port).
+    nsg_rules: list[dict[str, Any]] = field(default_factory=list)
+    jit_rdp: bool = False
 
     @property
     def resource_id(self) -> str:
@@ -494,6 +534,38 @@ def _apply_scenario(vm: VirtualMachine, scenario: str, now: dt.datetime) -> None
         vm.resource_group = OUT_OF_SCOPE_GROUP
     if scenario == "never-returns":
         vm.never_returns = True
+    _apply_cause_scenario(vm, scenario, now)
+
+
+def _apply_cause_scenario(vm: VirtualMachine, scenario: str, now: dt.datetime) -> None:
+    """The causes no repair fixes: the evidence each leaves in the guest and in Azure's network rules."""
+    guest = vm.guest
+    if scenario == "brute-force-storm":
+        guest.failed_logons = {10: 3000, 3: 1200}
+        guest.listener_exhausted = True
+    if scenario == "nsg-no-path":
+        guest.certificate = rdp_certificate(guest.computer_name, now - 200 * DAY, now - 20 * DAY)
+        guest.events.append((1058, now - dt.timedelta(hours=2)))
+        vm.nsg_rules = [
+            {"name": "AllowRdpFromBastion", "priority": 100, "access": "Allow", "source": "10.0.250.0/26"},
+            {"name": "DenyRdpInbound", "priority": 110, "access": "Deny", "source": "*"},
+        ]
+    if scenario == "jit-no-path":
+        # Defender for Cloud writes a deny rule for each JIT port (Learn: "Understand just-in-time VM access").
+        vm.nsg_rules = [{"name": "SecurityCenter-JITRule_-1785712236_A45E8A95", "priority": 1000, "access": "Deny"}]
+        vm.jit_rdp = True
+    if scenario == "port-taken":
+        guest.port_owner = "javaw"
+    if scenario == "listener-one-adapter":
+        guest.lan_adapter = 2
+    if scenario == "clock-skew":
+        ahead = 3 * DAY
+        guest.clock_offset_seconds = ahead.total_seconds()
+        guest.certificate = rdp_certificate(guest.computer_name, now + ahead, now + ahead + 180 * DAY)
+    if scenario == "security-layer-policy":
+        guest.fips, guest.min_encryption_level, guest.security_layer = True, 4, 0
+    if scenario == "cipher-policy":
+        guest.cipher_suites = ["TLS_RSA_WITH_3DES_EDE_CBC_SHA", "TLS_RSA_WITH_RC4_128_SHA"]
 
 
 def _apply_guest_scenario(guest: Guest, scenario: str, now: dt.datetime) -> None:

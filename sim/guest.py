@@ -225,8 +225,10 @@ def _diagnose(run: _Run) -> dict[str, Any]:
         "rdp_config": {
             "port": guest.rdp_port,
             "deny_connections": guest.deny_connections,
-            "security_layer": guest.security_layer,
             "user_authentication": guest.user_authentication,
+            "security_layer": guest.security_layer,
+            "lan_adapter": guest.lan_adapter,
+            "min_encryption_level": guest.min_encryption_level,
         },
         "listener": _listener_facts(guest, now),
         "key": _key_facts(guest),
@@ -239,18 +241,21 @@ def _diagnose(run: _Run) -> dict[str, Any]:
             "UmRdpService": _service(guest.services_running),
         },
         "firewall": _firewall_facts(guest),
-        "port_owner": "TermService" if guest.services_running else "",
+        "port_owner": guest.port_owner or ("TermService" if guest.services_running else ""),
         "sessions": {"remote": guest.active_sessions, "cached": guest.cached_sessions},
         "tls": {"tls12_server": _tls12_configured(guest), "tls13_server": guest.tls13_enabled},
         "events": {
             event: {
                 "count": sum(1 for number, at in guest.events if str(number) == event and now - at <= DAY),
-                "last": _clip(EVENT_TEXT[event], 64)
+                "last": _clip(EVENT_TEXT[event], 40)
                 if any(str(n) == event and now - at <= DAY for n, at in guest.events)
                 else None,
             }
             for event in EVENT_IDS
         },
+        "clock": {"offset_seconds": round(guest.clock_offset_seconds)},
+        "crypto": _crypto_facts(guest),
+        "failed_logons": {"type10": guest.failed_logons.get(10, 0), "type3": guest.failed_logons.get(3, 0)},
     }
     if guest.wmi_hung:
         # Each CIM call ends at its -OperationTimeoutSec (a hung WMI provider): its fact is unknown, the others are
@@ -261,6 +266,12 @@ def _diagnose(run: _Run) -> dict[str, Any]:
                 f"{check}: the CIM operation did not complete within its OperationTimeoutSec ({CIM_TIMEOUT_SECONDS} s)"
             )
     return findings
+
+
+def _crypto_facts(guest: Guest) -> dict[str, Any]:
+    suites = guest.cipher_suites
+    gcm = None if suites is None else sum(1 for s in suites if s.startswith("TLS_ECDHE_") and "_GCM_" in s)
+    return {"fips": guest.fips, "cipher_suites": None if suites is None else len(suites), "tls12_ecdhe_gcm": gcm}
 
 
 EVENT_TEXT = {
@@ -375,7 +386,7 @@ def _firewall_facts(guest: Guest) -> dict[str, Any]:
                 "policy": r.policy,
             }
             for r in paths
-        ][:3],
+        ][:2],
         "builtin_rule": {
             "enabled": bool(enabled),
             "profiles": "Any",  # the rule's own scope; enabling it enables it for this scope

@@ -19,7 +19,11 @@ from sim.graph import Rejected, Response, error, match_template
 WORKSPACE_ID = "11111111-2222-4333-8444-555555555555"  # the emulator's only workspace (its customer id)
 QUERY = "rdp_events"
 # The sources the shipped query filters on, per event id (what a real Windows guest logs them under).
-EVENT_SOURCES = {1057: "TermService", 1058: "TermService", 36870: "Schannel", 36871: "Schannel"}
+EVENT_SOURCES = {
+    **dict.fromkeys((1051, 1052, 1055, 1057, 1058, 1059, 1063, 1064, 1065), "TermService"),
+    **dict.fromkeys((36870, 36871, 36872, 36874, 36888), "Schannel"),
+}
+FAILED_LOGON = 4625  # Security log; the guest keeps the last hour's count by logon type (10 and 3 are queried)
 
 COLUMNS = [
     {"name": "_ResourceId", "type": "string"},
@@ -119,6 +123,12 @@ def _rows(fleet: Fleet, start: dt.datetime | None, end: dt.datetime | None) -> l
                 key = (vm.resource_id.lower(), vm.guest.computer_name, event_id)
                 count, last = summary.get(key, (0, time))
                 summary[key] = (count + 1, max(last, time))
+            failed = sum(n for logon_type, n in vm.guest.failed_logons.items() if logon_type in (10, 3))
+            # The guest counts the last hour: a window that overlaps it sees them all, last at its end.
+            now = utcnow()
+            if failed and (end is None or end > now - dt.timedelta(hours=1)) and (start is None or start < now):
+                last_seen = min(end, now) if end is not None else now
+                summary[(vm.resource_id.lower(), vm.guest.computer_name, FAILED_LOGON)] = (failed, last_seen)
     return [
         [resource_id, computer, event_id, count, _iso(last)]
         for (resource_id, computer, event_id), (count, last) in sorted(summary.items())

@@ -14,6 +14,13 @@ certificate. What a connection sees is decided from the VM's state at the moment
   Failure SSL_CERT_NOT_ON_SERVER.
 * TLS 1.2 disabled in SCHANNEL: the negotiation succeeds, then the server answers the ClientHello with a fatal
   handshake_failure alert and closes (what the client sees while Schannel logs event 36871).
+* The causes no repair fixes (docs/causes.md): a listener exhausted by a logon storm, or a VM whose NSG denies
+  the product (an NSG drops the SYN; a loopback listener cannot, so it accepts and stays silent, which the probe
+  reports as no-answer; the product learns why from the effective security rules); another program on the port
+  (an HTTP answer, not X.224); the listener bound to another adapter (nothing listens on the primary IP: reset);
+  SecurityLayer 0 (RDP_NEG_FAILURE SSL_NOT_ALLOWED_BY_SERVER, MS-RDPBCGR 2.2.1.2.2: the server allows only
+  Standard RDP Security); a cipher-suite policy no client suite meets (negotiation, then a handshake_failure
+  alert, as Schannel answers when it logs event 36874).
 * Otherwise: RDP Negotiation Response selecting PROTOCOL_HYBRID when the client offers it (else PROTOCOL_SSL)
   and a TLS handshake with the VM's certificate.
 
@@ -44,7 +51,8 @@ from sim.fleet import Fleet, VirtualMachine, utcnow
 _log = logging.getLogger(__name__)
 
 PROTOCOL_SSL, PROTOCOL_HYBRID = 0x1, 0x2
-SSL_REQUIRED_BY_SERVER, SSL_CERT_NOT_ON_SERVER = 1, 3
+SSL_REQUIRED_BY_SERVER, SSL_NOT_ALLOWED_BY_SERVER, SSL_CERT_NOT_ON_SERVER = 1, 2, 3
+_NOT_RDP_ANSWER = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _NEG_REQ, _NEG_RSP, _NEG_FAILURE = 0x01, 0x02, 0x03
 _EXTENDED_CLIENT_DATA_SUPPORTED = 0x01
 _MAX_REQUEST_BYTES = 1024  # a Connection Request with a long routing cookie still fits
@@ -72,6 +80,7 @@ class _Snapshot:
     key_usable: bool
     tls12_enabled: bool
     certificate: SimCertificate | None
+    mode: str = "rdp"  # rdp | silent | not-rdp | rdp-only | no-common-cipher
 
 
 class _BadRequest(Exception):
@@ -165,6 +174,10 @@ class RdpListeners:
                 self._record(snapshot, "refused")
                 _reset(writer)
                 return
+            if snapshot.mode == "silent":
+                self._record(snapshot, "silent")
+                await _hold_silently(reader, writer)
+                return
             async with asyncio.timeout(_CONNECTION_SECONDS):
                 await self._converse(snapshot, reader, writer)
             writer.close()
@@ -186,10 +199,19 @@ class RdpListeners:
                 and guest.services_running
                 and guest.firewall_open
             )
-            return _Snapshot(vm.name, reachable, guest.key_usable, guest.tls12_enabled, guest.certificate)
+            reachable = reachable and guest.lan_adapter == 0  # bound to another adapter: nothing on this address
+            return _Snapshot(vm.name, reachable, guest.key_usable, guest.tls12_enabled, guest.certificate, _mode(vm))
 
     async def _converse(self, snapshot: _Snapshot, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         requested = await _read_connection_request(reader)
+        if snapshot.mode == "not-rdp":
+            self._record(snapshot, "not-rdp")
+            await _send(writer, _NOT_RDP_ANSWER)
+            return
+        if snapshot.mode == "rdp-only":
+            self._record(snapshot, "rdp-only")
+            await _send(writer, _connection_confirm(_NEG_FAILURE, SSL_NOT_ALLOWED_BY_SERVER))
+            return
         if requested is None or not requested & (PROTOCOL_SSL | PROTOCOL_HYBRID):
             # The listener's SecurityLayer is TLS (the Azure default): standard RDP security is not allowed.
             self._record(snapshot, "tls-required")
@@ -201,8 +223,8 @@ class RdpListeners:
             return
         selected = PROTOCOL_HYBRID if requested & PROTOCOL_HYBRID else PROTOCOL_SSL
         await _send(writer, _connection_confirm(_NEG_RSP, selected, flags=_EXTENDED_CLIENT_DATA_SUPPORTED))
-        if not snapshot.tls12_enabled:
-            self._record(snapshot, "tls-disabled")
+        if not snapshot.tls12_enabled or snapshot.mode == "no-common-cipher":
+            self._record(snapshot, "tls-disabled" if not snapshot.tls12_enabled else "no-common-cipher")
             await reader.read(_MAX_REQUEST_BYTES)  # the ClientHello
             await _send(writer, _HANDSHAKE_FAILURE_ALERT)
             return
@@ -228,6 +250,35 @@ class RdpListeners:
     def _record(self, snapshot: _Snapshot, outcome: str) -> None:
         self.events.append(ListenerEvent(self._now(), snapshot.name, outcome))
         _log.debug("rdp connection", extra={"vm_name": snapshot.name, "rdp_outcome": outcome})
+
+
+async def _hold_silently(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read and never answer, until the client gives up (or the listeners stop: then just drop it)."""
+    try:
+        async with asyncio.timeout(_CONNECTION_SECONDS):
+            while await reader.read(_MAX_REQUEST_BYTES):
+                pass
+    except asyncio.CancelledError:
+        pass  # shutting down: the connection goes with the listener
+    finally:
+        writer.transport.abort()
+
+
+def _mode(vm: VirtualMachine) -> str:
+    """How the listener answers, from the guest and the VM's network rules (read under the fleet lock)."""
+    from sim.network import blocks_product
+
+    guest = vm.guest
+    if guest.listener_exhausted or blocks_product(vm):
+        return "silent"
+    if guest.port_owner:
+        return "not-rdp"
+    if guest.security_layer == 0:
+        return "rdp-only"
+    suites = guest.cipher_suites
+    if suites is not None and not any(s.startswith("TLS_ECDHE_") and "_GCM_" in s for s in suites):
+        return "no-common-cipher"
+    return "rdp"
 
 
 # --- Wire format -----------------------------------------------------------------------------------------

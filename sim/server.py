@@ -215,6 +215,9 @@ def _routes() -> list[Route]:
             lambda emu, call, _g: emu.logs_query(call, call.path.split("/")[3]),  # the id as sent
         ),
     ]
+    from sim import network  # effective security rules and JIT policies: the network path to a VM
+
+    table += network.ROUTES
     return [Route(method, re.compile(f"^{pattern}$"), op, handler) for method, pattern, op, handler in table]
 
 
@@ -474,7 +477,7 @@ class Emulator:
         if operation in ("getVm", "instanceView", "runCommand", "restart"):
             sub, group, name = groups[:3]
             return f"/subscriptions/{sub}/resourcegroups/{group}/providers/microsoft.compute/virtualmachines/{name}"
-        if operation == "getNic":
+        if operation in ("getNic", "effectiveNsgs"):
             vm = self._index.nic(*groups[:3])
             return vm.key if vm else None
         if operation == "operationStatus":

@@ -25,7 +25,7 @@ def test_the_demo_runs_and_every_vm_ends_as_expected(tmp_path: Path) -> None:
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    assert len(report) == 21
+    assert len(report) == 26
     assert {e["scenario"]: e["outcome"] for e in report} == {e["scenario"]: e["expected"] for e in report}
     for entry in report:
         assert {"vm", "scenario", "outcome", "actions", "rebooted", "verification"} <= set(entry)

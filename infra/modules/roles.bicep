@@ -25,8 +25,11 @@ var operatorActions = [
   'Microsoft.Compute/virtualMachines/restart/action'
   'Microsoft.Compute/virtualMachines/runCommand/action'
   'Microsoft.Insights/eventtypes/values/read'
+  'Microsoft.Network/locations/operationResults/read'
+  'Microsoft.Network/networkInterfaces/effectiveNetworkSecurityGroups/action'
   'Microsoft.Network/networkInterfaces/read'
   'Microsoft.ResourceGraph/resources/read'
+  'Microsoft.Security/locations/jitNetworkAccessPolicies/read'
 ]
 
 var logReaderActions = [

@@ -1,7 +1,8 @@
 """Event evidence from Log Analytics: which machines logged the events that precede RDP error 0x904.
 
-One query (`queries/rdp_events.kql`) summarises events 1057/1058 (TermService, RemoteConnectionManager) and
-36870/36871 (Schannel) per resource, computer and event id over the last N hours. The evidence says *why* a
+One query (`queries/rdp_events.kql`) summarises the certificate events of TermService / RemoteConnectionManager
+(1051, 1052, 1055, 1057-1059, 1063-1065), the Schannel events (36870-36872, 36874, 36888) and failed logons of
+types 10 and 3 (4625) per resource, computer and event id over the last N hours. The evidence says *why* a
 VM deserves a look; it never decides a repair on its own (the guest's diagnosis does).
 """
 
@@ -24,7 +25,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RDP_EVENT_IDS = frozenset({1057, 1058, 36870, 36871})
+FAILED_LOGON = 4625  # Security log; the query keeps only logon types 10 and 3
+
+RDP_EVENT_IDS = frozenset(
+    {1051, 1052, 1055, 1057, 1058, 1059, 1063, 1064, 1065, 36870, 36871, 36872, 36874, 36888, FAILED_LOGON}
+)
 _WORKSPACE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _COLUMNS = ("_ResourceId", "Computer", "EventID", "Count", "LastSeen")
 

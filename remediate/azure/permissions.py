@@ -27,6 +27,11 @@ OPERATION_ACTIONS: dict[str, str] = {
     "getNic": "Microsoft.Network/networkInterfaces/read",
     # Was a restart accepted? The Activity Log of the subscription, read for one VM and a time window.
     "activityLog": "Microsoft.Insights/eventtypes/values/read",
+    # The network path to a VM, read before it is called broken: the NIC's effective security rules (a
+    # long-running POST whose result is read from the Location Network hands back) and just-in-time policies.
+    "effectiveNsgs": "Microsoft.Network/networkInterfaces/effectiveNetworkSecurityGroups/action",
+    "networkOperationResult": "Microsoft.Network/locations/operationResults/read",
+    "listJitPolicies": "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
     # Resource Graph returns only the resources the caller may read; this action lets it submit the query.
     "resourceGraph": "Microsoft.ResourceGraph/resources/read",
 }

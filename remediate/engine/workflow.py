@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
 from remediate.azure.errors import sdk_first_use_race
+from remediate.azure.network import NetworkPath
 from remediate.azure.polling import Cadence
 from remediate.engine import evidence, plans, policy
+from remediate.engine.classify import Diagnosis, Disposition, Observation, classify, classify_outside
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
 from remediate.engine.execution import Lease
@@ -70,6 +72,7 @@ class WorkflowResult:
     verification: str | None = None
     duration_seconds: float = 0.0
     steps: list[StepResult] = field(default_factory=list)
+    diagnosis: dict[str, Any] | None = None  # the named cause: cause, disposition, evidence, nextStep
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class WorkflowResult:
             "verification": self.verification,
             "durationSeconds": round(self.duration_seconds, 3),
             "steps": [s.to_json() for s in self.steps],
+            "diagnosis": self.diagnosis,
         }
 
 
@@ -137,6 +141,8 @@ class Workflow:
         self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
         self._holds_lock = False
         self._lease: Lease | None = None
+        self._probes: dict[str, dict[str, Any]] = {}  # what each probe step saw, by step name
+        self.diagnosis: Diagnosis | None = None
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -328,7 +334,14 @@ class Workflow:
         options = self.request.options
         if options.plan is Plan.RENEW_ONLY:
             return self._proactive_renewal(ip, before)
+        path = self._network_path(view, ip, before)
+        outside = classify_outside(Observation(self._probes["probe"], None, path))
+        if outside is not None:  # no path from here: nothing to learn from the guest that would change that
+            return self._decline(outside)
         facts = self._script("diagnose")
+        diagnosis = self._classify(facts, path)
+        if diagnosis.disposition is not Disposition.REPAIR:
+            return self._decline(diagnosis)
         decision = self._plan("plan", facts, before, frozenset())
         self.findings = [f"probe: {before}", *decision.problems, *decision.unknown]
         if options.diagnose_only or not decision.steps:
@@ -344,6 +357,46 @@ class Workflow:
     def _located(self, view: azure_vm.VmView) -> tuple[str, dict[str, Any] | None]:
         ip = azure_vm.private_ip(self.clients, view)
         return (f"private IP {ip}" if ip else "no private IP found"), {"ip": ip}
+
+    def _network_path(self, view: azure_vm.VmView, ip: str | None, before: str) -> NetworkPath | None:
+        """What Azure's rules say about the path to the RDP port, read only when the probe did not get through."""
+        if before in plans.PROBE_OK or ip is None or not view.nic_ids:
+            return None
+        from remediate.azure.network import read_path
+
+        def read() -> tuple[str, dict[str, Any] | None]:
+            path = read_path(
+                self.clients, self.request.vm, view.nic_ids[0], ip, self.settings.rdp_port, max(self._remaining(), 1.0)
+            )
+            return path.detail or "read", path.to_json()
+
+        step = self._step("network-path", read)
+        return NetworkPath.from_json(step.summary or {})
+
+    def _classify(self, facts: dict[str, Any], path: NetworkPath | None) -> Diagnosis:
+        """The cause, recorded as a step: the audit trail says why the VM was repaired or left alone."""
+        options = self.request.options
+        context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force)
+        diagnosis = classify(Observation(self._probes["probe"], facts, path), context)
+        self._step("classify", lambda: (diagnosis.explain()[:500], diagnosis.to_json()))
+        self.diagnosis = diagnosis
+        return diagnosis
+
+    def _decline(self, diagnosis: Diagnosis) -> tuple[Outcome, str]:
+        """A cause no repair of ours fixes: nothing changed, no attempt spent, the cause and next step recorded."""
+        if self.diagnosis is None:
+            self._step("classify", lambda: (diagnosis.explain()[:500], diagnosis.to_json()))
+            self.diagnosis = diagnosis
+        self.findings = [f"probe: {self._probes['probe'].get('status')}", *diagnosis.evidence]
+        if diagnosis.disposition is Disposition.NOT_SERVER_SIDE and self.request.options.diagnose_only:
+            return Outcome.HEALTHY, f"diagnose only: nothing to repair; {diagnosis.explain()}"
+        if diagnosis.disposition is Disposition.NOT_SERVER_SIDE:
+            return Outcome.HEALTHY, (
+                "RDP works (probe healthy) and the in-guest check found nothing to repair: " + diagnosis.explain()
+            )
+        # Skipped, not failed: the product did what it should (named the cause, left the VM alone), and a storm
+        # or a policy across a fleet must not open the circuit breaker that guards real repairs.
+        return Outcome.SKIPPED, f"not changed: {diagnosis.explain()}"
 
     def _plan(self, step_name: str, facts: dict[str, Any], probe: str, done: frozenset[str]) -> Decision:
         """The engine's decision from the facts, recorded as a step so the journal says why each repair ran."""
@@ -576,6 +629,7 @@ class Workflow:
 
     def _probe(self, step_name: str, ip: str | None, *, wait: bool) -> str:
         step = self._step(step_name, lambda: self._probe_action(ip, wait))
+        self._probes[step_name] = dict(step.summary or {})
         return str((step.summary or {}).get("status", "unknown"))
 
     def _probe_action(self, ip: str | None, wait: bool) -> tuple[str, dict[str, Any] | None]:
@@ -643,6 +697,7 @@ class Workflow:
             self.verification,
             duration,
             steps,
+            self.diagnosis.to_json() if self.diagnosis is not None else None,
         )
 
     def _check_deadline(self, step: str) -> None:

@@ -13,7 +13,9 @@
     and the newest rdp-remediate backup of it; the other LocalMachine certificates whose keys live in
     MachineKeys; server roles; the firewall profiles, the enabled inbound allow rules for the listener's port on
     the active profile, the built-in rule and its Group Policy copies; what listens on the port; remote sessions
-    (logon types 10 and 12); server-side TLS 1.2 and 1.3; events 1057, 1058, 36870, 36871 of the last 24 hours.
+    (logon types 10 and 12); server-side TLS 1.2 and 1.3; events 1057, 1058, 36870, 36871 of the last 24 hours; the clock's offset from
+    its time source; the listener's adapter binding (LanAdapter) and MinEncryptionLevel; FIPS mode and the cipher
+    suite policy; failed logons (4625) of the last hour by logon type 10 and 3.
     A check that fails or times out leaves its fact null (unknown) and names itself in errors; the others run.
 
 .PARAMETER DetectOnly
@@ -33,7 +35,7 @@ param(
 Set-StrictMode -Version Latest
 $ErrorActionPreference = 'Stop'
 $ScriptName = 'diagnose'
-$ScriptVersion = '2.0.0'
+$ScriptVersion = '2.1.0'
 
 $CimTimeoutSeconds = 20
 $CryptoPath = Join-Path -Path $env:ProgramData -ChildPath 'Microsoft\Crypto'
@@ -679,7 +681,7 @@ function Get-FirewallFacts {
         if ([string]$rule.Enabled -ne 'True' -or [string]$rule.Direction -ne 'Inbound' -or [string]$rule.Action -ne 'Allow') {
             continue
         }
-        if (-not (Test-ProfileCovers -Profiles ([string]$rule.Profile) -Active @($active)) -or $paths.Count -ge 3) {
+        if (-not (Test-ProfileCovers -Profiles ([string]$rule.Profile) -Active @($active)) -or $paths.Count -ge 2) {
             continue
         }
         $remote = @((Receive-Bounded -Job (Get-NetFirewallAddressFilter -AssociatedNetFirewallRule $rule -AsJob)).RemoteAddress) -join ','
@@ -705,6 +707,10 @@ function Get-PortOwner {
     }
     $processId = [int64]$listeners[0].OwningProcess
     $service = @(Get-CimInstance -ClassName 'Win32_Service' -Filter ('ProcessId = {0}' -f $processId) -OperationTimeoutSec $CimTimeoutSeconds)
+    # A shared service host runs several services: the listener's owner is TermService when it is one of them.
+    if (@($service | Where-Object { $_.Name -eq 'TermService' }).Count -gt 0) {
+        return 'TermService'
+    }
     if ($service.Count -gt 0) {
         return Format-Clip -Text ([string]$service[0].Name) -Length 60
     }
@@ -734,11 +740,56 @@ function Get-EventFacts {
         $events = @(Get-WinEvent -FilterHashtable $filter -MaxEvents 100 -ErrorAction SilentlyContinue)
         $last = $null
         if ($events.Count -gt 0) {
-            $last = Format-Clip -Text ($events[0].Message -replace '\s+', ' ') -Length 64
+            $last = Format-Clip -Text ($events[0].Message -replace '\s+', ' ') -Length 40
         }
         $facts[$id] = [ordered]@{ count = $events.Count; last = $last }
     }
     $facts
+}
+
+function Get-ClockFacts {
+    # The phase offset the Windows Time service measured against its source, in whole seconds (w32tm /query
+    # /status /verbose; on Azure the source is normally the Hyper-V "VM IC Time Synchronization Provider"). Run as
+    # a job: a hung time service ends at the time limit. A label w32tm does not print (or localizes) leaves null.
+    $job = Start-Job -ScriptBlock { & w32tm.exe /query /status /verbose }
+    $offset = $null
+    foreach ($line in @(Receive-Bounded -Job $job)) {
+        $match = [regex]::Match([string]$line, '^\s*Phase Offset:\s*(-?[0-9]+(\.[0-9]+)?)s')
+        if ($match.Success) {
+            $offset = [int64][math]::Round([double]::Parse($match.Groups[1].Value, [Globalization.CultureInfo]::InvariantCulture))
+        }
+    }
+    [ordered]@{ offset_seconds = $offset }
+}
+
+function Get-CryptoFacts {
+    # FIPS mode (the "Use FIPS compliant algorithms" policy writes FipsAlgorithmPolicy\Enabled) and the cipher
+    # suite order Group Policy sets (SSL\00010002 Functions): how many suites, and how many are ECDHE with AES-GCM.
+    $fips = Get-RegistryValue -Path 'HKLM:\SYSTEM\CurrentControlSet\Control\Lsa\FipsAlgorithmPolicy' -Name 'Enabled' -Default 0
+    $functions = Get-RegistryValue -Path 'HKLM:\SOFTWARE\Policies\Microsoft\Cryptography\Configuration\SSL\00010002' -Name 'Functions' -Default $null
+    $count = $null
+    $gcm = $null
+    if ($null -ne $functions) {
+        $suites = @(@($functions) -join ',' -split ',' | ForEach-Object { $_.Trim() } | Where-Object { $_ -ne '' })
+        $count = $suites.Count
+        $gcm = @($suites | Where-Object { $_ -like 'TLS_ECDHE_*_GCM_*' }).Count
+    }
+    [ordered]@{ fips = ([int64]$fips -ne 0); cipher_suites = $count; tls12_ecdhe_gcm = $gcm }
+}
+
+function Get-FailedLogons {
+    # Security event 4625 (an account failed to log on) in the last hour, by logon type: 10 RemoteInteractive,
+    # 3 Network (what NLA produces). A job, so that a large Security log ends at the time limit.
+    $job = Start-Job -ScriptBlock {
+        $counts = @{}
+        foreach ($type in @(10, 3)) {
+            $xpath = "*[System[(EventID=4625) and TimeCreated[timediff(@SystemTime) <= 3600000]]] and *[EventData[Data[@Name='LogonType']='$type']]"
+            $counts[[string]$type] = @(Get-WinEvent -LogName 'Security' -FilterXPath $xpath -MaxEvents 20000 -ErrorAction SilentlyContinue).Count
+        }
+        $counts
+    }
+    $counts = @(Receive-Bounded -Job $job)[0]
+    [ordered]@{ type10 = [int64]$counts['10']; type3 = [int64]$counts['3'] }
 }
 
 $summary = [ordered]@{
@@ -764,6 +815,9 @@ $summary = [ordered]@{
         sessions       = $null
         tls            = $null
         events         = $null
+        clock          = $null
+        crypto         = $null
+        failed_logons  = $null
     }
     errors          = New-Object -TypeName 'System.Collections.Generic.List[string]'
 }
@@ -799,6 +853,8 @@ try {
         deny_connections    = (Get-RdpSetting -Path $TerminalServerKey -Name 'fDenyTSConnections' -Default 0) -ne 0
         security_layer      = Get-RdpSetting -Path $RdpTcpKey -Name 'SecurityLayer' -Default 2
         user_authentication = Get-RdpSetting -Path $RdpTcpKey -Name 'UserAuthentication' -Default 1
+        lan_adapter         = [int64](Get-RegistryValue -Path $RdpTcpKey -Name 'LanAdapter' -Default 0)
+        min_encryption_level = Get-RdpSetting -Path $RdpTcpKey -Name 'MinEncryptionLevel' -Default 2
     }
 }
 catch {
@@ -892,6 +948,29 @@ try {
 }
 catch {
     Add-CheckError -Check 'events' -Record $_ -Errors $summary.errors
+}
+
+try {
+    Write-Step 'clock'
+    $findings.clock = Get-ClockFacts
+}
+catch {
+    Add-CheckError -Check 'clock' -Record $_ -Errors $summary.errors
+}
+
+try {
+    $findings.crypto = Get-CryptoFacts
+}
+catch {
+    Add-CheckError -Check 'crypto' -Record $_ -Errors $summary.errors
+}
+
+try {
+    Write-Step 'failed logons of the last hour'
+    $findings.failed_logons = Get-FailedLogons
+}
+catch {
+    Add-CheckError -Check 'failed_logons' -Record $_ -Errors $summary.errors
 }
 
 Write-Summary -Summary $summary

@@ -40,6 +40,8 @@ def test_evidence_matches_the_fleet_scenarios(emulator: Emulator, azure_clients:
         assert events(quiet) == set(), quiet
     # Machines that are not Azure VMs (blank or Arc `_ResourceId`) are kept as evidence without a VM.
     assert found.get(None) == {1058, 36870}
+    storm = next(e for e in evidence if e.event_id == 4625)  # failed logons, types 10 and 3, in the last hour
+    assert events("brute-force-storm") == {4625} and storm.count == 4200
     tls = next(item for item in evidence if item.event_id == 36871)
     assert tls.computer == emulator.fleet.by_scenario("tls12-disabled")[0].guest.computer_name
     assert tls.count == 1

@@ -16,11 +16,11 @@ RC, RESTART = "runCommand", "restart"
 @pytest.mark.parametrize(
     ("scenario", "outcome", "why"),
     [
-        ("policy-certificate", Outcome.FAILED, "Group Policy certificate template (HashType 2)"),
-        ("firewall-policy", Outcome.FAILED, "a Group Policy copy of RemoteDesktop-UserMode-In-TCP governs"),
+        ("policy-certificate", Outcome.SKIPPED, "Group Policy certificate template (HashType 2)"),
+        ("firewall-policy", Outcome.SKIPPED, "a Group Policy copy of RemoteDesktop-UserMode-In-TCP governs"),
         ("firewall-custom-allow", Outcome.HEALTHY, "RDP works"),
         ("cached-session", Outcome.FAILED, "logon types 10 and 12"),
-        ("wmi-hung", Outcome.FAILED, "could not be read"),
+        ("wmi-hung", Outcome.SKIPPED, "could not be read"),
     ],
 )
 def test_nothing_is_changed_where_nothing_should_be(engine: Engine, scenario: str, outcome: Outcome, why: str) -> None:
@@ -39,8 +39,10 @@ def test_a_policy_certificate_is_reported_with_its_event_evidence(engine: Engine
     assert "events 1058 x1" in result.reason and "never touches it" in result.reason
     record = engine.ledger.get(result.request_id)
     assert record is not None
-    plan = next(step for step in record.steps if step.name == "plan")
-    assert plan.summary is not None and plan.summary["steps"] == [] and plan.summary["reports"]
+    (named,) = [step for step in record.steps if step.name == "classify"]
+    assert named.summary is not None and named.summary["cause"] == "policy-certificate"
+    assert named.summary["disposition"] == "report-to-owner" and "never touches it" in named.summary["nextStep"]
+    assert not any(step.name == "plan" for step in record.steps)  # no plan: nothing the product would change
 
 
 def test_with_force_a_session_does_not_stop_the_renewal(engine: Engine) -> None:

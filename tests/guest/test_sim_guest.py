@@ -12,7 +12,7 @@ import pytest
 from remediate.engine.decide import Action, Context, decide
 from remediate.guest.contract import SCRIPTS, GuestOutputError, parse_output, script_text, script_version
 from sim import guest as sim_guest
-from sim.fleet import DAY, EVERYONE, NETWORK_SERVICE, SCENARIOS, SESSIONENV, VirtualMachine, make_vm
+from sim.fleet import CAUSE_SCENARIOS, DAY, EVERYONE, NETWORK_SERVICE, SCENARIOS, SESSIONENV, VirtualMachine, make_vm
 
 NOW = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(minutes=5)
@@ -80,7 +80,8 @@ def test_diagnose_reports_whose_certificate_it_is() -> None:
     own = run(vm_in("expired-certificate"), "diagnose")["findings"]
     assert own["listener"]["hash_type"] == 1 and own["listener"]["pin"] == "none"
     assert own["listener"]["store"] == "Cert:\\LocalMachine\\Remote Desktop"
-    assert own["events"]["1058"]["count"] == 1 and "expired" in own["events"]["1058"]["last"]
+    event = own["events"]["1058"]
+    assert event["count"] == 1 and event["last"].startswith("The RD Session Host Server has failed")
     policy = run(vm_in("policy-certificate"), "diagnose")["findings"]["listener"]
     assert (policy["hash_type"], policy["pin"], policy["store"]) == (2, "policy", "Cert:\\LocalMachine\\My")
     custom = run(vm_in("custom-certificate"), "diagnose")["findings"]["listener"]
@@ -318,7 +319,8 @@ REPAIRED_IN = {
 }
 
 
-@pytest.mark.parametrize("scenario", WINDOWS_SCENARIOS)
+# The causes no repair fixes never reach the ladder: the classifier declines them (tests/engine/test_causes.py).
+@pytest.mark.parametrize("scenario", [s for s in WINDOWS_SCENARIOS if s not in CAUSE_SCENARIOS])
 def test_following_the_engines_plan(scenario: str) -> None:
     vm = vm_in(scenario)
     now, done, rounds = NOW, frozenset[str](), 0

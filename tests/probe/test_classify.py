@@ -19,6 +19,7 @@ from remediate.probe import (
     ProbeResult,
     ProbeStatus,
     certificate_verdict,
+    clock_skew,
     connection_request,
     describe_certificate,
     negotiation_verdict,
@@ -216,7 +217,34 @@ def test_result_json_has_the_documented_fields() -> None:
 def test_statuses_are_exactly_the_documented_strings() -> None:
     assert {str(s) for s in ProbeStatus} == {
         "healthy", "expiring-soon", "certificate-expired", "certificate-not-yet-valid", "no-certificate",
-        "tls-not-offered", "negotiation-failed", "tls-handshake-failed", "not-rdp", "refused", "timeout",
+        "tls-not-offered", "negotiation-failed", "tls-handshake-failed", "not-rdp", "no-answer", "refused", "timeout",
         "unreachable",
     }  # fmt: skip
     assert {s for s in ProbeStatus if s.rdp_works} == {ProbeStatus.HEALTHY, ProbeStatus.EXPIRING_SOON}
+
+
+# --- clock skew: the certificate read by our clock and by the guest's ---------------------------------------------
+
+
+def test_a_certificate_valid_by_our_clock_but_expired_by_the_guests_is_clock_skew() -> None:
+    now = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+    not_before, not_after = now - dt.timedelta(days=170), now + dt.timedelta(days=2)
+    sentence = clock_skew(not_before, not_after, now, dt.timedelta(days=3))
+    assert sentence is not None and "runs 3 days ahead" in sentence
+    assert "valid by ours and expired by the guest's" in sentence
+
+
+def test_a_certificate_made_on_a_clock_running_ahead_is_clock_skew() -> None:
+    now = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+    made = now + dt.timedelta(days=3)
+    sentence = clock_skew(made, made + dt.timedelta(days=180), now, dt.timedelta(days=3))
+    assert sentence is not None and "not yet valid by ours and valid by the guest's" in sentence
+
+
+def test_clocks_that_agree_on_the_verdict_or_are_within_tolerance_are_not_skew() -> None:
+    now = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+    expired = (now - dt.timedelta(days=200), now - dt.timedelta(days=20))
+    assert clock_skew(*expired, now, dt.timedelta(days=3)) is None  # expired by both: the ladder's to renew
+    near = (now - dt.timedelta(days=10), now + dt.timedelta(minutes=2))
+    assert clock_skew(*near, now, dt.timedelta(minutes=4)) is None  # within Kerberos' 5-minute tolerance
+    assert clock_skew(*near, now, dt.timedelta(minutes=6)) is not None

@@ -109,7 +109,7 @@ def test_timeout_option_bounds_the_probe(serve: ServeFactory, capsys: pytest.Cap
     code = cli.main(["probe", server.host, "--port", str(server.port), "--timeout", "0.2", "--json"])
 
     assert code == 1
-    assert json.loads(capsys.readouterr().out)["status"] == "timeout"
+    assert json.loads(capsys.readouterr().out)["status"] == "no-answer"
 
 
 def test_port_defaults_to_the_setting(

@@ -242,17 +242,17 @@ def test_truncated_answer_runs_into_the_deadline(loopback: str, serve: ServeFact
 
     result = run_probe(*server.endpoint, timeout=0.3)
 
-    assert result.status == ProbeStatus.TIMEOUT
+    assert result.status == ProbeStatus.NO_ANSWER
     assert "no RDP answer within 0.3 s" in result.detail
 
 
-def test_silent_server_times_out(loopback: str, serve: ServeFactory) -> None:
+def test_a_silent_server_is_not_a_network_path_problem(loopback: str, serve: ServeFactory) -> None:
     server = serve(servers.silent, loopback)
 
     result = run_probe(*server.endpoint, timeout=0.3)
 
-    assert result.status == ProbeStatus.TIMEOUT
-    assert result.detail.startswith("connected to port")
+    assert result.status == ProbeStatus.NO_ANSWER
+    assert result.detail.startswith("connected to port") and "network path" not in result.detail
 
 
 def test_closed_port_is_refused(loopback: str, closed_port: Callable[[str], int]) -> None:

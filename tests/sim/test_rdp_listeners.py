@@ -37,6 +37,15 @@ EXPECTED: dict[str, ProbeStatus] = {
     "firewall-custom-allow": ProbeStatus.HEALTHY,
     "cached-session": ProbeStatus.CERTIFICATE_EXPIRED,
     "wmi-hung": ProbeStatus.CERTIFICATE_EXPIRED,
+    "brute-force-storm": ProbeStatus.NO_ANSWER,  # accepted, then silent
+    "nsg-no-path": ProbeStatus.NO_ANSWER,  # what a loopback listener can do for a dropped SYN
+    "jit-no-path": ProbeStatus.NO_ANSWER,
+    "port-taken": ProbeStatus.NOT_RDP,
+    "listener-one-adapter": ProbeStatus.REFUSED,
+    "clock-skew": ProbeStatus.CERTIFICATE_NOT_YET_VALID,
+    "security-layer-policy": ProbeStatus.TLS_NOT_OFFERED,
+    "cipher-policy": ProbeStatus.TLS_HANDSHAKE_FAILED,
+    "client-credssp": ProbeStatus.HEALTHY,
 }
 
 
