@@ -102,6 +102,9 @@ class VmState:
     attempts: dict[str, str] = field(default_factory=dict)  # request id -> ISO time the attempt started
     last_finished: dt.datetime | None = None  # end of the last remediation that changed the VM
     last_outcome: str | None = None
+    # End of the last failure that changed nothing (a verdict about the VM: the same alert would fail the same
+    # way), so intake can hold repeat alerts for the cooldown instead of re-running them without limit.
+    last_unchanged_failure: dt.datetime | None = None
     history: list[str] = field(default_factory=list)  # most recent request ids, newest first
     etag: str | None = None
 
@@ -110,6 +113,16 @@ class VmState:
 
     def attempts_since(self, since: dt.datetime) -> int:
         return sum(1 for started in self.attempts.values() if dt.datetime.fromisoformat(started) >= since)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recorded outcome as the circuit breaker weighs it."""
+
+    vm: str
+    outcome: str
+    changed: bool
+    finished_at: dt.datetime
 
 
 @dataclass
@@ -437,6 +450,18 @@ class Ledger:
             rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
             return [row["Outcome"] for row in rows if row.get("Outcome")]
 
+    def recent_decisions(self, since: dt.datetime) -> list[Decision]:
+        """(VM, outcome, changed, finished) of every outcome recorded since `since` (for the circuit breaker)."""
+        query = "RowKey eq @row and FinishedAt ge @since"
+        select = ["Vm", "Outcome", "Changed", "FinishedAt"]
+        with _storage_errors("read recent outcomes"):
+            rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=select)
+            return [
+                Decision(row.get("Vm") or "", row["Outcome"], bool(row.get("Changed")), row["FinishedAt"])
+                for row in rows
+                if row.get("Outcome") and row.get("FinishedAt")
+            ]
+
     def count_accepted(self, trigger: str, since: dt.datetime) -> int:
         """Requests of `trigger` accepted since `since` that may change a VM (dry runs excluded)."""
         query = "RowKey eq @row and Trigger eq @trigger and AcceptedAt ge @since"
@@ -661,6 +686,9 @@ class Ledger:
                 state.last_finished = at
             if changed or state.owner == request_id:  # only a request that held the lock writes the history
                 state.last_outcome = outcome
+                held = state.last_unchanged_failure
+                if not changed and outcome == Outcome.FAILED and (held is None or held < at):
+                    state.last_unchanged_failure = at
             if state.owner == request_id:
                 state.owner, state.lock_expires = None, None
 
@@ -891,6 +919,7 @@ def _vm_entity(state: VmState) -> dict[str, Any]:
         "Attempts": json.dumps(state.attempts),
         "LastFinished": state.last_finished or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         "LastOutcome": state.last_outcome or "",
+        "LastUnchangedFailure": state.last_unchanged_failure or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         "History": json.dumps(state.history),
     }
 
@@ -899,6 +928,7 @@ def _vm_state(vm: VmId, row: Any) -> VmState:
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     lock_expires = row.get("LockExpires")
     last_finished = row.get("LastFinished")
+    unchanged = row.get("LastUnchangedFailure")
     return VmState(
         vm=vm,
         owner=row.get("Owner") or None,
@@ -906,6 +936,7 @@ def _vm_state(vm: VmId, row: Any) -> VmState:
         attempts=json.loads(row.get("Attempts") or "{}"),
         last_finished=last_finished if last_finished and last_finished > epoch else None,
         last_outcome=row.get("LastOutcome") or None,
+        last_unchanged_failure=unchanged if unchanged and unchanged > epoch else None,
         history=json.loads(row.get("History") or "[]"),
         etag=row.metadata["etag"],
     )

@@ -172,7 +172,7 @@ def _finding(
 
 def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: SweepReport, now: dt.datetime) -> None:
     since = now - dt.timedelta(hours=settings.circuit_window_hours)
-    report.stopped = policy.circuit_refusal(settings, ledger.recent_outcomes(since))
+    report.stopped = policy.circuit_refusal(settings, ledger.recent_decisions(since))
     if report.stopped:
         log.warning("sweep stopped by the circuit breaker", extra={"reason": report.stopped})
         return

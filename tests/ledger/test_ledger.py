@@ -94,6 +94,12 @@ def test_recent_outcomes_for_the_circuit_breaker(ledger: Ledger) -> None:
     for outcome in (Outcome.FAILED, Outcome.REMEDIATED, Outcome.FAILED):
         request = RemediationRequest(VM, Trigger.SWEEP, "sweep")
         ledger.record_accepted(request)
-        ledger.record_outcome(request.request_id, outcome, "x")
+        ledger.record_outcome(request.request_id, outcome, "x", changed=outcome is Outcome.REMEDIATED)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    assert sorted(ledger.recent_outcomes(since)) == ["failed", "failed", "remediated"]
+    decisions = ledger.recent_decisions(since)
+    assert sorted((d.outcome, d.changed) for d in decisions) == [
+        ("failed", False),
+        ("failed", False),
+        ("remediated", True),
+    ]
+    assert {d.vm for d in decisions} == {str(VM)}
