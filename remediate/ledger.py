@@ -47,7 +47,9 @@ HISTORY_LENGTH = 20
 ATTEMPTS_KEPT = 50
 REQUEST_ROW = "request"
 # The `vms` table's partitions: the lock row (workers) and the intake row (HTTP intake) are separate rows.
-INTAKE_PARTITION = "intake"
+# Intake rows are spread over 256 partitions by their row key's first two hex digits: Table storage serves
+# one partition from one server (about 2,000 entities/s), so a flood of alerts must not all land on one.
+INTAKE_PARTITION = "intake"  # the single partition older intake rows were written to; still read
 INTAKE_WRITE_ATTEMPTS = 8
 # How long a pending request whose record is not written yet still absorbs others for its VM.
 PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
@@ -90,6 +92,11 @@ def utcnow() -> dt.datetime:
 
 def vm_row_key(vm: VmId) -> str:
     return hashlib.sha256(vm.key.encode()).hexdigest()
+
+
+def intake_partition(vm: VmId) -> str:
+    """The VM's intake row's partition: one of 256, by its row key (see `INTAKE_PARTITION`)."""
+    return f"{INTAKE_PARTITION}-{vm_row_key(vm)[:2]}"
 
 
 @dataclass
@@ -780,11 +787,13 @@ class Ledger:
     def _intake_row(self, vm: VmId) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            with _storage_errors("read the VM's intake row"):
-                return dict(self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm)))
-        except ResourceNotFoundError:
-            return None
+        for partition in (intake_partition(vm), INTAKE_PARTITION):  # the older single partition last
+            try:
+                with _storage_errors("read the VM's intake row"):
+                    return dict(self.vms.get_entity(partition, vm_row_key(vm)))
+            except ResourceNotFoundError:
+                continue
+        return None
 
     def _update_intake_row(self, vm: VmId, change: Callable[[dict[str, Any]], object]) -> None:
         """Read, change, write back ETag-conditionally; on a lost race back off (jittered) and try again.
@@ -798,10 +807,10 @@ class Ledger:
         for attempt in range(INTAKE_WRITE_ATTEMPTS):
             try:
                 with _storage_errors("read the VM's intake row"):
-                    row = self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm))
+                    row = self.vms.get_entity(intake_partition(vm), vm_row_key(vm))
                 entity, etag = dict(row), row.metadata["etag"]
             except ResourceNotFoundError:
-                entity, etag = {"PartitionKey": INTAKE_PARTITION, "RowKey": vm_row_key(vm)}, None
+                entity, etag = {"PartitionKey": intake_partition(vm), "RowKey": vm_row_key(vm)}, None
             entity["Vm"] = str(vm)
             if change(entity) is False:
                 return

@@ -26,6 +26,7 @@ from remediate.intake.alerts import (
     locate,
     parse_alert,
 )
+from remediate.intake.claims import given_back_on_failure
 from remediate.intake.requests import (
     MAX_VMS_PER_REQUEST,
     BadRequest,
@@ -59,6 +60,10 @@ STATUS_ROUTE = "/api/remediations/"
 class IntakeSink(Protocol):
     def claim(self, dedup_key: str) -> bool:
         """True the first time a key is seen (ledger-backed in the Function)."""
+        ...
+
+    def unclaim(self, dedup_key: str) -> None:
+        """Give `dedup_key` back: its request could not be queued, so a retry must not be a duplicate."""
         ...
 
     def enqueue(self, request: RemediationRequest) -> None: ...
@@ -115,6 +120,9 @@ class RecordingSink:
             return False
         self.keys.add(dedup_key)
         return True
+
+    def unclaim(self, dedup_key: str) -> None:
+        self.keys.discard(dedup_key)
 
     def enqueue(self, request: RemediationRequest) -> None:
         self.requests.append(request)
@@ -318,14 +326,21 @@ class AlertIntake:
                 done.ignored.append(Ignored(str(vm), refusal))
             elif not _sink_call("the ledger", self._sink.claim, key):
                 done.duplicates.append(vm)
-            elif (pending := _sink_call("the ledger", lambda r: self._sink.admit(r, pending_for), request)) is not None:
-                done.duplicates.append(vm)
-                done.absorbed.append({"vm": str(vm), "pendingRequestId": pending, "statusUrl": STATUS_ROUTE + pending})
-                logger.info("alert absorbed by a pending request", extra={"vm": str(vm), "request_id": pending})
             else:
-                self._enqueue(request)
-                done.accepted.append(request)
+                with given_back_on_failure(self._sink.unclaim, key):  # a 503 now must not make the retry a duplicate
+                    self._admit_and_enqueue(request, pending_for, done)
         return done
+
+    def _admit_and_enqueue(self, request: RemediationRequest, pending_for: dt.timedelta, done: _Submitted) -> None:
+        vm = request.vm
+        pending = _sink_call("the ledger", lambda r: self._sink.admit(r, pending_for), request)
+        if pending is not None:
+            done.duplicates.append(vm)
+            done.absorbed.append({"vm": str(vm), "pendingRequestId": pending, "statusUrl": STATUS_ROUTE + pending})
+            logger.info("alert absorbed by a pending request", extra={"vm": str(vm), "request_id": pending})
+        else:
+            self._enqueue(request)
+            done.accepted.append(request)
 
     def _history_refusal(self, request: RemediationRequest) -> str | None:
         from remediate.engine.policy import history_refusal  # lazy: the engine is not needed to refuse bad input
