@@ -51,6 +51,14 @@ if TYPE_CHECKING:
     from remediate.ledger import VmState
 
 logger = logging.getLogger(__name__)
+# Distinct computer names one alert may have looked up: one Resource Graph query's worth (its name batch). An
+# alert naming thousands would otherwise cost one tenant-scope query per hundred names, against Resource
+# Graph's per-identity quota of about 15 queries per 5 seconds that every other lookup shares.
+MAX_COMPUTERS_PER_ALERT = 100
+_TOO_MANY_COMPUTERS = (
+    f"not looked up: the alert names more than {MAX_COMPUTERS_PER_ALERT} computers; "
+    "only the first are resolved (alert per machine, or by resource id)"
+)
 _A = TypeVar("_A")
 _R = TypeVar("_R")
 
@@ -259,12 +267,18 @@ class AlertIntake:
             return []
         unresolved: list[dict[str, str]] = []
         lookup: dict[str, str] = {}  # computer name to look up -> name as the alert gave it
+        skipped: list[str] = []
         for given in located.computers.values():
             name = computer_lookup_name(given)
             if name is None:
                 unresolved.append({"computer": clip(given), "reason": "not a Windows computer name"})
+            elif len(lookup) >= MAX_COMPUTERS_PER_ALERT and name not in lookup:
+                skipped.append(given)
             else:
                 lookup.setdefault(name, given)
+        if skipped:  # one entry for all of them: the answer stays small however many the alert names
+            shown = f"{clip(skipped[0])} and {len(skipped) - 1} more" if len(skipped) > 1 else clip(skipped[0])
+            unresolved.append({"computer": shown, "reason": _TOO_MANY_COMPUTERS})
         if not lookup:
             return unresolved
         found = self._lookup(lookup, unresolved)

@@ -19,6 +19,7 @@ from remediate.model import RemediationRequest, TransientError, Trigger, VmId
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
 from tests.functions.test_trust_sweep import _sweeping
+from tests.intake.support import payload
 
 
 def _vm(functions: Functions, scenario: str) -> str:
@@ -180,3 +181,22 @@ def test_intake_rows_are_spread_over_partitions(functions: Functions) -> None:
     for target in targets:
         vm = VmId.parse(target)
         assert functions.app.ledger.vms.get_entity(intake_partition(vm), vm_row_key(vm))["Vm"] == str(vm)
+
+
+def test_an_alert_naming_thousands_of_computers_costs_one_resource_graph_query(functions: Functions) -> None:
+    doc = payload("log-v2-workspace-computer.json")
+    shared = functions.emulator.fleet.by_scenario("expired-certificate")[0]
+    names = [shared.guest.computer_name] + [f"c{i:04d}" for i in range(6000)]  # under the 256 KB body limit
+    doc["data"]["alertContext"]["condition"]["allOf"] = [
+        {"dimensions": [{"name": "Computer", "value": n} for n in names]}
+    ]
+
+    answer = functions.post("alerts", doc)
+
+    assert answer.status_code in (200, 202), answer.get_body()[:300]
+    graph = [e for e in functions.emulator.log.entries() if e.operation == "resourceGraph"]
+    assert len(graph) == 1  # one query's worth of names, not seventy
+    unresolved = body(answer)["unresolved"]
+    capped = [u for u in unresolved if "more than 100 computers" in u["reason"]]
+    assert len(capped) == 1 and "and 5900 more" in capped[0]["computer"], capped
+    assert body(answer)["vms"] == [shared.resource_id]  # the first name was still resolved and acted on
