@@ -329,14 +329,15 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_CIRCUIT_FAILURE_RATIO",
         "circuit_failure_ratio",
         "0.5",
-        "Stop enqueuing when this share of the recent outcomes failed.",
+        "Stop enqueuing when this share of the recently remediated VMs failed (each VM counted once, by its latest "
+        "outcome; failures that changed nothing do not count).",
         _ratio,
     ),
     SettingSpec(
         "RDPR_CIRCUIT_MIN_OUTCOMES",
         "circuit_min_outcomes",
         "5",
-        "Recent outcomes needed before the circuit breaker may open.",
+        "Recently remediated VMs needed before the circuit breaker may open.",
         _positive_int,
     ),
     SettingSpec(
