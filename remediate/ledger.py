@@ -91,7 +91,30 @@ def utcnow() -> dt.datetime:
 
 
 def vm_row_key(vm: VmId) -> str:
-    return hashlib.sha256(vm.key.encode()).hexdigest()
+    """The VM's row in the `vms` table (lock, cooldown, pending request), by `serial_key`."""
+    return hashlib.sha256(serial_key(str(vm)).encode()).hexdigest()
+
+
+def serial_key(text: str) -> str:
+    """A key at least as coarse as Azure's comparison, for what must serialise: locks, cooldowns, pending slots.
+
+    `azure_key` keeps apart pairs that are not case round trips (micro sign and mu, final and medial sigma,
+    the title-case digraphs), which .NET's upper-case mapping may equate: two spellings of one VM must never get
+    two locks. Mapping each character up and back down (where each step is one character) joins those pairs; it
+    may also join pairs Azure keeps apart (a Kelvin sign and `k`), which only makes two VMs wait for each other.
+    Never used for scope. For ASCII it is `lower()`, so existing rows keep their keys.
+    """
+    if text.isascii():
+        return text.lower()
+    return "".join(map(_serial_char, text))
+
+
+def _serial_char(char: str) -> str:
+    upper = char.upper()
+    if len(upper) != 1:  # a mapping that expands (ß -> SS): .NET keeps the character
+        upper = char
+    lower = upper.lower()
+    return lower if len(lower) == 1 else upper
 
 
 def intake_partition(vm: VmId) -> str:
