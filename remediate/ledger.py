@@ -47,7 +47,9 @@ HISTORY_LENGTH = 20
 ATTEMPTS_KEPT = 50
 REQUEST_ROW = "request"
 # The `vms` table's partitions: the lock row (workers) and the intake row (HTTP intake) are separate rows.
-INTAKE_PARTITION = "intake"
+# Intake rows are spread over 256 partitions by their row key's first two hex digits: Table storage serves
+# one partition from one server (about 2,000 entities/s), so a flood of alerts must not all land on one.
+INTAKE_PARTITION = "intake"  # the single partition older intake rows were written to; still read
 INTAKE_WRITE_ATTEMPTS = 8
 # How long a pending request whose record is not written yet still absorbs others for its VM.
 PENDING_RECORD_GRACE = dt.timedelta(seconds=60)
@@ -89,7 +91,35 @@ def utcnow() -> dt.datetime:
 
 
 def vm_row_key(vm: VmId) -> str:
-    return hashlib.sha256(vm.key.encode()).hexdigest()
+    """The VM's row in the `vms` table (lock, cooldown, pending request), by `serial_key`."""
+    return hashlib.sha256(serial_key(str(vm)).encode()).hexdigest()
+
+
+def serial_key(text: str) -> str:
+    """A key at least as coarse as Azure's comparison, for what must serialise: locks, cooldowns, pending slots.
+
+    `azure_key` keeps apart pairs that are not case round trips (micro sign and mu, final and medial sigma,
+    the title-case digraphs), which .NET's upper-case mapping may equate: two spellings of one VM must never get
+    two locks. Mapping each character up and back down (where each step is one character) joins those pairs; it
+    may also join pairs Azure keeps apart (a Kelvin sign and `k`), which only makes two VMs wait for each other.
+    Never used for scope. For ASCII it is `lower()`, so existing rows keep their keys.
+    """
+    if text.isascii():
+        return text.lower()
+    return "".join(map(_serial_char, text))
+
+
+def _serial_char(char: str) -> str:
+    upper = char.upper()
+    if len(upper) != 1:  # a mapping that expands (ß -> SS): .NET keeps the character
+        upper = char
+    lower = upper.lower()
+    return lower if len(lower) == 1 else upper
+
+
+def intake_partition(vm: VmId) -> str:
+    """The VM's intake row's partition: one of 256, by its row key (see `INTAKE_PARTITION`)."""
+    return f"{INTAKE_PARTITION}-{vm_row_key(vm)[:2]}"
 
 
 @dataclass
@@ -102,6 +132,9 @@ class VmState:
     attempts: dict[str, str] = field(default_factory=dict)  # request id -> ISO time the attempt started
     last_finished: dt.datetime | None = None  # end of the last remediation that changed the VM
     last_outcome: str | None = None
+    # End of the last failure that changed nothing (a verdict about the VM: the same alert would fail the same
+    # way), so intake can hold repeat alerts for the cooldown instead of re-running them without limit.
+    last_unchanged_failure: dt.datetime | None = None
     history: list[str] = field(default_factory=list)  # most recent request ids, newest first
     etag: str | None = None
 
@@ -110,6 +143,16 @@ class VmState:
 
     def attempts_since(self, since: dt.datetime) -> int:
         return sum(1 for started in self.attempts.values() if dt.datetime.fromisoformat(started) >= since)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recorded outcome as the circuit breaker weighs it."""
+
+    vm: str
+    outcome: str
+    changed: bool
+    finished_at: dt.datetime
 
 
 @dataclass
@@ -437,6 +480,18 @@ class Ledger:
             rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
             return [row["Outcome"] for row in rows if row.get("Outcome")]
 
+    def recent_decisions(self, since: dt.datetime) -> list[Decision]:
+        """(VM, outcome, changed, finished) of every outcome recorded since `since` (for the circuit breaker)."""
+        query = "RowKey eq @row and FinishedAt ge @since"
+        select = ["Vm", "Outcome", "Changed", "FinishedAt"]
+        with _storage_errors("read recent outcomes"):
+            rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=select)
+            return [
+                Decision(row.get("Vm") or "", row["Outcome"], bool(row.get("Changed")), row["FinishedAt"])
+                for row in rows
+                if row.get("Outcome") and row.get("FinishedAt")
+            ]
+
     def count_accepted(self, trigger: str, since: dt.datetime) -> int:
         """Requests of `trigger` accepted since `since` that may change a VM (dry runs excluded)."""
         query = "RowKey eq @row and Trigger eq @trigger and AcceptedAt ge @since"
@@ -661,6 +716,9 @@ class Ledger:
                 state.last_finished = at
             if changed or state.owner == request_id:  # only a request that held the lock writes the history
                 state.last_outcome = outcome
+                held = state.last_unchanged_failure
+                if not changed and outcome == Outcome.FAILED and (held is None or held < at):
+                    state.last_unchanged_failure = at
             if state.owner == request_id:
                 state.owner, state.lock_expires = None, None
 
@@ -752,11 +810,13 @@ class Ledger:
     def _intake_row(self, vm: VmId) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            with _storage_errors("read the VM's intake row"):
-                return dict(self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm)))
-        except ResourceNotFoundError:
-            return None
+        for partition in (intake_partition(vm), INTAKE_PARTITION):  # the older single partition last
+            try:
+                with _storage_errors("read the VM's intake row"):
+                    return dict(self.vms.get_entity(partition, vm_row_key(vm)))
+            except ResourceNotFoundError:
+                continue
+        return None
 
     def _update_intake_row(self, vm: VmId, change: Callable[[dict[str, Any]], object]) -> None:
         """Read, change, write back ETag-conditionally; on a lost race back off (jittered) and try again.
@@ -770,10 +830,10 @@ class Ledger:
         for attempt in range(INTAKE_WRITE_ATTEMPTS):
             try:
                 with _storage_errors("read the VM's intake row"):
-                    row = self.vms.get_entity(INTAKE_PARTITION, vm_row_key(vm))
+                    row = self.vms.get_entity(intake_partition(vm), vm_row_key(vm))
                 entity, etag = dict(row), row.metadata["etag"]
             except ResourceNotFoundError:
-                entity, etag = {"PartitionKey": INTAKE_PARTITION, "RowKey": vm_row_key(vm)}, None
+                entity, etag = {"PartitionKey": intake_partition(vm), "RowKey": vm_row_key(vm)}, None
             entity["Vm"] = str(vm)
             if change(entity) is False:
                 return
@@ -891,6 +951,7 @@ def _vm_entity(state: VmState) -> dict[str, Any]:
         "Attempts": json.dumps(state.attempts),
         "LastFinished": state.last_finished or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         "LastOutcome": state.last_outcome or "",
+        "LastUnchangedFailure": state.last_unchanged_failure or dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
         "History": json.dumps(state.history),
     }
 
@@ -899,6 +960,7 @@ def _vm_state(vm: VmId, row: Any) -> VmState:
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     lock_expires = row.get("LockExpires")
     last_finished = row.get("LastFinished")
+    unchanged = row.get("LastUnchangedFailure")
     return VmState(
         vm=vm,
         owner=row.get("Owner") or None,
@@ -906,6 +968,7 @@ def _vm_state(vm: VmId, row: Any) -> VmState:
         attempts=json.loads(row.get("Attempts") or "{}"),
         last_finished=last_finished if last_finished and last_finished > epoch else None,
         last_outcome=row.get("LastOutcome") or None,
+        last_unchanged_failure=unchanged if unchanged and unchanged > epoch else None,
         history=json.loads(row.get("History") or "[]"),
         etag=row.metadata["etag"],
     )

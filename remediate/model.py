@@ -97,9 +97,10 @@ _ID_SEGMENTS = (
     "virtualmachines",
     None,
 )
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE | re.ASCII)
+# Used with fullmatch only: `$` would also match before a final newline (`vm1\n` passing as `vm1`).
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE | re.ASCII)
 # Azure VM names: 1-64 characters (Windows computer names are shorter, but the resource name is not).
-_VM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", re.ASCII)
+_VM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", re.ASCII)
 # Resource group names: 1-90 of letters and digits as .NET's Char.IsLetterOrDigit sees them (Unicode letters
 # are allowed), underscores, hyphens, periods and parentheses; not ending in a period.
 _RG_PUNCTUATION = frozenset("-_.()")
@@ -126,7 +127,7 @@ def fixed_segment(segment: str, expected: str) -> bool:
 
 
 def valid_subscription_id(text: str) -> bool:
-    return bool(_GUID.match(text))
+    return bool(_GUID.fullmatch(text))
 
 
 def valid_resource_group_name(name: str) -> bool:
@@ -171,7 +172,7 @@ class VmId:
             raise InvalidResourceId(f"subscription {_clip(sub)!r} in {_clip(text)!r} is not a GUID")
         if not valid_resource_group_name(rg):
             raise InvalidResourceId(f"resource group {_clip(rg)!r} in {_clip(text)!r} is not a valid name")
-        if not _VM_NAME.match(name):
+        if not _VM_NAME.fullmatch(name):
             raise InvalidResourceId(f"VM name {_clip(name)!r} in {_clip(text)!r} is not a valid name")
         return cls(sub.lower(), rg, name)
 

@@ -321,21 +321,23 @@ SPECS: tuple[SettingSpec, ...] = (
         "audit_retention_days",
         "90",
         "Audit records (requests and their steps) older than this are deleted, a bounded batch after each "
-        "sweep. Alert dedup keys are kept for the 30-day life of an Azure Monitor alert.",
+        "sweep. Alert dedup keys are kept for the 30-day life of an Azure Monitor alert. Must cover "
+        "`RDPR_SWEEP_WINDOW_HOURS`, `RDPR_CIRCUIT_WINDOW_HOURS` and `RDPR_ATTEMPT_WINDOW_HOURS`.",
         _positive_int,
     ),
     SettingSpec(
         "RDPR_CIRCUIT_FAILURE_RATIO",
         "circuit_failure_ratio",
         "0.5",
-        "Stop enqueuing when this share of the recent outcomes failed.",
+        "Stop enqueuing when this share of the recently remediated VMs failed (each VM counted once, by its latest "
+        "outcome; failures that changed nothing do not count).",
         _ratio,
     ),
     SettingSpec(
         "RDPR_CIRCUIT_MIN_OUTCOMES",
         "circuit_min_outcomes",
         "5",
-        "Recent outcomes needed before the circuit breaker may open.",
+        "Recently remediated VMs needed before the circuit breaker may open.",
         _positive_int,
     ),
     SettingSpec(
@@ -534,6 +536,7 @@ class Settings:
             )
         if not self.table_prefix.isalnum():
             raise ConfigurationError("RDPR_TABLE_PREFIX: letters and digits only")
+        self._check_retention()
         if self.emulator:
             for name, url in (("RDPR_ARM_URL", self.arm_url), ("RDPR_LOGS_URL", self.logs_url)):
                 host = urlparse(url).hostname or ""
@@ -544,6 +547,21 @@ class Settings:
                     )
         elif self.emulator_ca_cert:
             raise ConfigurationError("RDPR_EMULATOR_CA_CERT is set but RDPR_EMULATOR is false")
+
+    def _check_retention(self) -> None:
+        """Pruning must never delete audit records a window still counts: the rolling sweep limit, the
+        circuit breaker and the attempt limit would silently forget what they are there to remember."""
+        windows = {
+            "RDPR_SWEEP_WINDOW_HOURS": self.sweep_window_hours,
+            "RDPR_CIRCUIT_WINDOW_HOURS": self.circuit_window_hours,
+            "RDPR_ATTEMPT_WINDOW_HOURS": self.attempt_window_hours,
+        }
+        for name, hours in windows.items():
+            if self.audit_retention_days * 24 < hours:
+                raise ConfigurationError(
+                    f"RDPR_AUDIT_RETENTION_DAYS={self.audit_retention_days} keeps less than {name}={hours} h: "
+                    "pruning would delete records that window still counts"
+                )
 
     @property
     def workflow_deadline_seconds(self) -> float:

@@ -22,9 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
 
-from remediate.model import ConfigurationError, UntrustedHost, azure_key
+from remediate.azure.urltrust import HostKey, host_key, looks_like_url
+from remediate.model import ConfigurationError, UntrustedHost
 from remediate.settings import Settings, get_settings, is_loopback_host
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ _T = TypeVar("_T")
 
 
 def _require_loopback(name: str, url: str) -> None:
-    host = urlparse(url).hostname or ""
-    if not is_loopback_host(host):
+    key = host_key(url)
+    if key is None or not is_loopback_host(key[1].strip("[]")):
         raise ConfigurationError(
             f"emulator mode refuses {name}={url!r}: the static emulator token is only sent to loopback addresses"
         )
@@ -114,22 +114,6 @@ def capped_retry_policy(cap_seconds: float, **kwargs: Any) -> RetryPolicy[Any, A
     return _capped_retry_policy_class()(cap_seconds, **kwargs)
 
 
-HostKey = tuple[str, str, int]
-
-
-def host_key(url: str) -> HostKey | None:
-    """(scheme, host, port) of an absolute URL, the host in Azure's comparison form; None for anything else."""
-    try:
-        parsed = urlparse(url)
-        port = parsed.port
-    except ValueError:  # a port that is not a number, or out of range
-        return None
-    if not parsed.scheme or not parsed.hostname:
-        return None
-    scheme = parsed.scheme.lower()
-    return scheme, azure_key(parsed.hostname), port or (443 if scheme == "https" else 80)
-
-
 def trusted_hosts(settings: Settings) -> frozenset[HostKey]:
     """The only places a credential may go: the configured ARM and Log Analytics endpoints."""
     keys = {host_key(settings.arm_url), host_key(settings.logs_url)}
@@ -137,7 +121,10 @@ def trusted_hosts(settings: Settings) -> frozenset[HostKey]:
 
 
 def refuse_untrusted(url: str, trusted: frozenset[HostKey], what: str = "a request") -> None:
-    """Raise `UntrustedHost` unless `url` is on one of the `trusted` endpoints (same scheme, host and port)."""
+    """Raise `UntrustedHost` unless `url` is on one of the `trusted` endpoints (same scheme, host and port).
+
+    The endpoint is read by `host_key`, the transport's own parser, and an ambiguous URL has none.
+    """
     if host_key(url) in trusted:
         return
     shown = url if len(url) <= 200 else url[:200] + "..."
@@ -163,7 +150,7 @@ def check_continuation_token(token: str, trusted: frozenset[HostKey]) -> None:
     except (binascii.Error, ValueError, TypeError):
         raise UntrustedHost("the stored continuation token is not one azure-core made; not resuming") from None
     for text in _strings(state):
-        if "://" in text or text.startswith("//"):
+        if looks_like_url(text):
             refuse_untrusted(text, trusted, "a stored continuation token")
 
 

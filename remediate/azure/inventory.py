@@ -42,8 +42,8 @@ MAX_PAGES = 10_000  # a safety net against a service that keeps handing out toke
 
 # A Windows (NetBIOS) computer name: letters, digits and hyphens, 1 to 15 characters. Log Analytics reports
 # domain-joined machines by their FQDN, so a DNS suffix is accepted and dropped; only the host label is used.
-_COMPUTER_NAME = re.compile(r"^[A-Za-z0-9-]{1,15}$")
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_COMPUTER_NAME = re.compile(r"[A-Za-z0-9-]{1,15}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -194,9 +194,9 @@ def computer_host_label(name: object) -> str | None:
     if not isinstance(name, str):
         return None
     host, _, suffix = name.partition(".")
-    if not _COMPUTER_NAME.match(host):
+    if not _COMPUTER_NAME.fullmatch(host):
         return None
-    if suffix and not all(_DNS_LABEL.match(label) for label in suffix.rstrip(".").split(".")):
+    if suffix and not all(_DNS_LABEL.fullmatch(label) for label in suffix.rstrip(".").split(".")):
         return None
     return host
 
@@ -249,19 +249,42 @@ def _lookup(
 
 def _add_match(found: dict[str, set[VmId]], row: dict[str, Any], scopes: tuple[str, ...]) -> None:
     computer = _text(row.get("computerName"))
+    if not computer:
+        return
     try:
         vm = VmId.parse(row.get("id"))
     except InvalidResourceId:
-        return
-    if computer and (not scopes or vm.in_scope(scopes)):
+        # A VM Azure shows but this product cannot name (a name outside what it parses): it still has the
+        # computer name, so the name is not unique. Counted as a match that is never in scope.
+        vm = UnparsedVm.of(row.get("id"))
+    if not scopes or vm.in_scope(scopes):
         found.setdefault(azure_key(computer), set()).add(vm)
+
+
+@dataclass(frozen=True, eq=False)
+class UnparsedVm(VmId):
+    """A visible VM whose id `VmId.parse` refuses: it makes a computer name ambiguous, and is in no scope."""
+
+    raw: str = ""
+
+    @classmethod
+    def of(cls, raw: object) -> UnparsedVm:
+        text = str(raw)[:300]
+        return cls("", "", "", text)
+
+    def in_scope(self, scopes: tuple[str, ...]) -> bool:
+        del scopes
+        return False
+
+    def __str__(self) -> str:
+        return self.raw
 
 
 def _kql_string_list(names: Iterable[str]) -> str:
     """`'a', 'b'`: the names were checked against `_COMPUTER_NAME`, so none can contain a quote."""
     quoted = []
     for name in names:
-        if not _COMPUTER_NAME.match(name):  # a second guard: this text goes into KQL
+        if not _COMPUTER_NAME.fullmatch(name):  # a second guard: this text goes into KQL
             raise PermanentError(f"refusing to put {name!r} into a query")
         quoted.append(f"'{name}'")
     return ", ".join(quoted)

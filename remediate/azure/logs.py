@@ -30,7 +30,7 @@ FAILED_LOGON = 4625  # Security log; the query keeps only logon types 10 and 3
 RDP_EVENT_IDS = frozenset(
     {1051, 1052, 1055, 1057, 1058, 1059, 1063, 1064, 1065, 36870, 36871, 36872, 36874, 36888, FAILED_LOGON}
 )
-_WORKSPACE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_WORKSPACE_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _COLUMNS = ("_ResourceId", "Computer", "EventID", "Count", "LastSeen")
 
 
@@ -55,7 +55,7 @@ def query_rdp_events(clients: AzureClients, workspace_id: str, hours: int) -> li
     A workspace collects from whatever machines report to it, so the evidence is not limited to the
     product's scopes: callers intersect it with the inventory (`list_windows_vms`).
     """
-    if not _WORKSPACE_ID.match(workspace_id or ""):
+    if not _WORKSPACE_ID.fullmatch(workspace_id or ""):
         raise PermanentError(f"Log Analytics workspace id {workspace_id!r} is not a GUID (the workspace's customer id)")
     if hours < 1:
         raise PermanentError(f"the evidence window must be at least one hour, got {hours}")

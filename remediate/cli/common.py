@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from remediate.ledger import Ledger
 
 ARM_SCOPE = "https://management.azure.com/.default"
-_UTC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$")
+_UTC_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00")
 
 
 def vm_id(text: str) -> VmId:
@@ -167,7 +167,7 @@ def json_style(data: Any) -> Any:
         return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(data, dt.date):
         return data.isoformat()
-    if isinstance(data, str) and _UTC_TIME.match(data):
+    if isinstance(data, str) and _UTC_TIME.fullmatch(data):
         return data.removesuffix("+00:00") + "Z"  # one spelling of UTC, whichever the source used
     return data
 

@@ -28,7 +28,7 @@ settings read (environment; README "Configuration"):
   RDPR_RDP_PORT, RDPR_PROBE_TIMEOUT_SECONDS, RDPR_EXPIRY_WARNING_DAYS (options override them)"""
 
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens, 253 characters at most.
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def _host(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a host name or IP address (give the port with --port, and no URL scheme)"
         )
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid host name or IP address")
     return candidate
 

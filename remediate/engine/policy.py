@@ -9,8 +9,8 @@ import datetime as dt
 import math
 
 from remediate.azure.vm import VmView
-from remediate.ledger import VmState
-from remediate.model import Outcome, RemediationRequest, VmId, azure_equal, find_tag
+from remediate.ledger import Decision, VmState
+from remediate.model import Outcome, RemediationRequest, Trigger, VmId, azure_equal, azure_key, find_tag
 from remediate.settings import Settings
 
 
@@ -69,6 +69,9 @@ def history_refusal(settings: Settings, state: VmState, request: RemediationRequ
                 f"cooldown: the last remediation of this VM finished {minutes} min ago "
                 f"(RDPR_COOLDOWN_MINUTES={settings.cooldown_minutes})"
             )
+    held = _unchanged_hold(settings, state, request, now)
+    if held:
+        return held
     window_start = now - dt.timedelta(hours=settings.attempt_window_hours)
     attempts = state.attempts_since(window_start)
     if attempts >= settings.max_attempts:
@@ -79,24 +82,56 @@ def history_refusal(settings: Settings, state: VmState, request: RemediationRequ
     return None
 
 
+def _unchanged_hold(settings: Settings, state: VmState, request: RemediationRequest, now: dt.datetime) -> str | None:
+    """An alert or sweep for a VM whose last remediation failed without changing anything waits the cooldown.
+
+    Nothing changed means the VM still shows the same facts, so the same verdict would follow; re-running it
+    for every alert costs Run Commands and filled the circuit breaker's count. A person (CLI, runbook) may
+    retry at once, having fixed something.
+    """
+    if request.trigger not in (Trigger.ALERT, Trigger.SWEEP) or state.last_unchanged_failure is None:
+        return None
+    since = now - state.last_unchanged_failure
+    if since >= dt.timedelta(minutes=settings.cooldown_minutes):
+        return None
+    minutes = int(since.total_seconds() // 60)
+    return (
+        f"cooldown: the last remediation of this VM failed {minutes} min ago and changed nothing; the same "
+        f"facts would fail the same way (RDPR_COOLDOWN_MINUTES={settings.cooldown_minutes})"
+    )
+
+
 def blast_radius(settings: Settings, fleet_size: int) -> int:
     """Most VMs one sweep may enqueue: the smaller of the count and the percentage of the fleet (at least 1)."""
     by_percent = math.floor(fleet_size * settings.sweep_max_percent / 100)
     return max(1, min(settings.sweep_max_vms, by_percent)) if fleet_size else 0
 
 
-def circuit_refusal(settings: Settings, recent_outcomes: list[str]) -> str | None:
-    """Stop new work while recent outcomes are mostly failures: something systemic is wrong."""
-    decided = [o for o in recent_outcomes if o in (Outcome.REMEDIATED, Outcome.FAILED, Outcome.UNVERIFIED)]
-    if len(decided) < settings.circuit_min_outcomes:
+def circuit_refusal(settings: Settings, decisions: list[Decision]) -> str | None:
+    """Stop new work while recent remediations mostly went wrong: something systemic is wrong.
+
+    Counted per VM (its latest outcome in the window), so alerts repeated for one VM weigh as one; and only
+    outcomes that may have changed a VM count, because the breaker guards against repairs doing harm. A failure
+    that changed nothing (nothing repairable, a problem reported to the owner) is a verdict about that VM.
+    """
+    latest: dict[str, Decision] = {}
+    for decision in decisions:
+        if decision.changed and decision.outcome in _WEIGHED:
+            key = azure_key(decision.vm)
+            if key not in latest or latest[key].finished_at < decision.finished_at:
+                latest[key] = decision
+    if len(latest) < settings.circuit_min_outcomes:
         return None
-    failures = sum(1 for o in decided if o == Outcome.FAILED)
-    if failures / len(decided) >= settings.circuit_failure_ratio:
+    failures = sum(1 for d in latest.values() if d.outcome == Outcome.FAILED)
+    if failures / len(latest) >= settings.circuit_failure_ratio:
         return (
-            f"circuit breaker open: {failures} of the last {len(decided)} remediations failed in "
-            f"{settings.circuit_window_hours} h (RDPR_CIRCUIT_FAILURE_RATIO={settings.circuit_failure_ratio})"
+            f"circuit breaker open: remediations of {failures} of the last {len(latest)} VMs changed them and "
+            f"failed in {settings.circuit_window_hours} h (RDPR_CIRCUIT_FAILURE_RATIO={settings.circuit_failure_ratio})"
         )
     return None
+
+
+_WEIGHED = frozenset({Outcome.REMEDIATED, Outcome.FAILED, Outcome.UNVERIFIED})
 
 
 def _has_tag(tags: dict[str, str], wanted: tuple[str, str] | None) -> bool:

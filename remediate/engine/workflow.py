@@ -320,7 +320,7 @@ class Workflow:
 
     def _circuit_refusal(self) -> str | None:
         since = self._now() - dt.timedelta(hours=self.settings.circuit_window_hours)
-        return policy.circuit_refusal(self.settings, self.ledger.recent_outcomes(since))
+        return policy.circuit_refusal(self.settings, self.ledger.recent_decisions(since))
 
     def _dry_run(self, view: azure_vm.VmView) -> tuple[Outcome, str]:
         ip = self._locate(view)

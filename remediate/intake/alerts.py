@@ -31,7 +31,7 @@ COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
 # API does, so that one noisy rule cannot fill the queue.
 MAX_VMS_PER_ALERT = 500
 # Windows computer names (NetBIOS): letters, digits and hyphens, at most 15 characters.
-_COMPUTER_NAME = re.compile(r"^[A-Za-z0-9-]{1,15}$")
+_COMPUTER_NAME = re.compile(r"[A-Za-z0-9-]{1,15}")
 _RESOURCE_ID_DIMENSIONS = ("_resourceid", "resourceid")
 _COMPUTER_DIMENSION = "computer"
 
@@ -456,4 +456,4 @@ def computer_lookup_name(name: str) -> str | None:
     label. Anything else (spaces, quotes, long names) never reaches a query.
     """
     first = name.strip().split(".", 1)[0]
-    return first if _COMPUTER_NAME.match(first) else None
+    return first if _COMPUTER_NAME.fullmatch(first) else None

@@ -78,6 +78,9 @@ class RequestQueue:
     def admit(self, request: RemediationRequest, pending_for: dt.timedelta) -> str | None:
         return self.ledger.admit(request, pending_for=pending_for)
 
+    def unclaim(self, dedup_key: str) -> None:
+        self.ledger.unclaim(dedup_key)
+
     def release(self, request: RemediationRequest) -> None:
         self.ledger.release_pending(request.vm, request.request_id)
 

@@ -30,7 +30,7 @@ MAX_VMS_PER_REQUEST = 500
 MAX_REASON_CHARS = 500
 
 # A DNS host name or a bare computer name: letters, digits, hyphens, dots; no slashes.
-_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?$")
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?")
 _SCALE_SET_MARK = "/providers/microsoft.compute/virtualmachinescalesets/"
 
 VM_ID_SHAPE = "/subscriptions/GUID/resourceGroups/NAME/providers/Microsoft.Compute/virtualMachines/NAME"
@@ -280,7 +280,7 @@ def parse_vm_entry(item: object, field: str) -> VmId:
             field,
             f"{field} is an IP address ({clip(text)!r}); this API accepts VM resource ids only ({VM_ID_SHAPE})",
         )
-    if "/" not in text and _HOST_NAME.match(text):
+    if "/" not in text and _HOST_NAME.fullmatch(text):
         raise BadRequest(
             field,
             f"{field} is a host name ({clip(text)!r}); this API accepts VM resource ids only ({VM_ID_SHAPE})",

@@ -26,6 +26,7 @@ from remediate.intake.alerts import (
     locate,
     parse_alert,
 )
+from remediate.intake.claims import given_back_on_failure
 from remediate.intake.requests import (
     MAX_VMS_PER_REQUEST,
     BadRequest,
@@ -50,6 +51,14 @@ if TYPE_CHECKING:
     from remediate.ledger import VmState
 
 logger = logging.getLogger(__name__)
+# Distinct computer names one alert may have looked up: one Resource Graph query's worth (its name batch). An
+# alert naming thousands would otherwise cost one tenant-scope query per hundred names, against Resource
+# Graph's per-identity quota of about 15 queries per 5 seconds that every other lookup shares.
+MAX_COMPUTERS_PER_ALERT = 100
+_TOO_MANY_COMPUTERS = (
+    f"not looked up: the alert names more than {MAX_COMPUTERS_PER_ALERT} computers; "
+    "only the first are resolved (alert per machine, or by resource id)"
+)
 _A = TypeVar("_A")
 _R = TypeVar("_R")
 
@@ -59,6 +68,10 @@ STATUS_ROUTE = "/api/remediations/"
 class IntakeSink(Protocol):
     def claim(self, dedup_key: str) -> bool:
         """True the first time a key is seen (ledger-backed in the Function)."""
+        ...
+
+    def unclaim(self, dedup_key: str) -> None:
+        """Give `dedup_key` back: its request could not be queued, so a retry must not be a duplicate."""
         ...
 
     def enqueue(self, request: RemediationRequest) -> None: ...
@@ -115,6 +128,9 @@ class RecordingSink:
             return False
         self.keys.add(dedup_key)
         return True
+
+    def unclaim(self, dedup_key: str) -> None:
+        self.keys.discard(dedup_key)
 
     def enqueue(self, request: RemediationRequest) -> None:
         self.requests.append(request)
@@ -251,12 +267,18 @@ class AlertIntake:
             return []
         unresolved: list[dict[str, str]] = []
         lookup: dict[str, str] = {}  # computer name to look up -> name as the alert gave it
+        skipped: list[str] = []
         for given in located.computers.values():
             name = computer_lookup_name(given)
             if name is None:
                 unresolved.append({"computer": clip(given), "reason": "not a Windows computer name"})
+            elif len(lookup) >= MAX_COMPUTERS_PER_ALERT and name not in lookup:
+                skipped.append(given)
             else:
                 lookup.setdefault(name, given)
+        if skipped:  # one entry for all of them: the answer stays small however many the alert names
+            shown = f"{clip(skipped[0])} and {len(skipped) - 1} more" if len(skipped) > 1 else clip(skipped[0])
+            unresolved.append({"computer": shown, "reason": _TOO_MANY_COMPUTERS})
         if not lookup:
             return unresolved
         found = self._lookup(lookup, unresolved)
@@ -318,14 +340,21 @@ class AlertIntake:
                 done.ignored.append(Ignored(str(vm), refusal))
             elif not _sink_call("the ledger", self._sink.claim, key):
                 done.duplicates.append(vm)
-            elif (pending := _sink_call("the ledger", lambda r: self._sink.admit(r, pending_for), request)) is not None:
-                done.duplicates.append(vm)
-                done.absorbed.append({"vm": str(vm), "pendingRequestId": pending, "statusUrl": STATUS_ROUTE + pending})
-                logger.info("alert absorbed by a pending request", extra={"vm": str(vm), "request_id": pending})
             else:
-                self._enqueue(request)
-                done.accepted.append(request)
+                with given_back_on_failure(self._sink.unclaim, key):  # a 503 now must not make the retry a duplicate
+                    self._admit_and_enqueue(request, pending_for, done)
         return done
+
+    def _admit_and_enqueue(self, request: RemediationRequest, pending_for: dt.timedelta, done: _Submitted) -> None:
+        vm = request.vm
+        pending = _sink_call("the ledger", lambda r: self._sink.admit(r, pending_for), request)
+        if pending is not None:
+            done.duplicates.append(vm)
+            done.absorbed.append({"vm": str(vm), "pendingRequestId": pending, "statusUrl": STATUS_ROUTE + pending})
+            logger.info("alert absorbed by a pending request", extra={"vm": str(vm), "request_id": pending})
+        else:
+            self._enqueue(request)
+            done.accepted.append(request)
 
     def _history_refusal(self, request: RemediationRequest) -> str | None:
         from remediate.engine.policy import history_refusal  # lazy: the engine is not needed to refuse bad input

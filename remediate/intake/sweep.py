@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.engine import plans, policy
+from remediate.intake.claims import given_back_on_failure
 from remediate.model import (
     ConfigurationError,
     Plan,
@@ -170,9 +171,24 @@ def _finding(
     return None
 
 
+def _admit_and_enqueue(settings: Settings, sink: IntakeSink, request: RemediationRequest) -> str | None:
+    """Queue `request`, or the reason it was held back; raises (after giving the pending slot back) if the
+    ledger fails, so the caller gives the dedup key back too."""
+    pending = sink.admit(request, dt.timedelta(minutes=settings.lock_minutes))
+    if pending is not None:  # an alert's request will look at this VM anyway
+        return f"request {pending} is already pending"
+    try:
+        sink.enqueue(request)
+    except RemediationError as exc:  # one VM's failure must not stop the sweep for every other VM
+        sink.release(request)
+        sink.unclaim(request.dedup_key or "")
+        return f"could not be queued: {exc.reason}"
+    return None
+
+
 def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: SweepReport, now: dt.datetime) -> None:
     since = now - dt.timedelta(hours=settings.circuit_window_hours)
-    report.stopped = policy.circuit_refusal(settings, ledger.recent_outcomes(since))
+    report.stopped = policy.circuit_refusal(settings, ledger.recent_decisions(since))
     if report.stopped:
         log.warning("sweep stopped by the circuit breaker", extra={"reason": report.stopped})
         return
@@ -211,14 +227,9 @@ def _enqueue(settings: Settings, sink: IntakeSink, ledger: Ledger, report: Sweep
             RemediationOptions(plan=plan, dry_run=settings.dry_run),
             dedup_key,
         )
-        pending = sink.admit(request, dt.timedelta(minutes=settings.lock_minutes))
-        if pending is not None:  # an alert's request will look at this VM anyway
-            report.held_back.append({"vm": str(finding.vm), "reason": f"request {pending} is already pending"})
-            continue
-        try:
-            sink.enqueue(request)
-        except RemediationError as exc:  # one VM's failure must not stop the sweep for every other VM
-            sink.release(request)
-            report.held_back.append({"vm": str(finding.vm), "reason": f"could not be queued: {exc.reason}"})
+        with given_back_on_failure(sink.unclaim, dedup_key):  # the next sweep this hour may try the VM again
+            held = _admit_and_enqueue(settings, sink, request)
+        if held:
+            report.held_back.append({"vm": str(finding.vm), "reason": held})
             continue
         report.enqueued.append(request.request_id)

@@ -8,7 +8,7 @@ import pytest
 
 from remediate.azure.vm import VmView
 from remediate.engine import policy
-from remediate.ledger import VmState
+from remediate.ledger import Decision, VmState
 from remediate.model import RemediationRequest, Trigger, VmId
 from remediate.settings import Settings
 
@@ -105,9 +105,39 @@ def test_blast_radius_is_the_smaller_bound(fleet: int, max_vms: str, percent: st
     assert policy.blast_radius(rules, fleet) == limit
 
 
+def _decisions(*outcomes: str, vms: int = 0, changed: bool = True) -> list[Decision]:
+    """One decision per outcome, each on its own VM unless `vms` folds them onto that many."""
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return [
+        Decision(
+            f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm{i % (vms or 999)}",
+            outcome,
+            changed,
+            start + dt.timedelta(minutes=i),
+        )
+        for i, outcome in enumerate(outcomes)
+    ]
+
+
 def test_circuit_breaker_opens_on_mostly_failures() -> None:
     rules = settings(RDPR_CIRCUIT_MIN_OUTCOMES="4", RDPR_CIRCUIT_FAILURE_RATIO="0.5")
-    assert policy.circuit_refusal(rules, ["failed", "failed", "failed"]) is None  # too few to judge
-    assert policy.circuit_refusal(rules, ["failed", "remediated", "remediated", "remediated", "skipped"]) is None
-    reason = policy.circuit_refusal(rules, ["failed", "failed", "remediated", "unverified", "healthy"])
+    assert policy.circuit_refusal(rules, _decisions("failed", "failed", "failed")) is None  # too few to judge
+    mostly_fine = _decisions("failed", "remediated", "remediated", "remediated", "skipped")
+    assert policy.circuit_refusal(rules, mostly_fine) is None
+    reason = policy.circuit_refusal(rules, _decisions("failed", "failed", "remediated", "unverified", "healthy"))
     assert reason is not None and "circuit breaker open" in reason
+
+
+def test_circuit_breaker_counts_vms_not_outcomes() -> None:
+    rules = settings(RDPR_CIRCUIT_MIN_OUTCOMES="4", RDPR_CIRCUIT_FAILURE_RATIO="0.5")
+    assert policy.circuit_refusal(rules, _decisions(*["failed"] * 20, vms=1)) is None  # one VM, failed 20 times
+    assert policy.circuit_refusal(rules, _decisions(*["failed"] * 20, vms=3)) is None  # three VMs: too few
+    assert policy.circuit_refusal(rules, _decisions(*["failed"] * 20, vms=4)) is not None
+    # A VM's latest outcome is what counts: four VMs failed once, then were repaired.
+    recovered = _decisions(*["failed"] * 4, *["remediated"] * 4, vms=4)
+    assert policy.circuit_refusal(rules, recovered) is None
+
+
+def test_failures_that_changed_nothing_never_open_the_circuit() -> None:
+    rules = settings(RDPR_CIRCUIT_MIN_OUTCOMES="4", RDPR_CIRCUIT_FAILURE_RATIO="0.5")
+    assert policy.circuit_refusal(rules, _decisions(*["failed"] * 10, changed=False)) is None

@@ -80,3 +80,30 @@ def test_a_duplicate_key_deep_in_an_alert_is_refused(functions: Functions) -> No
 def test_a_status_request_id_with_unicode_digits_is_a_400(functions: Functions) -> None:
     response = functions.get_status("\u0661\u0662\u0663")  # Arabic-Indic digits: isalnum() but not an id
     _refused(response, "request_id")
+
+
+@pytest.mark.parametrize("suffix", ["\n/", "\n", "/\n", " \n"])
+def test_a_trailing_newline_does_not_make_a_vm_another_vm(functions: Functions, suffix: str) -> None:
+    """A VM id with a final newline is either refused or the same VM (its cooldown, its dedup): never a new key
+    (a regex's `$` matches before a final newline, which once let `vm\\n` pass as a distinct VM name)."""
+    vm = functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id
+    first = functions.post("alerts", metric_alert(vm))
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(body(first)["requestIds"][0]))["outcome"] == "remediated"
+    arm_before = len(functions.emulator.log.entries())
+
+    for route in ("alerts", "remediations"):
+        if route == "alerts":
+            doc: dict[str, Any] = metric_alert(vm, alert_id=f"/alerts/{route}{suffix!r}")
+            doc["data"]["essentials"]["alertTargetIDs"] = [vm + suffix]
+        else:
+            doc = {"vms": [vm + suffix]}
+        answer = functions.post(route, doc)
+        assert answer.status_code in (200, 202, 400), (route, answer.get_body())
+        named = [
+            *body(answer).get("vms", []),
+            *(item.get("target", item.get("vm")) for item in body(answer).get("ignored", [])),
+        ]
+        assert set(named) <= {vm}, (route, body(answer))  # the same VM, spelled canonically, or refused
+    functions.host.drain(timeout=60)
+    assert len(functions.emulator.log.entries()) == arm_before  # nothing reached the VM during its cooldown

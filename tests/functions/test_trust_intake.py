@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from remediate.ledger import vm_row_key
-from remediate.model import VmId
+from remediate.ledger import intake_partition, vm_row_key
+from remediate.model import RemediationRequest, TransientError, Trigger, VmId
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
+from tests.functions.test_trust_sweep import _sweeping
+from tests.intake.support import payload
 
 
 def _vm(functions: Functions, scenario: str) -> str:
@@ -114,3 +116,87 @@ def test_a_vm_in_cooldown_is_refused_before_any_arm_read(functions: Functions) -
     status = body(functions.get_status(body(runbook)["requestIds"][0]))
     assert status["outcome"] == "skipped" and "cooldown" in status["outcomeReason"]
     assert _arm_calls(functions) == []
+
+
+def test_a_ledger_failure_after_the_claim_gives_the_key_back(
+    functions: Functions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger answers 503 to the pending-slot write: the delivery gets a 503, and the action group's retry
+    of the same alert is queued and repaired (not answered "already accepted" with nothing behind it)."""
+    target = _vm(functions, "expired-certificate")
+    alert = _alert(target)
+    ledger = functions.app.queue.ledger
+    real_admit = ledger.admit
+    failures = [TransientError("ledger busy (503) while trying to read a pending request")]
+
+    def admit_once_failing(*args: Any, **kwargs: Any) -> str | None:
+        if failures:
+            raise failures.pop()
+        return real_admit(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "admit", admit_once_failing)
+    first = functions.post("alerts", alert)
+    assert first.status_code == 503 and functions.queued() == 0, first.get_body()
+
+    retry = functions.post("alerts", alert)
+    assert retry.status_code == 202, retry.get_body()
+    assert functions.queued() == 1
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(body(retry)["requestIds"][0]))["outcome"] == "remediated"
+
+
+def test_a_sweep_whose_ledger_fails_after_the_claim_can_queue_the_vm_again(
+    functions: Functions, product_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sweeping(functions, product_settings, sweep_max_vms=3, sweep_max_percent=100.0)
+    ledger = functions.app.queue.ledger
+    real_admit = ledger.admit
+
+    refused: list[VmId] = []
+
+    def admit_failing_first(request: RemediationRequest, *args: Any, **kwargs: Any) -> str | None:
+        if not refused:
+            refused.append(request.vm)
+            raise TransientError("ledger busy (503) while trying to read a pending request")
+        return real_admit(request, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "admit", admit_failing_first)
+    with pytest.raises(TransientError):
+        functions.sweep()  # the timer's run fails, visibly; nothing is queued
+    assert functions.queued() == 0
+    functions.sweep()  # the same hour: the VM whose admission failed is not "already enqueued this hour"
+    assert functions.queued() == 3
+    assert [r.trigger for r in ledger.history(refused[0])] == [Trigger.SWEEP]
+
+
+def test_intake_rows_are_spread_over_partitions(functions: Functions) -> None:
+    targets = [vm.resource_id for vm in functions.emulator.fleet][:8]
+    for target in targets:
+        functions.post("alerts", _alert(target))
+    rows = list(
+        functions.app.ledger.vms.query_entities("Vm ne @none", parameters={"none": ""}, select=["PartitionKey", "Vm"])
+    )
+    partitions = {row["PartitionKey"] for row in rows if row["PartitionKey"].startswith("intake")}
+    assert len(partitions) > 1 and "intake" not in partitions, partitions
+    for target in targets:
+        vm = VmId.parse(target)
+        assert functions.app.ledger.vms.get_entity(intake_partition(vm), vm_row_key(vm))["Vm"] == str(vm)
+
+
+def test_an_alert_naming_thousands_of_computers_costs_one_resource_graph_query(functions: Functions) -> None:
+    doc = payload("log-v2-workspace-computer.json")
+    shared = functions.emulator.fleet.by_scenario("expired-certificate")[0]
+    names = [shared.guest.computer_name] + [f"c{i:04d}" for i in range(6000)]  # under the 256 KB body limit
+    doc["data"]["alertContext"]["condition"]["allOf"] = [
+        {"dimensions": [{"name": "Computer", "value": n} for n in names]}
+    ]
+
+    answer = functions.post("alerts", doc)
+
+    assert answer.status_code in (200, 202), answer.get_body()[:300]
+    graph = [e for e in functions.emulator.log.entries() if e.operation == "resourceGraph"]
+    assert len(graph) == 1  # one query's worth of names, not seventy
+    unresolved = body(answer)["unresolved"]
+    capped = [u for u in unresolved if "more than 100 computers" in u["reason"]]
+    assert len(capped) == 1 and "and 5900 more" in capped[0]["computer"], capped
+    assert body(answer)["vms"] == [shared.resource_id]  # the first name was still resolved and acted on

@@ -28,6 +28,7 @@ LOOK_ALIKE_GROUPS = {
     "vm-dotted": "rg-k\u0130osk-ss",
     "vm-longs": "rg-kiosk-\u017f\u017f",  # upper() gives RG-KIOSK-SS
 }
+UNPARSED_TWIN = "vm-tw\u00efn-out"
 
 
 @pytest.fixture
@@ -41,6 +42,12 @@ def emulator(emulator_factory: EmulatorFactory) -> Emulator:
         shared = make_vm("expired-certificate", index + offset, name=name, resource_group=group)
         shared.guest.computer_name = "SHARED01"
         vms.append(shared)
+    # The same, but the out-of-scope twin's name is one Azure allows and `VmId.parse` does not (non-ASCII).
+    index = len(vms)
+    for offset, (name, group) in enumerate((("vm-twin-in", IN_SCOPE_GROUP), (UNPARSED_TWIN, "rg-other"))):
+        twin = make_vm("expired-certificate", index + offset, name=name, resource_group=group)
+        twin.guest.computer_name = "SHARED02"
+        vms.append(twin)
     return emulator_factory(Fleet(vms))
 
 
@@ -98,4 +105,15 @@ def test_a_computer_name_shared_with_an_out_of_scope_vm_is_not_applied_to_the_in
     assert _requests_to(functions.emulator, "vm-shared-in") == []
     assert _requests_to(functions.emulator, "vm-shared-out") == []
     # The lookup itself went to Resource Graph at tenant scope: every VM the identity can see.
+    assert [entry.operation for entry in functions.emulator.log.entries()] == ["resourceGraph"]
+
+
+def test_a_computer_name_shared_with_a_vm_whose_id_does_not_parse_is_not_applied(functions: Functions) -> None:
+    response = functions.post("alerts", _computer_alert("shared02"))
+
+    assert response.status_code == 200, response.get_body()
+    unresolved = body(response)["unresolved"]
+    assert len(unresolved) == 1 and "2 VMs have this computer name (1 in scope)" in unresolved[0]["reason"]
+    assert functions.queued() == 0
+    assert _requests_to(functions.emulator, "vm-twin-in") == []
     assert [entry.operation for entry in functions.emulator.log.entries()] == ["resourceGraph"]

@@ -126,6 +126,9 @@ class StrictSink:
         self.keys.add(digest)
         return True
 
+    def unclaim(self, dedup_key: str) -> None:
+        self.keys.discard(hashlib.sha256(dedup_key.encode()).hexdigest())
+
     def enqueue(self, request: RemediationRequest) -> None:
         json.dumps(request.to_message(), ensure_ascii=False).encode("utf-8")
         request.reason.encode("utf-8")

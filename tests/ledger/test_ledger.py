@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import pytest
+
 from remediate.ledger import DONE, QUEUED, Ledger
 from remediate.model import Outcome, RemediationRequest, StepResult, Trigger, VmId
 
@@ -94,6 +96,28 @@ def test_recent_outcomes_for_the_circuit_breaker(ledger: Ledger) -> None:
     for outcome in (Outcome.FAILED, Outcome.REMEDIATED, Outcome.FAILED):
         request = RemediationRequest(VM, Trigger.SWEEP, "sweep")
         ledger.record_accepted(request)
-        ledger.record_outcome(request.request_id, outcome, "x")
+        ledger.record_outcome(request.request_id, outcome, "x", changed=outcome is Outcome.REMEDIATED)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    assert sorted(ledger.recent_outcomes(since)) == ["failed", "failed", "remediated"]
+    decisions = ledger.recent_decisions(since)
+    assert sorted((d.outcome, d.changed) for d in decisions) == [
+        ("failed", False),
+        ("failed", False),
+        ("remediated", True),
+    ]
+    assert {d.vm for d in decisions} == {str(VM)}
+
+
+@pytest.mark.parametrize(("one", "other"), [("\u00b5", "\u03bc"), ("\u03c2", "\u03c3"), ("\u01c5", "\u01c6")])
+def test_two_spellings_azure_may_equate_share_one_lock(ledger: Ledger, one: str, other: str) -> None:
+    """Micro sign and mu (and other pairs that are not case round trips) may be one group to Azure: the lock
+    and the pending slot must hold for both spellings, or one VM could be remediated twice at once."""
+    sub = "00000000-0000-4000-8000-000000000001"
+    first, second = (
+        VmId.parse(f"/subscriptions/{sub}/resourceGroups/rg-{c}/providers/Microsoft.Compute/virtualMachines/vm1")
+        for c in (one, other)
+    )
+    assert first.key != second.key  # scope still tells them apart...
+    taken, _ = ledger.acquire(first, "request-a", 30)
+    assert taken
+    taken, state = ledger.acquire(second, "request-b", 30)
+    assert not taken and state.owner == "request-a"  # ...the lock does not

@@ -11,6 +11,7 @@ import base64
 import json
 import time
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from azure.core.credentials import AccessToken
@@ -144,4 +145,75 @@ def test_emulator_mode_refuses_another_loopback_port(engine: Engine, attacker: A
         workflow.clients.compute(engine.vm("healthy").subscription_id).send_request(
             HttpRequest("GET", f"{attacker.url}/subscriptions")
         )
+    _assert_untouched(attacker)
+
+
+def _behind_a_backslash(attacker: Attacker, arm_url: str) -> str:
+    """`attacker\\@arm`: urlparse reads the ARM host, urllib3 (the transport) the attacker's."""
+    arm = urlparse(arm_url)
+    return f"{attacker.url}\\@{arm.hostname}:{arm.port}"
+
+
+@pytest.mark.parametrize("operation", [RESTART, RUN_COMMAND])
+def test_a_polling_header_hiding_another_host_behind_a_backslash_is_never_followed(
+    engine: Engine, attacker: Attacker, operation: str
+) -> None:
+    vm = engine.vm("expired-certificate")
+    engine.emulator.foreign_polling_url = _behind_a_backslash(attacker, engine.settings.arm_url)
+    engine.emulator.faults.add(operation, "foreign-polling-host", count=1, vm=vm.resource_id)
+
+    result = engine.run("expired-certificate")
+
+    assert result.outcome is Outcome.FAILED, result.reason
+    assert "refused to send the Azure credential" in result.reason
+    assert engine.emulator.faults.pending() == []
+    _assert_untouched(attacker)
+
+
+def test_a_continuation_token_hiding_another_host_behind_a_backslash_is_refused(
+    engine: Engine, attacker: Attacker
+) -> None:
+    request = engine.request("expired-certificate")
+
+    def die_after_reboot(step: str, detail: str) -> None:
+        if step == "reboot" and detail != "started":
+            raise Killed
+
+    with pytest.raises(Killed):
+        engine.workflow(request, progress=die_after_reboot).run()
+    rows = list(engine.ledger.audit.query_entities("PartitionKey eq @pk", parameters={"pk": request.request_id}))
+    reboot = next(row for row in rows if row.get("Name") == "reboot")
+    summary = json.loads(reboot["Summary"])
+    hidden = _behind_a_backslash(attacker, engine.settings.arm_url).replace("\\", "\\\\")  # JSON-escaped
+    summary["continuationToken"] = _tamper(summary["continuationToken"], engine.settings.arm_url, hidden)
+    reboot["Summary"] = json.dumps(summary)
+    engine.ledger.audit.upsert_entity(reboot)
+
+    result = engine.workflow(request).run()
+
+    assert result.outcome is Outcome.FAILED and result.failed_step == "wait"
+    assert "refused to send the Azure credential with a stored continuation token" in result.reason
+    assert engine.posts_to("expired-certificate").count(RESTART) == 1
+    _assert_untouched(attacker)
+
+
+def test_real_mode_refuses_a_backslash_url_before_asking_for_a_token(attacker: Attacker) -> None:
+    settings = Settings.from_env({"RDPR_SCOPES": ""})
+    clients = AzureClients(settings)
+    asked: list[tuple[str, ...]] = []
+
+    class Counting(StaticTokenCredential):
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            asked.append(scopes)
+            return super().get_token(*scopes)
+
+    clients._credential = Counting()
+    try:
+        with pytest.raises(UntrustedHost):
+            clients.resource_graph()._client.send_request(
+                HttpRequest("GET", f"{attacker.url}\\@management.azure.com/subscriptions")
+            )
+    finally:
+        clients.close()
+    assert asked == []
     _assert_untouched(attacker)

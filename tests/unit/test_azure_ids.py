@@ -7,10 +7,13 @@ parser or name a different VM that is outside the scope.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from remediate.azure.inventory import computer_host_label
 from remediate.engine import policy
-from remediate.model import InvalidResourceId, VmId, azure_equal, azure_key
+from remediate.model import InvalidResourceId, VmId, azure_equal, azure_key, valid_subscription_id
 from remediate.settings import Settings
 
 SUB = "3f9b1c2e-7a4d-4e8b-9c61-2d5e8f0a4b17"
@@ -121,3 +124,23 @@ def test_opt_in_is_not_granted_by_a_look_alike_tag_name() -> None:
     )
     assert policy._tag_refusal(settings, {"RDP-REMEDIATE-OK": "YES"}) is None
     assert policy._tag_refusal(settings, {"rdp-remediate-o\u212a": "yes"}) is not None
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda: valid_subscription_id("00000000-0000-4000-8000-000000000001\n"),
+        lambda: computer_host_label("vm1\n") is not None,
+        lambda: computer_host_label("vm1.corp\n") is not None,
+    ],
+)
+def test_a_final_newline_never_passes_a_pattern(check: Any) -> None:
+    assert not check()
+
+
+def test_a_vm_name_with_a_final_newline_inside_the_id_is_refused() -> None:
+    sub = "00000000-0000-4000-8000-000000000001"
+    with pytest.raises(InvalidResourceId):
+        VmId.parse(f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1\n/")
+    with pytest.raises(InvalidResourceId):
+        VmId.parse(f"/subscriptions/{sub}\n/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1")

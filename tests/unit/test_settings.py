@@ -82,3 +82,13 @@ def test_readme_configuration_table_is_current() -> None:
     assert markdown_table() in README.read_text(encoding="utf-8"), (
         "README.md's configuration table is out of date: paste the output of `python -m remediate.settings`"
     )
+
+
+@pytest.mark.parametrize(
+    ("window", "hours"),
+    [("RDPR_SWEEP_WINDOW_HOURS", "72"), ("RDPR_CIRCUIT_WINDOW_HOURS", "48"), ("RDPR_ATTEMPT_WINDOW_HOURS", "25")],
+)
+def test_retention_must_cover_every_window_that_counts_audit_records(window: str, hours: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"RDPR_AUDIT_RETENTION_DAYS=1 keeps less than {window}"):
+        Settings.from_env({"RDPR_AUDIT_RETENTION_DAYS": "1", window: hours})
+    Settings.from_env({"RDPR_AUDIT_RETENTION_DAYS": "3", window: hours})  # 72 h covers it
