@@ -61,7 +61,7 @@ def test_the_probe_address_is_the_primary_configuration_of_the_primary_nic(
     [
         ("expired-certificate", [RC, RC, RESTART, RC]),
         ("firewall-closed", [RC, RC, RESTART, RC]),
-        ("keystore-corrupt", [RC, RC, RC, RESTART, RC, RC, RC, RESTART, RC]),
+        ("key-corrupt", [RC, RC, RESTART, RC]),
     ],
 )
 def test_broken_vms_are_remediated_and_verified_in_every_answer_style(

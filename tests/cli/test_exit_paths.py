@@ -115,8 +115,9 @@ def test_ctrl_c_records_the_request_interrupted_frees_the_lock_and_resume_finish
     assert process.stdout is not None and process.stderr is not None
     first = process.stdout.readline()  # "remediating vm-... (request ID)"
     request_id = first.strip().rsplit(" ", 1)[-1].rstrip(")")
-    while "probe" not in (line := process.stderr.readline()):  # the step before diagnose's Run Command
-        assert line, "the run ended before it reached the probe"
+    # The step before diagnose's Run Command: a failing probe is followed by the network-path read.
+    while "network-path" not in (line := process.stderr.readline()):
+        assert line, "the run ended before it reached the network path"
     time.sleep(0.5)  # the diagnose Run Command is now in flight in Azure
     process.send_signal(signal.SIGINT)
     code = process.wait(timeout=60)

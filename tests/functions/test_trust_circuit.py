@@ -32,7 +32,7 @@ def _posts_to(functions: Functions, vm: str) -> list[str]:
 
 def test_repeated_alerts_for_one_failing_vm_do_not_open_the_circuit(functions: Functions) -> None:
     fleet = functions.emulator.fleet
-    broken = fleet.by_scenario("firewall-policy")[0].resource_id
+    broken = fleet.by_scenario("cached-session")[0].resource_id
     victim = fleet.by_scenario("expired-certificate")[0].resource_id
     minimum = functions.app.settings.circuit_min_outcomes
 
@@ -56,7 +56,7 @@ def test_repeated_alerts_for_one_failing_vm_do_not_open_the_circuit(functions: F
 
 
 def test_a_no_change_failure_holds_alerts_but_not_a_person(functions: Functions) -> None:
-    broken = functions.emulator.fleet.by_scenario("firewall-policy")[0].resource_id
+    broken = functions.emulator.fleet.by_scenario("cached-session")[0].resource_id
     functions.post("alerts", _alert(broken))
     functions.host.drain(timeout=60)
     ledger: Ledger = functions.app.queue.ledger

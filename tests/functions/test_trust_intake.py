@@ -52,7 +52,8 @@ def test_a_flood_of_distinct_alerts_for_two_vms_becomes_two_requests(functions: 
 
     functions.host.drain(timeout=60)
     reads = [op for op in _arm_calls(functions) if op == "getVm"]
-    assert len(reads) <= 8, reads  # the two workflows' own reads, not one per alert
+    # The two workflows' own reads (preflight, and the instance view polled while a VM reboots), not one per alert.
+    assert len(reads) < len(statuses), reads
 
 
 def test_concurrent_deliveries_for_one_vm_never_fail_each_other(functions: Functions) -> None:
