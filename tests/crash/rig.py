@@ -66,6 +66,8 @@ class Rig:
             "RDPR_LEASE_SECONDS": "2",
             "RDPR_WORKFLOW_DEADLINE_MINUTES": "2",
             "RDPR_LOCK_MINUTES": "3",
+            # Every change is followed by a restart, so each crash point can fall on either side of one.
+            "RDPR_REBOOT_POLICY": "always",
             **self.overrides,
         }
 
