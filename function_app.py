@@ -3,6 +3,7 @@
 * POST /api/alerts                   Azure Monitor action group, common alert schema
 * POST /api/remediations             runbook / operator: VM ids or a subscription/group/tag selector
 * GET  /api/remediations/{id}        a request's state, steps and outcome
+* POST /api/remediations/{id}/release  an operator releases a request the storm guard holds
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
 * queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
 * queue  poison                      closes the record of a message the host gave up on
@@ -73,6 +74,20 @@ def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, record.to_json())
 
 
+@app.function_name("remediation_release")
+@app.route(route="remediations/{request_id}/release", methods=["POST"])
+def remediation_release(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import release_answer
+
+    current = get_app()
+    answer = release_answer(current, req.route_params.get("request_id", ""), req.get_body(), _caller(req))
+    return _json(answer.status, answer.body)
+
+
+def _caller(req: func.HttpRequest) -> str:
+    return req.headers.get("x-ms-client-principal-name") or "anonymous (function key)"
+
+
 @app.function_name("sweep")
 @app.timer_trigger(schedule="%RDPR_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 def sweep(timer: func.TimerRequest) -> None:
@@ -95,16 +110,8 @@ def sweep(timer: func.TimerRequest) -> None:
 @app.function_name("worker")
 @app.queue_trigger(arg_name="msg", queue_name="%RDPR_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def worker(msg: func.QueueMessage) -> None:
-    from remediate.intake.worker import handle_message
-
-    current = get_app()
-    handle_message(
-        msg.get_body().decode("utf-8", errors="replace"),
-        msg.dequeue_count or 1,
-        current.settings,
-        current.ledger,
-        current.clients,
-    )
+    # The gate: a request held by the storm guard, or finding every fleet-wide slot taken, comes back later.
+    get_app().gate.deliver(msg.get_body().decode("utf-8", errors="replace"), msg.dequeue_count or 1)
 
 
 @app.function_name("poison")

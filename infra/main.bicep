@@ -107,6 +107,7 @@ var storageLayout = {
     '${tablePrefix}fleet'
     '${tablePrefix}fleethistory'
     '${tablePrefix}sweeps'
+    '${tablePrefix}control'
   ]
 }
 

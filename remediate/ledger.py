@@ -45,6 +45,8 @@ REQUEST_ROW = "request"
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 # Stopped by an operator (Ctrl-C, unlock) before its outcome: not done, so running it again resumes it.
 INTERRUPTED = "interrupted"
+# Accepted but held back by the storm guard until its budget has room or an operator releases it.
+HELD = "held"
 
 
 def utcnow() -> dt.datetime:
@@ -179,6 +181,21 @@ class Ledger:
         """The request stopped before its outcome; its journal stays, so `run --resume` continues it."""
         self._merge_request(request_id, {"State": INTERRUPTED, "OutcomeReason": reason[:8000]})
 
+    def mark_waiting(self, request_id: str, state: str, reason: str, **fields: Any) -> None:
+        """A request not running yet, and why (held by the storm guard, waiting for a slot, released)."""
+        self._merge_request(request_id, {"State": state, "OutcomeReason": reason[:8000], **fields})
+
+    def request_fields(self, request_id: str, *names: str) -> dict[str, Any]:
+        """Extra columns of a request row (the held message's id and receipt); empty for an unknown id."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read a request"):
+                row = self.audit.get_entity(request_id, REQUEST_ROW, select=list(names))
+        except ResourceNotFoundError:
+            return {}
+        return {name: row.get(name) for name in names}
+
     def record_step(self, request_id: str, index: int, step: StepResult) -> None:
         entity = {
             "PartitionKey": request_id,
@@ -228,6 +245,13 @@ class Ledger:
         with _storage_errors("read recent outcomes"):
             rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
             return [row["Outcome"] for row in rows if row.get("Outcome")]
+
+    def requests_in_state(self, state: str, limit: int = 200) -> list[AuditRecord]:
+        """Request rows (without steps) in one state, e.g. every `held` request for the fleet view."""
+        query = "RowKey eq @row and State eq @state"
+        with _storage_errors("list requests"):
+            rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "state": state})
+            return [_record(row, []) for _, row in zip(range(limit), rows, strict=False)]
 
     def _merge_request(self, request_id: str, fields: dict[str, Any]) -> None:
         from azure.data.tables import UpdateMode

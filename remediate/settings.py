@@ -51,6 +51,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _percent(text: str) -> float:
     value = float(text)
     if not 0 < value <= 100:
@@ -176,8 +193,45 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_MAX_CONCURRENT",
         "max_concurrent",
         "10",
-        "Remediations one worker process runs at the same time.",
+        "Remediations one CLI run starts at the same time (its threads); the fleet-wide bound is `RDPR_MAX_ACTIVE`.",
         _positive_int,
+    ),
+    # --- Fleet-wide controls (docs/operations.md) ---------------------------------------------------------
+    SettingSpec(
+        "RDPR_MAX_ACTIVE",
+        "max_active",
+        "10",
+        "VMs in an active remediation at once across every Function instance and CLI run (leases in the ledger).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_MAX_ACTIVE_PER_SUBSCRIPTION",
+        "max_active_per_subscription",
+        "0",
+        "Also at most this many active remediations per subscription (0: only the global `RDPR_MAX_ACTIVE`).",
+        _non_negative_int,
+    ),
+    SettingSpec(
+        "RDPR_SLOT_RETRY_SECONDS",
+        "slot_retry_seconds",
+        "30",
+        "How long a queued request that found every slot taken stays invisible before it is tried again.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_STORM_MAX_PER_HOUR",
+        "storm_max_per_hour",
+        "50",
+        "Storm guard: new remediations alerts, runbooks and sweeps may start in any rolling hour; "
+        "more are held (at most 1000).",
+        _bounded_int(1, 1000),
+    ),
+    SettingSpec(
+        "RDPR_STORM_MAX_PERCENT",
+        "storm_max_percent",
+        "20",
+        "Storm guard: also at most this share of the fleet in scope (as the last sweep counted it) per hour.",
+        _percent,
     ),
     SettingSpec(
         "RDPR_REBOOT_POLICY",
@@ -413,6 +467,11 @@ class Settings:
     max_attempts: int
     attempt_window_hours: int
     max_concurrent: int
+    max_active: int
+    max_active_per_subscription: int
+    slot_retry_seconds: int
+    storm_max_per_hour: int
+    storm_max_percent: float
     reboot_policy: str
     lock_minutes: int
     workflow_deadline_minutes: int

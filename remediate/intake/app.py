@@ -16,7 +16,10 @@ from remediate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.engine.slots import Slots
+    from remediate.engine.storm import StormGuard
     from remediate.fleet import FleetStore
+    from remediate.intake.gate import Gate
     from remediate.intake.queue import RequestQueue
     from remediate.intake.requests import Selector
     from remediate.intake.service import AlertIntake, RunbookIntake
@@ -60,9 +63,36 @@ class App:
         from remediate.intake.queue import RequestQueue
 
         queue = RequestQueue.from_settings(self.settings, self.ledger)
+        queue.guard = self.storm
         if self.settings.emulator:
             queue.create()
         return queue
+
+    @cached_property
+    def slots(self) -> Slots:
+        from remediate.engine.slots import Slots
+
+        slots = Slots.from_settings(self.settings)
+        if self.settings.emulator:
+            slots.create_table()
+        return slots
+
+    @cached_property
+    def storm(self) -> StormGuard:
+        from remediate.engine.storm import StormGuard
+
+        return StormGuard(self.slots.table, self.settings, self.fleet_in_scope)
+
+    @cached_property
+    def gate(self) -> Gate:
+        from remediate.intake.gate import Gate
+
+        return Gate(self.settings, self.ledger, self.clients, self.queue.queue, self.slots, self.storm)
+
+    def fleet_in_scope(self) -> int | None:
+        """The VMs in scope as the last sweep counted them (None before the first sweep): the storm guard's base."""
+        last = next(self.fleet.recent_sweeps(limit=1), None)
+        return last.eligible if last is not None else None
 
     @cached_property
     def alerts(self) -> AlertIntake:

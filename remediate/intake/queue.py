@@ -17,16 +17,21 @@ from remediate.settings import Settings
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
 
+    from remediate.engine.storm import StormGuard
+
 log = logging.getLogger(__name__)
 
 
 class RequestQueue:
     """Records each request in the ledger, then queues it. Implements intake's `IntakeSink`."""
 
-    def __init__(self, queue: QueueClient, ledger: Ledger, poison: QueueClient | None = None) -> None:
+    def __init__(
+        self, queue: QueueClient, ledger: Ledger, poison: QueueClient | None = None, guard: StormGuard | None = None
+    ) -> None:
         self.queue = queue
         self.poison = poison
         self.ledger = ledger
+        self.guard = guard  # the storm guard: every trigger's requests count against its budget
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger) -> RequestQueue:
@@ -58,7 +63,13 @@ class RequestQueue:
             self.ledger.record_accepted(request)
             # The message carries the request's trace (W3C traceparent), so the worker continues it.
             message = {**request.to_message(), **telemetry.start_request_trace(request)}
-            self.queue.send_message(json.dumps(message))
+            hold = self.guard.admit() if self.guard is not None else None
+            if hold is None:
+                self.queue.send_message(json.dumps(message))
+            else:  # accepted and kept, not dropped: its message comes back when the budget frees
+                from remediate.intake.gate import hold_request
+
+                hold_request(self.queue, self.ledger, request.request_id, json.dumps(message), hold)
         except Exception as exc:
             self._undo(request, exc)
             raise TransientError(f"the request could not be queued: {exc}") from exc

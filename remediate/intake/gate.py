@@ -1,0 +1,119 @@
+"""The gate between the queue and the engine: the storm guard's holds and the fleet-wide slots.
+
+A queue message comes back later, rather than waiting in a worker, whenever its request may not start yet:
+
+* held by the storm guard: it is re-sent invisible until the budget frees (`held` in the ledger, with the reason);
+* every slot taken (`RDPR_MAX_ACTIVE`): it is re-sent invisible for `RDPR_SLOT_RETRY_SECONDS`.
+
+Re-sending (rather than raising) keeps the wait from counting as a failed delivery: a request waiting for room
+never reaches the poison queue. The new message is sent before the trigger returns and the host deletes the old
+one, so a crash in between leaves two messages for one request, never none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from remediate import telemetry
+from remediate.engine.slots import Slots
+from remediate.engine.storm import Hold, StormGuard
+from remediate.intake.worker import handle_message
+from remediate.ledger import DONE, HELD, QUEUED, Ledger, utcnow
+from remediate.model import NotFound, PermanentError, RemediationRequest
+from remediate.settings import Settings
+
+if TYPE_CHECKING:
+    from azure.storage.queue import QueueClient
+
+    from remediate.azure.clients import AzureClients
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gate:
+    settings: Settings
+    ledger: Ledger
+    clients: AzureClients
+    queue: QueueClient
+    slots: Slots
+    guard: StormGuard
+
+    def deliver(self, body: str, dequeue_count: int) -> None:
+        """What the queue trigger calls: wait for room (by coming back later), then run the request."""
+        try:
+            request = RemediationRequest.from_message(json.loads(body))
+        except (ValueError, PermanentError):
+            handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)  # records and drops it
+            return
+        record = self.ledger.get(request.request_id)
+        if record is not None and record.state == HELD:
+            hold = self.guard.admit()
+            if hold is not None:
+                hold_request(self.queue, self.ledger, request.request_id, body, hold)
+                return
+            self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
+            telemetry.control_event("request released", request.request_id, "storm budget has room")
+        needs_slot = (record is None or record.state != DONE) and not (request.options.dry_run or self.settings.dry_run)
+        lease = self.slots.try_acquire(request.vm, request.request_id) if needs_slot else None
+        if needs_slot and lease is None:
+            self._wait_for_slot(request, body)
+            return
+        try:
+            handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)
+        finally:
+            if lease is not None:
+                self.slots.release(lease)
+
+    def _wait_for_slot(self, request: RemediationRequest, body: str) -> None:
+        delay = self.settings.slot_retry_seconds
+        self.queue.send_message(body, visibility_timeout=delay)
+        self.ledger.mark_waiting(
+            request.request_id,
+            QUEUED,
+            f"waiting for a slot: {self.settings.max_active} remediations are active (RDPR_MAX_ACTIVE); "
+            f"tried again every {delay} s",
+        )
+        log.info("no slot free; request put back", extra={"request_id": request.request_id, "delay_seconds": delay})
+
+
+def hold_request(queue: QueueClient, ledger: Ledger, request_id: str, body: str, hold: Hold) -> None:
+    """Record the hold first, then send the message invisible until the budget frees: a held request always has
+    its message, so it runs when the window passes even if nobody releases it."""
+    now = utcnow()
+    ledger.mark_waiting(request_id, HELD, hold.reason, HeldUntil=hold.until)
+    sent = queue.send_message(body, visibility_timeout=hold.delay_seconds(now))
+    ledger.mark_waiting(request_id, HELD, hold.reason, MessageId=sent.id, PopReceipt=sent.pop_receipt)
+    telemetry.control_event("request held", request_id, hold.reason)
+    log.warning("request held by the storm guard", extra={"request_id": request_id, "until": hold.until.isoformat()})
+
+
+class NotHeld(PermanentError):
+    """Releasing a request that is not held: the caller's mistake, nothing changed."""
+
+
+def release(ledger: Ledger, queue: QueueClient, guard: StormGuard, request_id: str, who: str, why: str) -> dt.datetime:
+    """An operator releases a held request now: counted against the budget, never refused by it."""
+    from azure.core.exceptions import HttpResponseError
+
+    record = ledger.get(request_id)
+    if record is None:
+        raise NotFound(f"request_id: no request {request_id} in the ledger")
+    if record.state != HELD:
+        raise NotHeld(f"request_id: request {request_id} is not held (state {record.state})")
+    guard.admit(force=True)
+    now = utcnow()
+    ledger.mark_waiting(request_id, QUEUED, f"released by {who} at {now.isoformat(timespec='seconds')}: {why}")
+    message = ledger.request_fields(request_id, "MessageId", "PopReceipt")
+    try:
+        if message.get("MessageId") and message.get("PopReceipt"):
+            queue.update_message(message["MessageId"], pop_receipt=message["PopReceipt"], visibility_timeout=0)
+    except HttpResponseError:
+        # A worker has the message in hand (it reads the request as queued and runs it) or already re-sent it.
+        log.info("held message not made visible; it runs at its next delivery", extra={"request_id": request_id})
+    telemetry.control_event("request released", request_id, f"by {who}: {why}")
+    return now
