@@ -71,7 +71,8 @@ def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
                 }
             },
         )
-    return _json(200, record.to_json())
+    alert = get_app().ledger.request_fields(request_id, "AlertState", "AlertNote")
+    return _json(200, {**record.to_json(), "alert": alert if alert.get("AlertState") else None})
 
 
 @app.function_name("remediation_release")

@@ -185,6 +185,10 @@ class Ledger:
         """A request not running yet, and why (held by the storm guard, waiting for a slot, released)."""
         self._merge_request(request_id, {"State": state, "OutcomeReason": reason[:8000], **fields})
 
+    def note(self, request_id: str, **fields: Any) -> None:
+        """Extra columns on a request row, its state untouched (what became of the alert that started it)."""
+        self._merge_request(request_id, fields)
+
     def request_fields(self, request_id: str, *names: str) -> dict[str, Any]:
         """Extra columns of a request row (the held message's id and receipt); empty for an unknown id."""
         from azure.core.exceptions import ResourceNotFoundError

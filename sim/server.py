@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sim import alerts
 from sim.certs import server_certificate
 from sim.faults import Faults
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION, Fleet, VirtualMachine
@@ -197,6 +198,12 @@ def _routes() -> list[Route]:
             "resourceGraph",
             lambda emu, call, _g: emu.resource_graph(call),
         ),
+        (  # Alerts Management: close or comment the alert that started a request (sim/alerts.py cites the spec)
+            "POST",
+            rf"/subscriptions/{_S}/providers/microsoft\.alertsmanagement/alerts/{_S}/changestate",
+            "alertChangeState",
+            alerts.change_state,
+        ),
         (
             "POST",
             rf"/v1/workspaces/{_S}/query",
@@ -237,6 +244,7 @@ class Emulator:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.fleet = fleet
         self.faults = Faults()
+        self.alerts = alerts.AlertStore()
         self.log = RequestLog()
         self.time_scale = time_scale
         self.base_latencies = latencies or Latencies()
