@@ -47,6 +47,8 @@ QUEUED, RUNNING, DONE = "queued", "running", "done"
 INTERRUPTED = "interrupted"
 # Accepted but held back by the storm guard until its budget has room or an operator releases it.
 HELD = "held"
+# Its reboot waits for the VM's change window; the queue message comes back when the window opens.
+WAITING = "waiting"
 
 
 def utcnow() -> dt.datetime:

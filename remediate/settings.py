@@ -234,6 +234,19 @@ SPECS: tuple[SettingSpec, ...] = (
         _percent,
     ),
     SettingSpec(
+        "RDPR_REBOOT_WINDOW",
+        "reboot_window",
+        "",
+        "Default change window for reboots, e.g. `Sat 02:00-06:00 Europe/Berlin` (docs/operations.md); empty: any "
+        "time. A VM's `RDPR_WINDOW_TAG` tag overrides it.",
+    ),
+    SettingSpec(
+        "RDPR_WINDOW_TAG",
+        "window_tag",
+        "rdp-remediate-window",
+        "Name of the VM tag that holds the VM's own change window for reboots.",
+    ),
+    SettingSpec(
         "RDPR_REBOOT_POLICY",
         "reboot_policy",
         "always",
@@ -472,6 +485,8 @@ class Settings:
     slot_retry_seconds: int
     storm_max_per_hour: int
     storm_max_percent: float
+    reboot_window: str
+    window_tag: str
     reboot_policy: str
     lock_minutes: int
     workflow_deadline_minutes: int

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure import vm as azure_vm
-from remediate.engine import plans, policy
+from remediate.engine import plans, policy, windows
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
 from remediate.engine.journal import FAILED, OK, SKIPPED, STARTED, Journal
@@ -122,6 +122,7 @@ class Workflow:
         self._restart_poller: LROPoller[None] | None = None  # the live poller of a restart this worker asked for
         self._locked_out = False  # skipped because another request holds the lock: its lock is not ours to free
         self._holds_lock = False
+        self._window: windows.Window | None = None  # the VM's change window for reboots (None: any time)
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -147,7 +148,9 @@ class Workflow:
             return stop.outcome, stop.reason
         except TransientError as exc:
             if self.retry_later:
-                raise
+                raise  # the message comes back (for OutsideWindow: when the window opens)
+            if isinstance(exc, windows.OutsideWindow):
+                return self._outside_window(exc)
             return Outcome.FAILED, f"gave up after retries: {exc.reason}"
         except RemediationError as exc:
             return Outcome.FAILED, exc.reason
@@ -162,6 +165,11 @@ class Workflow:
         view = self._preflight()
         if self.request.options.dry_run or self.settings.dry_run:
             return self._dry_run(view)  # reads only, so it takes no lock a real remediation would wait for
+        self._window, refusal = windows.reboot_window(self.settings, view.tags)
+        if refusal:
+            return Outcome.SKIPPED, refusal
+        if self.settings.reboot_policy == "always":
+            self._await_window("reboot", before_changes=True)  # every change reboots: change nothing before it
         self._lock()
         self._recheck_history()
         return self._remediate(view)
@@ -222,6 +230,25 @@ class Workflow:
 
         self._step("preflight", check, rerun=True)
         return holder[0]
+
+    def _outside_window(self, exc: windows.OutsideWindow) -> tuple[Outcome, str]:
+        """The verdict of a run that cannot come back later (the CLI) when the window is closed."""
+        if any((s.summary or {}).get("changed") for s in self._require_journal().steps):
+            return Outcome.FAILED, f"repaired, not rebooted: {exc.reason}; resume it then (run --resume)"
+        return Outcome.SKIPPED, f"nothing changed: {exc.reason}"
+
+    def _await_window(self, reboot_step: str, *, before_changes: bool = False) -> None:
+        """Raise OutsideWindow while the VM's change window is closed, unless this reboot was already sent (a
+        resumed request never holds back a restart Azure may have accepted). The queue worker puts the message
+        back until the window opens; nothing waits in a worker."""
+        journal = self._require_journal()
+        if self._window is None or journal.find(reboot_step) is not None:
+            return
+        if before_changes and any((step.summary or {}).get("changed") for step in journal.steps):
+            return  # changes were made already: the check before the reboot itself decides
+        opens_at = self._window.opens_after(self._now())
+        if opens_at is not None:
+            raise windows.OutsideWindow(windows.wait_reason(self._window, opens_at), opens_at)
 
     def _lock(self) -> None:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
@@ -342,6 +369,7 @@ class Workflow:
             return Outcome.FAILED, "; ".join(refused) or f"the repairs changed nothing: {decision.explain()}"
         self._changed = True
         if self._should_reboot(summaries):
+            self._await_window(f"reboot{suffix}")
             self._step(f"reboot{suffix}", self._reboot)
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)

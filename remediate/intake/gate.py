@@ -3,7 +3,8 @@
 A queue message comes back later, rather than waiting in a worker, whenever its request may not start yet:
 
 * held by the storm guard: it is re-sent invisible until the budget frees (`held` in the ledger, with the reason);
-* every slot taken (`RDPR_MAX_ACTIVE`): it is re-sent invisible for `RDPR_SLOT_RETRY_SECONDS`.
+* every slot taken (`RDPR_MAX_ACTIVE`): it is re-sent invisible for `RDPR_SLOT_RETRY_SECONDS`;
+* its reboot waits for the VM's change window: it is re-sent invisible until the window opens (`waiting`).
 
 Re-sending (rather than raising) keeps the wait from counting as a failed delivery: a request waiting for room
 never reaches the poison queue. The new message is sent before the trigger returns and the host deletes the old
@@ -15,14 +16,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from remediate import telemetry
 from remediate.engine.slots import Slots
 from remediate.engine.storm import Hold, StormGuard
+from remediate.engine.windows import OutsideWindow
 from remediate.intake.worker import handle_message
-from remediate.ledger import DONE, HELD, QUEUED, Ledger, utcnow
+from remediate.ledger import DONE, HELD, QUEUED, WAITING, Ledger, utcnow
 from remediate.model import NotFound, PermanentError, RemediationRequest
 from remediate.settings import Settings
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
 
 log = logging.getLogger(__name__)
+MAX_INVISIBLE = 7 * 24 * 3600 - 60  # a queue message may stay invisible for at most seven days
 
 
 @dataclass
@@ -65,6 +69,12 @@ class Gate:
             return
         try:
             handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)
+        except OutsideWindow as wait:
+            # Not a failure: the message comes back when the window opens (the queue allows 7 days at most).
+            seconds = (wait.opens_at - utcnow()).total_seconds()
+            put_back(self.queue, self.ledger, request.request_id, body, min(max(1, math.ceil(seconds)), MAX_INVISIBLE))
+            self.ledger.mark_waiting(request.request_id, WAITING, wait.reason, WaitingUntil=wait.opens_at)
+            log.info("request waits for its change window", extra={"request_id": request.request_id})
         finally:
             if lease is not None:
                 self.slots.release(lease)
@@ -81,13 +91,18 @@ class Gate:
         log.info("no slot free; request put back", extra={"request_id": request.request_id, "delay_seconds": delay})
 
 
+def put_back(queue: QueueClient, ledger: Ledger, request_id: str, body: str, seconds: int) -> None:
+    """Send the request's message again, invisible for `seconds`; its id and receipt go on the request row so
+    an operator's release (or approval) can make it visible at once."""
+    sent = queue.send_message(body, visibility_timeout=seconds)
+    ledger.note(request_id, MessageId=sent.id, PopReceipt=sent.pop_receipt)
+
+
 def hold_request(queue: QueueClient, ledger: Ledger, request_id: str, body: str, hold: Hold) -> None:
     """Record the hold first, then send the message invisible until the budget frees: a held request always has
     its message, so it runs when the window passes even if nobody releases it."""
-    now = utcnow()
     ledger.mark_waiting(request_id, HELD, hold.reason, HeldUntil=hold.until)
-    sent = queue.send_message(body, visibility_timeout=hold.delay_seconds(now))
-    ledger.mark_waiting(request_id, HELD, hold.reason, MessageId=sent.id, PopReceipt=sent.pop_receipt)
+    put_back(queue, ledger, request_id, body, hold.delay_seconds(utcnow()))
     telemetry.control_event("request held", request_id, hold.reason)
     log.warning("request held by the storm guard", extra={"request_id": request_id, "until": hold.until.isoformat()})
 

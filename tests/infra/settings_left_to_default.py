@@ -19,6 +19,8 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_SLOT_RETRY_SECONDS": "how soon a request that found no slot is tried again; no deployment-specific value",
     "RDPR_STORM_MAX_PER_HOUR": _SAFETY + " (storm guard)",
     "RDPR_STORM_MAX_PERCENT": _SAFETY + " (storm guard)",
+    "RDPR_REBOOT_WINDOW": _SAFETY + " (reboot any time unless a VM's tag names its window)",
+    "RDPR_WINDOW_TAG": "the documented tag name; change it only to match an existing tagging convention",
     "RDPR_REBOOT_POLICY": _SAFETY,
     "RDPR_LOCK_MINUTES": _SAFETY + " (longer than the workflow deadline, shorter than the cooldown)",
     "RDPR_WORKFLOW_DEADLINE_MINUTES": "25 minutes stays below the Flex Consumption function timeout (30 min)",

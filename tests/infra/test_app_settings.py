@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from remediate.fleet import FleetStore
 from remediate.engine.slots import control_table
+from remediate.fleet import FleetStore
 from remediate.ledger import Ledger
 from remediate.settings import SPECS, Settings
 from tests.infra.bicep import INFRA, REPO, Expression, get, load
