@@ -4,11 +4,15 @@
 * POST /api/remediations             runbook / operator: VM ids or a subscription/group/tag selector
 * GET  /api/remediations/{id}        a request's state, steps and outcome
 * POST /api/remediations/{id}/release  an operator releases a request the storm guard holds
+* POST /api/remediations/{id}/approve  an approver lets a diagnosed request run (approval mode)
+* POST /api/remediations/{id}/reject   an approver ends it unchanged
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
 * queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
 * queue  poison                      closes the record of a message the host gave up on
 
-Every HTTP route needs a function key (`?code=` or `x-functions-key`).
+Every HTTP route needs a function key (`?code=` or `x-functions-key`); in Azure, App Service authentication
+(Microsoft Entra ID) also protects every route but /api/alerts, and approve/reject require the approver app role
+from the principal the platform injects (X-MS-CLIENT-PRINCIPAL).
 """
 
 from __future__ import annotations
@@ -71,8 +75,14 @@ def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
                 }
             },
         )
-    alert = get_app().ledger.request_fields(request_id, "AlertState", "AlertNote")
-    return _json(200, {**record.to_json(), "alert": alert if alert.get("AlertState") else None})
+    from remediate.intake.approval import FIELDS
+
+    extra = get_app().ledger.request_fields(request_id, "AlertState", "AlertNote", *FIELDS)
+    alert = {k: extra.pop(k) for k in ("AlertState", "AlertNote")}
+    approval = {k: v for k, v in extra.items() if v is not None}
+    return _json(
+        200, {**record.to_json(), "alert": alert if alert.get("AlertState") else None, "approval": approval or None}
+    )
 
 
 @app.function_name("remediation_release")
@@ -85,8 +95,34 @@ def remediation_release(req: func.HttpRequest) -> func.HttpResponse:
     return _json(answer.status, answer.body)
 
 
+@app.function_name("remediation_approve")
+@app.route(route="remediations/{request_id}/approve", methods=["POST"])
+def remediation_approve(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import decision_answer
+
+    answer = decision_answer(
+        get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers), approve=True
+    )
+    return _json(answer.status, answer.body)
+
+
+@app.function_name("remediation_reject")
+@app.route(route="remediations/{request_id}/reject", methods=["POST"])
+def remediation_reject(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import decision_answer
+
+    answer = decision_answer(
+        get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers), approve=False
+    )
+    return _json(answer.status, answer.body)
+
+
 def _caller(req: func.HttpRequest) -> str:
-    return req.headers.get("x-ms-client-principal-name") or "anonymous (function key)"
+    """The principal App Service authentication vouches for (X-MS-CLIENT-PRINCIPAL), never a client-set header."""
+    from remediate.intake.principal import principal_of
+
+    principal = principal_of(dict(req.headers))
+    return str(principal) if principal is not None else "anonymous (function key)"
 
 
 @app.function_name("sweep")

@@ -49,6 +49,8 @@ INTERRUPTED = "interrupted"
 HELD = "held"
 # Its reboot waits for the VM's change window; the queue message comes back when the window opens.
 WAITING = "waiting"
+# Diagnosed, its plan recorded, waiting for a person to approve or reject it.
+AWAITING_APPROVAL = "awaiting-approval"
 
 
 def utcnow() -> dt.datetime:

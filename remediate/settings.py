@@ -68,6 +68,14 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _triggers(text: str) -> tuple[str, ...]:
+    triggers = tuple(part.lower() for part in _csv(text))
+    unknown = [t for t in triggers if t not in ("alert", "runbook", "sweep")]
+    if unknown:
+        raise ValueError(f"unknown trigger {unknown[0]!r}: use alert, runbook, sweep")
+    return triggers
+
+
 def _percent(text: str) -> float:
     value = float(text)
     if not 0 < value <= 100:
@@ -232,6 +240,27 @@ SPECS: tuple[SettingSpec, ...] = (
         "20",
         "Storm guard: also at most this share of the fleet in scope (as the last sweep counted it) per hour.",
         _percent,
+    ),
+    SettingSpec(
+        "RDPR_APPROVAL_TRIGGERS",
+        "approval_triggers",
+        "",
+        "Triggers whose requests wait for a person's approval after a read-only diagnosis (`alert`, `runbook`, "
+        "`sweep`, comma-separated; empty: none).",
+        _triggers,
+    ),
+    SettingSpec(
+        "RDPR_APPROVAL_EXPIRY_MINUTES",
+        "approval_expiry_minutes",
+        "240",
+        "How long a diagnosed request waits for approval before it expires (skipped; a new trigger starts over).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_APPROVER_ROLE",
+        "approver_role",
+        "Remediation.Approver",
+        "The Microsoft Entra app role a caller needs to approve or reject (from the App Service principal's roles).",
     ),
     SettingSpec(
         "RDPR_REBOOT_WINDOW",
@@ -485,6 +514,9 @@ class Settings:
     slot_retry_seconds: int
     storm_max_per_hour: int
     storm_max_percent: float
+    approval_triggers: tuple[str, ...]
+    approval_expiry_minutes: int
+    approver_role: str
     reboot_window: str
     window_tag: str
     reboot_policy: str

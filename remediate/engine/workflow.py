@@ -168,7 +168,7 @@ class Workflow:
         self._window, refusal = windows.reboot_window(self.settings, view.tags)
         if refusal:
             return Outcome.SKIPPED, refusal
-        if self.settings.reboot_policy == "always":
+        if self.settings.reboot_policy == "always" and not self.request.options.diagnose_only:
             self._await_window("reboot", before_changes=True)  # every change reboots: change nothing before it
         self._lock()
         self._recheck_history()

@@ -24,8 +24,9 @@ from remediate import telemetry
 from remediate.engine.slots import Slots
 from remediate.engine.storm import Hold, StormGuard
 from remediate.engine.windows import OutsideWindow
+from remediate.intake import approval
 from remediate.intake.worker import handle_message
-from remediate.ledger import DONE, HELD, QUEUED, WAITING, Ledger, utcnow
+from remediate.ledger import AWAITING_APPROVAL, DONE, HELD, QUEUED, WAITING, Ledger, utcnow
 from remediate.model import NotFound, PermanentError, RemediationRequest
 from remediate.settings import Settings
 
@@ -62,6 +63,17 @@ class Gate:
                 return
             self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
             telemetry.control_event("request released", request.request_id, "storm budget has room")
+        if record is not None and record.state == AWAITING_APPROVAL:
+            if approval.expired(self.ledger, request.request_id):
+                approval.close_expired(self.ledger, request.request_id)
+            else:  # delivered early (a duplicate): back to waiting, until the approval expires
+                put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
+            return
+        if (record is None or record.state != DONE) and approval.needs_approval(self.settings, self.ledger, request):
+            waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
+            if waiting is not None:
+                put_back(self.queue, self.ledger, request.request_id, body, min(waiting[1], MAX_INVISIBLE))
+            return
         needs_slot = (record is None or record.state != DONE) and not (request.options.dry_run or self.settings.dry_run)
         lease = self.slots.try_acquire(request.vm, request.request_id) if needs_slot else None
         if needs_slot and lease is None:
