@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("remediate.cli.status", "one request's state, steps and outcome"),
     "history": ("remediate.cli.history", "the recent remediations of one VM"),
     "unlock": ("remediate.cli.unlock", "release a VM's lock left by a stopped run (refused while it restarts)"),
+    "approve": ("remediate.cli.decide", "approve a diagnosed request waiting for approval (recorded with who and why)"),
+    "reject": ("remediate.cli.decide", "reject a diagnosed request waiting for approval: it ends unchanged"),
     "release": ("remediate.cli.release", "run a request the storm guard holds, now (counted, never refused)"),
     "sweep": ("remediate.cli.sweep", "run the sweep once: find broken or expiring RDP certificates in scope"),
     "fleet": ("remediate.cli.fleet", "the fleet's RDP certificates as the last sweeps saw them, and the forecast"),
