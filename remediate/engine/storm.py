@@ -59,6 +59,16 @@ class StormGuard:
         self._fleet_size = fleet_size
         self._clock = clock
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StormGuard:
+        """The guard every queue of requests gets, with the fleet in scope as the last sweep counted it."""
+        from remediate.engine.slots import Slots
+
+        slots = Slots.from_settings(settings)
+        if settings.emulator:
+            slots.create_table()  # in Azure the Bicep creates it
+        return cls(slots.table, settings, lambda: fleet_in_scope(settings))
+
     def limit(self) -> tuple[int, str]:
         """The budget per hour and the setting that set it."""
         by_count = self.settings.storm_max_per_hour
@@ -123,3 +133,15 @@ class StormGuard:
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True
+
+
+def fleet_in_scope(settings: Settings) -> int | None:
+    """The VMs in scope as the last sweep counted them (None before the first sweep): the share's base."""
+    from remediate.fleet import FleetStore
+
+    try:
+        last = next(FleetStore.from_settings(settings).recent_sweeps(limit=1), None)
+    except Exception:  # no inventory yet (a fresh deployment, the table not created): the count alone applies
+        log.info("no fleet inventory to size the storm budget by", exc_info=True)
+        return None
+    return last.eligible if last is not None else None

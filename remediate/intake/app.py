@@ -63,7 +63,6 @@ class App:
         from remediate.intake.queue import RequestQueue
 
         queue = RequestQueue.from_settings(self.settings, self.ledger)
-        queue.guard = self.storm
         if self.settings.emulator:
             queue.create()
         return queue
@@ -79,20 +78,15 @@ class App:
 
     @cached_property
     def storm(self) -> StormGuard:
-        from remediate.engine.storm import StormGuard
-
-        return StormGuard(self.slots.table, self.settings, self.fleet_in_scope)
+        guard = self.queue.guard
+        assert guard is not None, "RequestQueue.from_settings gives every queue its storm guard"
+        return guard
 
     @cached_property
     def gate(self) -> Gate:
         from remediate.intake.gate import Gate
 
         return Gate(self.settings, self.ledger, self.clients, self.queue.queue, self.slots, self.storm)
-
-    def fleet_in_scope(self) -> int | None:
-        """The VMs in scope as the last sweep counted them (None before the first sweep): the storm guard's base."""
-        last = next(self.fleet.recent_sweeps(limit=1), None)
-        return last.eligible if last is not None else None
 
     @cached_property
     def alerts(self) -> AlertIntake:

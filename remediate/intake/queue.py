@@ -35,8 +35,13 @@ class RequestQueue:
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger) -> RequestQueue:
+        from remediate.engine.storm import StormGuard
+
         return cls(
-            queue_client(settings, settings.queue_name), ledger, queue_client(settings, f"{settings.queue_name}-poison")
+            queue_client(settings, settings.queue_name),
+            ledger,
+            queue_client(settings, f"{settings.queue_name}-poison"),
+            StormGuard.from_settings(settings),  # every trigger counts against the storm budget
         )
 
     def create(self) -> None:

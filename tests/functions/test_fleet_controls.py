@@ -18,6 +18,7 @@ from sim.fleet import Fleet, make_vm
 from sim.host import LocalQueueHost
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
+from tests.functions.test_approval import principal as client_principal
 from tests.functions.test_function_app import metric_alert
 
 
@@ -158,7 +159,7 @@ def _release(functions: Functions, request_id: str, payload: bytes, principal: s
     request = func.HttpRequest(
         "POST",
         f"https://localhost/api/remediations/{request_id}/release",
-        headers={"x-ms-client-principal-name": principal},
+        headers={"x-ms-client-principal": client_principal(principal)},
         params={},
         route_params={"request_id": request_id},
         body=payload,
@@ -196,7 +197,7 @@ def test_the_storm_guard_holds_what_exceeds_the_budget_and_releases_it(
 
     # An operator releases the first: it runs at once, recorded with who and why.
     released = _release(functions, held[0], b'{"reason": "one bad patch, checked (CHG0042)"}')
-    assert released.status_code == 200 and body(released)["releasedBy"] == "ops@contoso.com"
+    assert released.status_code == 200 and body(released)["releasedBy"] == "ops@contoso.com (aad)"
     functions.host.drain(timeout=60, idle_seconds=1)
     first = body(functions.get_status(held[0]))
     assert first["outcome"] == "remediated"
