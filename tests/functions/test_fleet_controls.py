@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from typing import Any
 
 import azure.functions as func
+import pytest
 
 from remediate.engine.slots import Slots
 from remediate.intake.app import App, reset_app
@@ -168,8 +170,9 @@ def _release(functions: Functions, request_id: str, payload: bytes, principal: s
 
 
 def test_the_storm_guard_holds_what_exceeds_the_budget_and_releases_it(
-    functions: Functions, emulator_factory: EmulatorFactory
+    functions: Functions, emulator_factory: EmulatorFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="remediate.events")
     fleet = _controlled(functions, emulator_factory, 5, RDPR_STORM_MAX_PER_HOUR="3")
     answers = [functions.post("alerts", metric_alert(vm.resource_id)) for vm in fleet]
     assert [a.status_code for a in answers] == [202] * 5  # accepted, every one: held is not dropped
@@ -178,6 +181,8 @@ def test_the_storm_guard_holds_what_exceeds_the_budget_and_releases_it(
     held = [s["requestId"] for s in states if s["state"] == "held"]
     assert len(held) == 2
     assert all("RDPR_STORM_MAX_PER_HOUR=3" in s["outcomeReason"] for s in states if s["state"] == "held")
+    events = [r.__dict__ for r in caplog.records if getattr(r, "event", None) == "remediation.control"]
+    assert sorted(e["requestId"] for e in events if e["action"] == "request held") == sorted(held)  # telemetry
     from remediate.cli.fleet import held_requests
 
     shown = held_requests(functions.app.settings)  # what `rdp-remediate fleet` lists
