@@ -63,6 +63,8 @@ def test_the_app_declares_its_functions(declared_functions: dict[str, Any]) -> N
         "remediations",
         "remediation_status",
         "remediation_release",
+        "remediation_approve",
+        "remediation_reject",
         "sweep",
         "worker",
         "poison",
