@@ -56,25 +56,10 @@ class Gate:
             handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)  # records and drops it
             return
         record = self.ledger.get(request.request_id)
-        if record is not None and record.state == HELD:
-            hold = self.guard.admit()
-            if hold is not None:
-                hold_request(self.queue, self.ledger, request.request_id, body, hold)
-                return
-            self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
-            telemetry.control_event("request released", request.request_id, "storm budget has room")
-        if record is not None and record.state == AWAITING_APPROVAL:
-            if approval.expired(self.ledger, request.request_id):
-                approval.close_expired(self.ledger, request.request_id)
-            else:  # delivered early (a duplicate): back to waiting, until the approval expires
-                put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
+        state = record.state if record is not None else None
+        if self._not_yet(request, state, body):
             return
-        if (record is None or record.state != DONE) and approval.needs_approval(self.settings, self.ledger, request):
-            waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
-            if waiting is not None:
-                put_back(self.queue, self.ledger, request.request_id, body, min(waiting[1], MAX_INVISIBLE))
-            return
-        needs_slot = (record is None or record.state != DONE) and not (request.options.dry_run or self.settings.dry_run)
+        needs_slot = state != DONE and not (request.options.dry_run or self.settings.dry_run)
         lease = self.slots.try_acquire(request.vm, request.request_id) if needs_slot else None
         if needs_slot and lease is None:
             self._wait_for_slot(request, body)
@@ -91,9 +76,35 @@ class Gate:
             if lease is not None:
                 self.slots.release(lease)
 
+    def _not_yet(self, request: RemediationRequest, state: str | None, body: str) -> bool:
+        """True when the request may not run yet (held, awaiting approval, just diagnosed): its message is back in
+        the queue, or it ended (an expired approval, a diagnosis with nothing to approve)."""
+        if state == HELD:
+            hold = self.guard.admit()
+            if hold is not None:
+                hold_request(self.queue, self.ledger, request.request_id, body, hold)
+                return True
+            self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
+            telemetry.control_event("request released", request.request_id, "storm budget has room")
+        if state == AWAITING_APPROVAL:
+            if approval.expired(self.ledger, request.request_id):
+                approval.close_expired(self.ledger, request.request_id)
+            else:  # delivered early (a duplicate): back to waiting, until the approval expires
+                put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
+            return True
+        if state != DONE and approval.needs_approval(self.settings, self.ledger, request):
+            waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
+            if waiting is not None:
+                put_back(self.queue, self.ledger, request.request_id, body, min(waiting[1], MAX_INVISIBLE))
+            return True
+        if state == WAITING:
+            # Back from its change-window wait: queued again, so the workflow marks it running as usual.
+            self.ledger.mark_waiting(request.request_id, QUEUED, "back from waiting for its change window")
+        return False
+
     def _wait_for_slot(self, request: RemediationRequest, body: str) -> None:
         delay = self.settings.slot_retry_seconds
-        self.queue.send_message(body, visibility_timeout=delay)
+        self.queue.send_message(body, visibility_timeout=delay)  # nobody releases a slot wait early: no receipt kept
         self.ledger.mark_waiting(
             request.request_id,
             QUEUED,
