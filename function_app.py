@@ -3,12 +3,17 @@
 * POST /api/alerts                   Azure Monitor action group, common alert schema
 * POST /api/remediations             runbook / operator: VM ids or a subscription/group/tag selector
 * GET  /api/remediations/{id}        a request's state, steps and outcome
+* POST /api/remediations/{id}/release  an operator releases a request the storm guard holds
+* POST /api/remediations/{id}/approve  an approver lets a diagnosed request run (approval mode)
+* POST /api/remediations/{id}/reject   an approver ends it unchanged
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
 * queue  worker                      one message = one VM's workflow (RDPR_QUEUE_NAME)
 * queue  poison                      closes the record of a message the host gave up on
 * timer  reconcile                   every 5 minutes: finishes what crashes and storage outages left half done
 
-Every HTTP route needs a function key (`?code=` or `x-functions-key`).
+Every HTTP route needs a function key (`?code=` or `x-functions-key`); in Azure, App Service authentication
+(Microsoft Entra ID) also protects every route but /api/alerts, and approve/reject require the approver app role
+from the principal the platform injects (X-MS-CLIENT-PRINCIPAL).
 """
 
 from __future__ import annotations
@@ -76,7 +81,54 @@ def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
                 }
             },
         )
-    return _json(200, record.to_json())
+    from remediate.intake.approval import FIELDS
+
+    extra = get_app().ledger.request_fields(request_id, "AlertState", "AlertNote", *FIELDS)
+    alert = {k: extra.pop(k) for k in ("AlertState", "AlertNote")}
+    approval = {k: v for k, v in extra.items() if v is not None}
+    return _json(
+        200, {**record.to_json(), "alert": alert if alert.get("AlertState") else None, "approval": approval or None}
+    )
+
+
+@app.function_name("remediation_release")
+@app.route(route="remediations/{request_id}/release", methods=["POST"])
+def remediation_release(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import release_answer
+
+    current = get_app()
+    answer = release_answer(current, req.route_params.get("request_id", ""), req.get_body(), _caller(req))
+    return _json(answer.status, answer.body)
+
+
+@app.function_name("remediation_approve")
+@app.route(route="remediations/{request_id}/approve", methods=["POST"])
+def remediation_approve(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import decision_answer
+
+    answer = decision_answer(
+        get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers), approve=True
+    )
+    return _json(answer.status, answer.body)
+
+
+@app.function_name("remediation_reject")
+@app.route(route="remediations/{request_id}/reject", methods=["POST"])
+def remediation_reject(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import decision_answer
+
+    answer = decision_answer(
+        get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers), approve=False
+    )
+    return _json(answer.status, answer.body)
+
+
+def _caller(req: func.HttpRequest) -> str:
+    """The principal App Service authentication vouches for (X-MS-CLIENT-PRINCIPAL), never a client-set header."""
+    from remediate.intake.principal import principal_of
+
+    principal = principal_of(dict(req.headers))
+    return str(principal) if principal is not None else "anonymous (function key)"
 
 
 @app.function_name("sweep")
@@ -112,16 +164,8 @@ def prune_ledger(settings: Settings, ledger: Ledger) -> None:
 @app.function_name("worker")
 @app.queue_trigger(arg_name="msg", queue_name="%RDPR_QUEUE_NAME%", connection="AzureWebJobsStorage")
 def worker(msg: func.QueueMessage) -> None:
-    from remediate.intake.worker import handle_message
-
-    current = get_app()
-    handle_message(
-        msg.get_body().decode("utf-8", errors="replace"),
-        msg.dequeue_count or 1,
-        current.settings,
-        current.ledger,
-        current.clients,
-    )
+    # The gate: a request held by the storm guard, or finding every fleet-wide slot taken, comes back later.
+    get_app().gate.deliver(msg.get_body().decode("utf-8", errors="replace"), msg.dequeue_count or 1)
 
 
 @app.function_name("poison")

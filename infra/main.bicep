@@ -55,8 +55,11 @@ param instanceMemoryMB int = 2048
 
 @minValue(1)
 @maxValue(1000)
-@description('Most instances the Function App scales out to. Also bounds how many VMs are repaired at once.')
+@description('Most instances the Function App scales out to; times the 5 queue invocations per instance (host.json), it must reach RDPR_MAX_ACTIVE, the fleet-wide bound on VMs repaired at once.')
 param maximumInstanceCount int = 10
+
+@description('Client id of the Microsoft Entra app registration protecting the HTTP API (App Service authentication). Empty: function keys only, and approvals cannot be given over HTTP.')
+param authClientId string = ''
 
 @description('Subnet for VNet integration (resource id, delegated to Microsoft.App/environments). Empty: none, and the RDP probe cannot reach private IPs, so verification reports unverified.')
 param subnetId string = ''
@@ -107,6 +110,7 @@ var storageLayout = {
     '${tablePrefix}fleet'
     '${tablePrefix}fleethistory'
     '${tablePrefix}sweeps'
+    '${tablePrefix}control'
   ]
 }
 
@@ -213,6 +217,20 @@ module functionApp 'modules/function.bicep' = {
     queueName: queueName
     tablePrefix: tablePrefix
   }
+}
+
+// --- Microsoft Entra ID in front of every route but /api/alerts (approvals need a real identity) --------------
+
+module auth 'modules/auth.bicep' = if (!empty(authClientId)) {
+  name: 'rdpr-auth'
+  scope: group
+  params: {
+    functionAppName: names.functionApp
+    clientId: authClientId
+  }
+  dependsOn: [
+    functionApp
+  ]
 }
 
 // --- The operator role at every target scope ---------------------------------------------------------------

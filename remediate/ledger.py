@@ -62,6 +62,12 @@ CLAIMED, OUTBOX, CLAIM_QUEUED = "claimed", "outbox", "queued"
 QUEUED, RUNNING, DONE = "queued", "running", "done"
 # Stopped by an operator (Ctrl-C, unlock) before its outcome: not done, so running it again resumes it.
 INTERRUPTED = "interrupted"
+# Accepted but held back by the storm guard until its budget has room or an operator releases it.
+HELD = "held"
+# Its reboot waits for the VM's change window; the queue message comes back when the window opens.
+WAITING = "waiting"
+# Diagnosed, its plan recorded, waiting for a person to approve or reject it.
+AWAITING_APPROVAL = "awaiting-approval"
 
 
 PRUNE_BATCH = 500
@@ -372,6 +378,25 @@ class Ledger:
         """The request stopped before its outcome; its journal stays, so `run --resume` continues it."""
         self._merge_request(request_id, {"State": INTERRUPTED, "OutcomeReason": reason[:8000]})
 
+    def mark_waiting(self, request_id: str, state: str, reason: str, **fields: Any) -> None:
+        """A request not running yet, and why (held by the storm guard, waiting for a slot, released)."""
+        self._merge_request(request_id, {"State": state, "OutcomeReason": reason[:8000], **fields})
+
+    def note(self, request_id: str, **fields: Any) -> None:
+        """Extra columns on a request row, its state untouched (what became of the alert that started it)."""
+        self._merge_request(request_id, fields)
+
+    def request_fields(self, request_id: str, *names: str) -> dict[str, Any]:
+        """Extra columns of a request row (the held message's id and receipt); empty for an unknown id."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with _storage_errors("read a request"):
+                row = self.audit.get_entity(request_id, REQUEST_ROW, select=list(names))
+        except ResourceNotFoundError:
+            return {}
+        return {name: row.get(name) for name in names}
+
     def record_step(self, request_id: str, index: int, step: StepResult) -> None:
         """Write a step row unconditionally (tools and tests); the workflow appends with `append_step`."""
         with _storage_errors("record a workflow step"):
@@ -546,6 +571,13 @@ class Ledger:
                 batch = rows[start : start + 100]
                 table.submit_transaction([("delete", {"PartitionKey": partition, "RowKey": row}) for row in batch])
         return len(keys)
+
+    def requests_in_state(self, state: str, limit: int = 200) -> list[AuditRecord]:
+        """Request rows (without steps) in one state, e.g. every `held` request for the fleet view."""
+        query = "RowKey eq @row and State eq @state"
+        with _storage_errors("list requests"):
+            rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "state": state})
+            return [_record(row, []) for _, row in zip(range(limit), rows, strict=False)]
 
     def _merge_request(self, request_id: str, fields: dict[str, Any]) -> None:
         from azure.data.tables import UpdateMode

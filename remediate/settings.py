@@ -57,6 +57,31 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _triggers(text: str) -> tuple[str, ...]:
+    triggers = tuple(part.lower() for part in _csv(text))
+    unknown = [t for t in triggers if t not in ("alert", "runbook", "sweep")]
+    if unknown:
+        raise ValueError(f"unknown trigger {unknown[0]!r}: use alert, runbook, sweep")
+    return triggers
+
+
 def _percent(text: str) -> float:
     value = float(text)
     if not 0 < value <= 100:
@@ -187,8 +212,79 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_MAX_CONCURRENT",
         "max_concurrent",
         "10",
-        "Remediations one worker process runs at the same time.",
+        "Remediations one CLI run starts at the same time (its threads); the fleet-wide bound is `RDPR_MAX_ACTIVE`.",
         _positive_int,
+    ),
+    # --- Fleet-wide controls (docs/operations.md) ---------------------------------------------------------
+    SettingSpec(
+        "RDPR_MAX_ACTIVE",
+        "max_active",
+        "10",
+        "VMs in an active remediation at once across every Function instance and CLI run (leases in the ledger).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_MAX_ACTIVE_PER_SUBSCRIPTION",
+        "max_active_per_subscription",
+        "0",
+        "Also at most this many active remediations per subscription (0: only the global `RDPR_MAX_ACTIVE`).",
+        _non_negative_int,
+    ),
+    SettingSpec(
+        "RDPR_SLOT_RETRY_SECONDS",
+        "slot_retry_seconds",
+        "30",
+        "How long a queued request that found every slot taken stays invisible before it is tried again.",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_STORM_MAX_PER_HOUR",
+        "storm_max_per_hour",
+        "50",
+        "Storm guard: new remediations alerts, runbooks and sweeps may start in any rolling hour; "
+        "more are held (at most 1000).",
+        _bounded_int(1, 1000),
+    ),
+    SettingSpec(
+        "RDPR_STORM_MAX_PERCENT",
+        "storm_max_percent",
+        "20",
+        "Storm guard: also at most this share of the fleet in scope (as the last sweep counted it) per hour.",
+        _percent,
+    ),
+    SettingSpec(
+        "RDPR_APPROVAL_TRIGGERS",
+        "approval_triggers",
+        "",
+        "Triggers whose requests wait for a person's approval after a read-only diagnosis (`alert`, `runbook`, "
+        "`sweep`, comma-separated; empty: none).",
+        _triggers,
+    ),
+    SettingSpec(
+        "RDPR_APPROVAL_EXPIRY_MINUTES",
+        "approval_expiry_minutes",
+        "240",
+        "How long a diagnosed request waits for approval before it expires (skipped; a new trigger starts over).",
+        _positive_int,
+    ),
+    SettingSpec(
+        "RDPR_APPROVER_ROLE",
+        "approver_role",
+        "Remediation.Approver",
+        "The Microsoft Entra app role a caller needs to approve or reject (from the App Service principal's roles).",
+    ),
+    SettingSpec(
+        "RDPR_REBOOT_WINDOW",
+        "reboot_window",
+        "",
+        "Default change window for reboots, e.g. `Sat 02:00-06:00 Europe/Berlin` (docs/operations.md); empty: any "
+        "time. A VM's `RDPR_WINDOW_TAG` tag overrides it.",
+    ),
+    SettingSpec(
+        "RDPR_WINDOW_TAG",
+        "window_tag",
+        "rdp-remediate-window",
+        "Name of the VM tag that holds the VM's own change window for reboots.",
     ),
     SettingSpec(
         "RDPR_REBOOT_POLICY",
@@ -474,6 +570,16 @@ class Settings:
     max_attempts: int
     attempt_window_hours: int
     max_concurrent: int
+    max_active: int
+    max_active_per_subscription: int
+    slot_retry_seconds: int
+    storm_max_per_hour: int
+    storm_max_percent: float
+    approval_triggers: tuple[str, ...]
+    approval_expiry_minutes: int
+    approver_role: str
+    reboot_window: str
+    window_tag: str
     reboot_policy: str
     lock_minutes: int
     lease_seconds: int

@@ -38,7 +38,8 @@ EVENT_OUTCOME = "remediation.outcome"
 EVENT_STEP = "remediation.step"
 EVENT_SWEEP_VM = "sweep.vm"
 EVENT_SWEEP = "sweep.summary"
-EVENTS = (EVENT_OUTCOME, EVENT_STEP, EVENT_SWEEP_VM, EVENT_SWEEP)
+EVENT_CONTROL = "remediation.control"  # held, released, approved, rejected: a fleet-wide control acted
+EVENTS = (EVENT_OUTCOME, EVENT_STEP, EVENT_SWEEP_VM, EVENT_SWEEP, EVENT_CONTROL)
 TRACER = "rdp-remediate"
 # Only the Azure SDK's own spans are wanted: the HTTP libraries underneath would record every call twice.
 _OFF = ("django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3")
@@ -266,3 +267,10 @@ def _request_attributes(request: RemediationRequest) -> dict[str, str]:
 def sweep_event(message: str, dims: Mapping[str, Any]) -> None:
     """One sweep record (`sweep.vm` per VM, `sweep.summary` per sweep) with primitive dimensions only."""
     events.info(message, extra={k: v for k, v in dims.items() if isinstance(v, str | int | float | bool)})
+
+
+def control_event(action: str, request_id: str, reason: str) -> None:
+    """A fleet-wide control acted on a request (`action`: "request held", "request released", ...)."""
+    events.info(
+        action, extra={"event": EVENT_CONTROL, "action": action, "requestId": request_id, "reason": reason[:1000]}
+    )

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from sim import alerts
 from sim.activitylog import ActivityLog, FilterError
 from sim.certs import server_certificate
 from sim.faults import Faults
@@ -208,6 +209,12 @@ def _routes() -> list[Route]:
             "resourceGraph",
             lambda emu, call, _g: emu.resource_graph(call),
         ),
+        (  # Alerts Management: close or comment the alert that started a request (sim/alerts.py cites the spec)
+            "POST",
+            rf"/subscriptions/{_S}/providers/microsoft\.alertsmanagement/alerts/{_S}/changestate",
+            "alertChangeState",
+            alerts.change_state,
+        ),
         (
             "POST",
             rf"/v1/workspaces/{_S}/query",
@@ -254,6 +261,7 @@ class Emulator:
         self.faults = Faults()
         # Where the `foreign-polling-host` fault points the polling headers (a test's stand-in attacker).
         self.foreign_polling_url = "https://127.0.0.1:9"
+        self.alerts = alerts.AlertStore()
         self.log = RequestLog()
         self.activity = ActivityLog()
         self.time_scale = time_scale

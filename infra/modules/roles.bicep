@@ -19,6 +19,7 @@ param targetScopes array
 param workspaceGroupId string
 
 var operatorActions = [
+  'Microsoft.AlertsManagement/alerts/changestate/action'
   'Microsoft.Compute/locations/operations/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
   'Microsoft.Compute/virtualMachines/read'

@@ -34,6 +34,8 @@ OPERATION_ACTIONS: dict[str, str] = {
     "listJitPolicies": "Microsoft.Security/locations/jitNetworkAccessPolicies/read",
     # Resource Graph returns only the resources the caller may read; this action lets it submit the query.
     "resourceGraph": "Microsoft.ResourceGraph/resources/read",
+    # Closing (or commenting on) the alert that started a request: Alerts Management `changestate`.
+    "alertChangeState": "Microsoft.AlertsManagement/alerts/changestate/action",
 }
 
 # The custom role's `actions`: sorted, each once.

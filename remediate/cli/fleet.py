@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from remediate.cli.common import STORAGE_SETTINGS, add_json_flag, fleet_store, print_json, settings_epilog
-from remediate.settings import get_settings
+from remediate.settings import Settings, get_settings
 
 EPILOG = settings_epilog(
     *STORAGE_SETTINGS,
@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from remediate.fleet import forecast, needing_attention, summary_by_status
 
-    store = fleet_store(get_settings())
+    settings = get_settings()
+    store = fleet_store(settings)
+    held = held_requests(settings)
     observations = store.latest_observations()
     today = dt.datetime.now(dt.UTC).date()
     expired, weeks = forecast(observations, today, args.weeks)
@@ -62,15 +64,34 @@ def run(args: argparse.Namespace) -> int:
         "forecast": {"expired": expired, "weeks": [w.to_json() for w in weeks]},
         "expiringWithinDays": args.expiring_within,
         "attention": [o.to_json() for o in attention],
+        "held": held,
     }
     if args.json:
         print_json(data)
         return 0
+    _print_held(held)
     if not observations:
         print("no sweep has been recorded yet: run `rdp-remediate sweep` (report mode changes nothing)")
         return 0
     _print_text(data, attention)
     return 0
+
+
+def held_requests(settings: Settings) -> list[dict[str, str]]:
+    """Requests the storm guard holds: what waits for the budget, and why (release with `rdp-remediate release`)."""
+    from remediate.cli.common import ledger_only
+    from remediate.ledger import HELD
+
+    records = ledger_only(settings).requests_in_state(HELD)
+    return [{"requestId": r.request_id, "vm": r.vm, "trigger": r.trigger, "reason": r.outcome_reason} for r in records]
+
+
+def _print_held(held: list[dict[str, str]]) -> None:
+    if not held:
+        return
+    print(f"{len(held)} requests held by the storm guard (`rdp-remediate release ID --reason ...` runs one now):")
+    for item in held:
+        print(f"  {item['requestId']}  {item['vm'].rsplit('/', 1)[-1]}  {item['reason']}")
 
 
 def _print_text(data: dict[str, Any], attention: list[Any]) -> None:

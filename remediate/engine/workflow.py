@@ -18,7 +18,7 @@ from remediate.azure import vm as azure_vm
 from remediate.azure.errors import sdk_first_use_race
 from remediate.azure.network import NetworkPath
 from remediate.azure.polling import Cadence
-from remediate.engine import evidence, plans, policy
+from remediate.engine import evidence, plans, policy, windows
 from remediate.engine.classify import Diagnosis, Disposition, Observation, classify, classify_outside
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
@@ -143,6 +143,7 @@ class Workflow:
         self._lease: Lease | None = None
         self._probes: dict[str, dict[str, Any]] = {}  # what each probe step saw, by step name
         self.diagnosis: Diagnosis | None = None
+        self._window: windows.Window | None = None  # the VM's change window for reboots (None: any time)
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -183,7 +184,9 @@ class Workflow:
             raise  # another execution owns the request and records its outcome: record nothing here
         except TransientError as exc:
             if self.retry_later:
-                raise
+                raise  # the message comes back (for OutsideWindow: when the window opens)
+            if isinstance(exc, windows.OutsideWindow):
+                return self._outside_window(exc)
             return Outcome.FAILED, f"gave up after retries: {exc.reason}"
         except RemediationError as exc:
             return Outcome.FAILED, exc.reason
@@ -200,6 +203,11 @@ class Workflow:
         view = self._preflight()
         if self.request.options.dry_run or self.settings.dry_run:
             return self._dry_run(view)  # reads only, so it takes no lock a real remediation would wait for
+        self._window, refusal = windows.reboot_window(self.settings, view.tags)
+        if refusal:
+            return Outcome.SKIPPED, refusal
+        if self.settings.reboot_policy == "always" and not self.request.options.diagnose_only:
+            self._await_window("reboot", before_changes=True)  # every change reboots: change nothing before it
         self._lock()
         self._recheck_history()
         return self._remediate(view)
@@ -297,6 +305,25 @@ class Workflow:
 
         self._step("preflight", check, rerun=True)
         return holder[0]
+
+    def _outside_window(self, exc: windows.OutsideWindow) -> tuple[Outcome, str]:
+        """The verdict of a run that cannot come back later (the CLI) when the window is closed."""
+        if any((s.summary or {}).get("changed") for s in self._require_journal().steps):
+            return Outcome.FAILED, f"repaired, not rebooted: {exc.reason}; resume it then (run --resume)"
+        return Outcome.SKIPPED, f"nothing changed: {exc.reason}"
+
+    def _await_window(self, reboot_step: str, *, before_changes: bool = False) -> None:
+        """Raise OutsideWindow while the VM's change window is closed, unless this reboot was already sent (a
+        resumed request never holds back a restart Azure may have accepted). The queue worker puts the message
+        back until the window opens; nothing waits in a worker."""
+        journal = self._require_journal()
+        if self._window is None or journal.find(reboot_step) is not None:
+            return
+        if before_changes and any((step.summary or {}).get("changed") for step in journal.steps):
+            return  # changes were made already: the check before the reboot itself decides
+        opens_at = self._window.opens_after(self._now())
+        if opens_at is not None:
+            raise windows.OutsideWindow(windows.wait_reason(self._window, opens_at), opens_at)
 
     def _lock(self) -> None:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
@@ -472,6 +499,7 @@ class Workflow:
             return Outcome.FAILED, "; ".join(refused) or f"the repairs changed nothing: {decision.explain()}"
         self._changed = True
         if self._should_reboot(summaries):
+            self._await_window(f"reboot{suffix}")
             self._step(f"reboot{suffix}", self._reboot)
             self._step(f"wait{suffix}", lambda: self._wait(f"reboot{suffix}"))
         after = self._probe(f"verify{suffix}", ip, wait=True)

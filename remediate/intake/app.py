@@ -16,7 +16,10 @@ from remediate.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.engine.slots import Slots
+    from remediate.engine.storm import StormGuard
     from remediate.fleet import FleetStore
+    from remediate.intake.gate import Gate
     from remediate.intake.queue import RequestQueue
     from remediate.intake.requests import Selector
     from remediate.intake.service import AlertIntake, RunbookIntake
@@ -63,6 +66,27 @@ class App:
         if self.settings.emulator:
             queue.create()
         return queue
+
+    @cached_property
+    def slots(self) -> Slots:
+        from remediate.engine.slots import Slots
+
+        slots = Slots.from_settings(self.settings)
+        if self.settings.emulator:
+            slots.create_table()
+        return slots
+
+    @cached_property
+    def storm(self) -> StormGuard:
+        guard = self.queue.guard
+        assert guard is not None, "RequestQueue.from_settings gives every queue its storm guard"
+        return guard
+
+    @cached_property
+    def gate(self) -> Gate:
+        from remediate.intake.gate import Gate
+
+        return Gate(self.settings, self.ledger, self.clients, self.queue.queue, self.slots, self.storm)
 
     @cached_property
     def alerts(self) -> AlertIntake:

@@ -18,6 +18,8 @@ from remediate.settings import Settings
 if TYPE_CHECKING:
     from azure.storage.queue import QueueClient
 
+    from remediate.engine.storm import StormGuard
+
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +31,7 @@ class RequestQueue:
         queue: QueueClient,
         ledger: Ledger,
         poison: QueueClient | None = None,
+        guard: StormGuard | None = None,
         *,
         claim_stale_seconds: float = 60.0,
     ) -> None:
@@ -38,11 +41,17 @@ class RequestQueue:
         # An intake answers within seconds (an action group waits at most 10 s): a claim older than this that
         # never prepared its message belongs to an intake that died.
         self.claim_stale_seconds = claim_stale_seconds
+        self.guard = guard  # the storm guard: every trigger's requests count against its budget
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger) -> RequestQueue:
+        from remediate.engine.storm import StormGuard
+
         return cls(
-            queue_client(settings, settings.queue_name), ledger, queue_client(settings, f"{settings.queue_name}-poison")
+            queue_client(settings, settings.queue_name),
+            ledger,
+            queue_client(settings, f"{settings.queue_name}-poison"),
+            StormGuard.from_settings(settings),  # every trigger counts against the storm budget
         )
 
     def create(self) -> None:
@@ -100,7 +109,13 @@ class RequestQueue:
             if request.dedup_key:
                 self.ledger.prepare_claim(request.dedup_key, request.request_id, message)
             self.ledger.record_accepted(request)
-            self.queue.send_message(message)
+            hold = self.guard.admit() if self.guard is not None else None
+            if hold is None:
+                self.queue.send_message(message)
+            else:  # accepted and kept, not dropped: its message comes back when the budget frees
+                from remediate.intake.gate import hold_request
+
+                hold_request(self.queue, self.ledger, request.request_id, message, hold)
         except Exception as exc:
             self._undo(request, exc)
             raise TransientError(f"the request could not be queued: {exc}") from exc

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from remediate.engine.closing import RestartEvidence, close_abandoned
-from remediate.ledger import DONE, QUEUED, AuditRecord, Ledger, utcnow
+from remediate.ledger import AWAITING_APPROVAL, DONE, HELD, QUEUED, WAITING, AuditRecord, Ledger, utcnow
 
 if TYPE_CHECKING:
     from remediate.intake.queue import RequestQueue
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # An intake answers within seconds (an action group waits at most 10 s): a claim older than this was abandoned.
 CLAIM_STALE_SECONDS = 60.0
+# Requests parked on purpose by the fleet controls: not abandoned, however long they wait.
+PARKED = frozenset({HELD, WAITING, AWAITING_APPROVAL})
 
 
 @dataclass
@@ -53,6 +55,8 @@ def reconcile(
     _finish_outbox(ledger, queue, at - dt.timedelta(seconds=claim_stale_seconds), report)
     _finish_locks(ledger, report)
     for record in ledger.open_requests():
+        if record.state in PARKED:
+            continue  # its message comes back by itself (budget, window) or it expires by its own rule (approval)
         stale = queued_stale_seconds if record.state == QUEUED else running_stale_seconds
         if _last_activity(record) > at - dt.timedelta(seconds=stale):
             continue

@@ -57,11 +57,14 @@ def metric_alert(target: str, condition: str = "Fired", alert_id: str | None = N
     }
 
 
-def test_the_app_declares_its_seven_functions(declared_functions: dict[str, Any]) -> None:
+def test_the_app_declares_its_functions(declared_functions: dict[str, Any]) -> None:
     assert set(declared_functions) == {
         "alerts",
         "remediations",
         "remediation_status",
+        "remediation_release",
+        "remediation_approve",
+        "remediation_reject",
         "sweep",
         "worker",
         "poison",

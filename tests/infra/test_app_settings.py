@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
+from remediate.engine.slots import control_table
 from remediate.fleet import FleetStore
 from remediate.ledger import Ledger
 from remediate.settings import SPECS, Settings
@@ -103,6 +104,7 @@ def test_the_queues_and_tables_created_are_the_ones_the_product_uses() -> None:
     service = _RecordingTableService()
     Ledger(cast("TableServiceClient", service), defaults.table_prefix)
     FleetStore(cast("TableServiceClient", service), defaults.table_prefix)
+    control_table(cast("TableServiceClient", service), defaults.table_prefix)
     assert sorted(layout["tables"]) == sorted(service.names)
     (storage,) = [module for module in load("main.bicep").modules() if module.symbol == "storage"]
     assert storage.body["params"]["queueNames"] == layout["queues"]

@@ -1,0 +1,52 @@
+"""The caller of an HTTP route, as App Service authentication (Microsoft Entra ID) vouches for it.
+
+App Service injects `X-MS-CLIENT-PRINCIPAL`: a Base64-encoded JSON object with `auth_typ`, `name_typ`, `role_typ`
+and `claims` (a list of `{"typ", "val"}`); external requests cannot set it, so it is present only when the platform
+authenticated the caller (Microsoft Learn, "Work with user identities in Azure App Service authentication",
+"Decoding the client principal header"). The name is the claim of type `name_typ`, the roles the claims of type
+`role_typ` (app roles assigned to the user or the calling application).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+HEADER = "x-ms-client-principal"
+_ROLE_CLAIMS = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    roles: frozenset[str]
+    identity_provider: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.identity_provider})"
+
+
+def principal_of(headers: Mapping[str, str]) -> Principal | None:
+    """The authenticated caller, or None when the platform sent no (readable) principal."""
+    raw = next((value for key, value in headers.items() if key.lower() == HEADER), None)
+    if not raw:
+        return None
+    try:
+        data = json.loads(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("claims"), list):
+        return None
+    claims = [c for c in data["claims"] if isinstance(c, dict) and isinstance(c.get("val"), str)]
+    name_type = data.get("name_typ") or "name"
+    role_types = {data.get("role_typ"), *_ROLE_CLAIMS} - {None}
+    name = next((c["val"] for c in claims if c.get("typ") == name_type), "")
+    if not name:
+        name = next((c["val"] for c in claims if c.get("typ") in ("preferred_username", "appid", "oid")), "")
+    roles = frozenset(c["val"] for c in claims if c.get("typ") in role_types)
+    if not name:
+        return None
+    return Principal(name[:200], roles, str(data.get("auth_typ") or "unknown")[:50])

@@ -1,0 +1,138 @@
+"""Approval mode through the real handlers: diagnose, wait, then approve, reject or expire; each decision recorded
+with the principal App Service authentication vouches for, and bad decisions refused with nothing changed."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from remediate.intake.app import reset_app
+from tests.functions.conftest import Functions, body
+from tests.functions.test_function_app import metric_alert
+
+APPROVER = "Remediation.Approver"
+
+
+def principal(name: str, *roles: str) -> str:
+    """The header App Service injects: Base64 JSON with auth_typ, name_typ, role_typ and claims (Microsoft Learn,
+    "Work with user identities in Azure App Service authentication")."""
+    claims = [{"typ": "name", "val": name}, *({"typ": "roles", "val": role} for role in roles)]
+    data = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": claims}
+    return base64.b64encode(json.dumps(data).encode()).decode()
+
+
+def decide(functions: Functions, verb: str, request_id: str, payload: Any, header: str | None) -> func.HttpResponse:
+    headers = {"x-ms-client-principal": header} if header else {}
+    request = func.HttpRequest(
+        "POST",
+        f"https://localhost/api/remediations/{request_id}/{verb}",
+        headers=headers,
+        params={},
+        route_params={"request_id": request_id},
+        body=payload if isinstance(payload, bytes) else json.dumps(payload).encode(),
+    )
+    handler = functions.module.remediation_approve if verb == "approve" else functions.module.remediation_reject
+    response: func.HttpResponse = handler(request)
+    return response
+
+
+@pytest.fixture
+def approving(functions: Functions) -> Functions:
+    functions.app = reset_app(dataclasses.replace(functions.app.settings, approval_triggers=("alert",)))
+    return functions
+
+
+def _awaiting(functions: Functions, scenario: str) -> tuple[str, str]:
+    vm = functions.emulator.fleet.by_scenario(scenario)[0].resource_id
+    request_id = body(functions.post("alerts", metric_alert(vm)))["requestIds"][0]
+    functions.host.drain(timeout=60)
+    status = body(functions.get_status(request_id))
+    assert status["state"] == "awaiting-approval", status
+    return vm, request_id
+
+
+def _count(functions: Functions, operation: str, vm: str) -> int:
+    return sum(
+        1
+        for e in functions.emulator.log.entries()
+        if e.operation == operation and e.path.lower().startswith(vm.lower())
+    )
+
+
+def test_a_diagnosed_plan_waits_and_runs_once_approved(approving: Functions) -> None:
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    status = body(functions.get_status(request_id))
+    plan = status["approval"]
+    assert "renew" in plan["Plan"] and "awaiting approval until" in status["outcomeReason"]
+    evidence = body(functions.get_status(plan["PlanRequest"]))  # the diagnosis and its journal
+    assert evidence["outcome"] == "planned" and {"diagnose", "plan"} <= {s["name"] for s in evidence["steps"]}
+    assert _count(functions, "restart", vm) == 0 and _count(functions, "runCommand", vm) == 1  # diagnose only
+
+    # Refused, nothing changed: no principal, a principal without the role, no reason, an unknown request.
+    anonymous = decide(functions, "approve", request_id, {"reason": "ok"}, None)
+    assert anonymous.status_code == 401 and body(anonymous)["error"]["field"] == "caller"
+    outsider = decide(functions, "approve", request_id, {"reason": "ok"}, principal("mallory@contoso.com", "Reader"))
+    assert outsider.status_code == 403 and body(outsider)["error"]["field"] == "caller"
+    unexplained = decide(functions, "approve", request_id, {}, principal("alice@contoso.com", APPROVER))
+    assert unexplained.status_code == 400 and body(unexplained)["error"]["field"] == "reason"
+    unknown = decide(functions, "approve", "f" * 32, {"reason": "ok"}, principal("alice@contoso.com", APPROVER))
+    assert unknown.status_code == 404 and body(unknown)["error"]["field"] == "request_id"
+    assert body(functions.get_status(request_id))["state"] == "awaiting-approval"
+
+    approved = decide(functions, "approve", request_id, {"reason": "CHG0042"}, principal("alice@contoso.com", APPROVER))
+    assert approved.status_code == 200 and body(approved)["by"] == "alice@contoso.com (aad)"
+    functions.host.drain(timeout=60)
+    done = body(functions.get_status(request_id))
+    assert done["outcome"] == "remediated" and done["approval"]["ApprovedBy"] == "alice@contoso.com (aad)"
+    assert done["approval"]["DecisionReason"] == "CHG0042"
+    assert _count(functions, "restart", vm) == 1
+    assert {"diagnose", "plan"} <= {s["name"] for s in done["steps"]}  # diagnosed again before acting
+
+    again = decide(functions, "approve", request_id, {"reason": "again"}, principal("alice@contoso.com", APPROVER))
+    assert again.status_code == 409 and "finished (remediated)" in body(again)["error"]["message"]
+
+
+def test_a_rejected_plan_ends_unchanged_with_who_and_why(approving: Functions) -> None:
+    functions = approving
+    vm, request_id = _awaiting(functions, "keystore-acl")
+    rejected = decide(
+        functions, "reject", request_id, {"reason": "owner fixes it"}, principal("bob@contoso.com", APPROVER)
+    )
+    assert rejected.status_code == 200
+    status = body(functions.get_status(request_id))
+    assert status["outcome"] == "skipped" and "rejected by bob@contoso.com (aad)" in status["outcomeReason"]
+    assert status["approval"]["RejectedBy"] == "bob@contoso.com (aad)"
+    assert _count(functions, "restart", vm) == 0 and _count(functions, "runCommand", vm) == 1
+
+
+def test_an_undecided_plan_expires_and_an_expired_one_cannot_be_approved(approving: Functions) -> None:
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    # Time passes (Azurite cannot fast-forward): the recorded expiry moves into the past.
+    functions.app.ledger.note(request_id, ApprovalExpires=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    late = decide(functions, "approve", request_id, {"reason": "late"}, principal("alice@contoso.com", APPROVER))
+    assert late.status_code == 409 and body(late)["error"]["code"] == "ApprovalExpired"
+    assert body(functions.get_status(request_id))["state"] == "awaiting-approval"  # nothing changed
+    message = functions.app.ledger.request_fields(request_id, "MessageId", "PopReceipt")
+    functions.app.queue.queue.update_message(
+        message["MessageId"], pop_receipt=message["PopReceipt"], visibility_timeout=0
+    )
+    functions.host.drain(timeout=60)
+    status = body(functions.get_status(request_id))
+    assert status["outcome"] == "skipped" and "approval expired" in status["outcomeReason"]
+    assert _count(functions, "restart", vm) == 0
+
+
+def test_requests_of_other_triggers_need_no_approval(approving: Functions) -> None:
+    functions = approving
+    vm = functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id
+    request_id = body(functions.post("remediations", {"vms": [vm]}))["requestIds"][0]
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(request_id))["outcome"] == "remediated"
