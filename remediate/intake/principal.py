@@ -5,6 +5,11 @@ and `claims` (a list of `{"typ", "val"}`); external requests cannot set it, so i
 authenticated the caller (Microsoft Learn, "Work with user identities in Azure App Service authentication",
 "Decoding the client principal header"). The name is the claim of type `name_typ`, the roles the claims of type
 `role_typ` (app roles assigned to the user or the calling application).
+
+That guarantee holds only while App Service authentication is on: without it the header is whatever the client
+sent. The platform tells the app in `WEBSITE_AUTH_ENABLED` (Microsoft Learn, "Environment variables and app
+settings in Azure App Service": read-only, injected to say whether authentication is enabled), so the header is
+believed only when that says `true`; otherwise there is no authenticated caller at all.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 HEADER = "x-ms-client-principal"
+PLATFORM_AUTH = "WEBSITE_AUTH_ENABLED"
 _ROLE_CLAIMS = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
 
 
@@ -29,8 +36,16 @@ class Principal:
         return f"{self.name} ({self.identity_provider})"
 
 
-def principal_of(headers: Mapping[str, str]) -> Principal | None:
-    """The authenticated caller, or None when the platform sent no (readable) principal."""
+def platform_authenticates(environ: Mapping[str, str] | None = None) -> bool:
+    """True when App Service authentication is on, so the platform (not the client) sets the principal header."""
+    value = (os.environ if environ is None else environ).get(PLATFORM_AUTH, "")
+    return value.strip().lower() == "true"
+
+
+def principal_of(headers: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Principal | None:
+    """The authenticated caller, or None when the platform sent no (readable) principal, or cannot have."""
+    if not platform_authenticates(environ):
+        return None  # a client-set header is not an identity
     raw = next((value for key, value in headers.items() if key.lower() == HEADER), None)
     if not raw:
         return None

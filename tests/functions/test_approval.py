@@ -42,6 +42,12 @@ def decide(functions: Functions, verb: str, request_id: str, payload: Any, heade
     return response
 
 
+@pytest.fixture(autouse=True)
+def platform_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service authentication is on (the platform sets WEBSITE_AUTH_ENABLED): the principal header is its."""
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+
+
 @pytest.fixture
 def approving(functions: Functions) -> Functions:
     functions.app = reset_app(dataclasses.replace(functions.app.settings, approval_triggers=("alert",)))
@@ -136,3 +142,15 @@ def test_requests_of_other_triggers_need_no_approval(approving: Functions) -> No
     request_id = body(functions.post("remediations", {"vms": [vm]}))["requestIds"][0]
     functions.host.drain(timeout=60)
     assert body(functions.get_status(request_id))["outcome"] == "remediated"
+
+
+def test_without_app_service_authentication_a_principal_header_is_no_identity(
+    approving: Functions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client can send any X-MS-CLIENT-PRINCIPAL: only the platform's authentication makes it true."""
+    functions = approving
+    _, request_id = _awaiting(functions, "expired-certificate")
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    forged = decide(functions, "approve", request_id, {"reason": "ok"}, principal("mallory@contoso.com", APPROVER))
+    assert forged.status_code == 401 and body(forged)["error"]["field"] == "caller"
+    assert body(functions.get_status(request_id))["state"] == "awaiting-approval"  # nothing changed

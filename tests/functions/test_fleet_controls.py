@@ -24,6 +24,12 @@ from tests.functions.test_approval import principal as client_principal
 from tests.functions.test_function_app import metric_alert
 
 
+@pytest.fixture(autouse=True)
+def platform_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service authentication is on (the platform sets WEBSITE_AUTH_ENABLED): the principal header is its."""
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+
+
 def _controlled(
     functions: Functions, emulator_factory: EmulatorFactory, vms: int, scale: float | None = None, **env: str
 ) -> Fleet:
@@ -39,6 +45,8 @@ def _controlled(
         "RDPR_PROBE_TIMEOUT_SECONDS": "1",
         "RDPR_RETRY_AFTER_CAP_SECONDS": "0.2",
         "RDPR_SLOT_RETRY_SECONDS": "1",
+        # Each remediation ends in a restart, so the restarts in the request log count the remediations that ran.
+        "RDPR_REBOOT_POLICY": "always",
     }
     functions.app = reset_app(Settings.from_env({**base, **emulator.settings_env(), **env}))
     return fleet
