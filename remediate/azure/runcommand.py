@@ -50,14 +50,21 @@ def run_script(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    posted: Callable[[], None] | None = None,
+    single_post: bool = False,
 ) -> dict[str, Any]:
     """Run guest script `script` on `vm` and return its summary, validated against the contract.
 
     `deadline` is a `clock()` time: no attempt starts, and no wait lasts, beyond it. Raises TransientError when
     the VM stayed busy or its agent stayed not ready until the deadline, PermanentError otherwise.
+    `posted` is called before every Run Command POST, so a caller can tell that an earlier POST of this call
+    may have been accepted (its script then ran, whatever this attempt reports). `single_post=True` sends each
+    POST without transport retries: azure-core re-sends a POST after a 500/503/504, which for a repair would
+    run it again unseen; only this module's own retries (counted through `posted`) send it again.
     """
     command = _command(script, parameters)
     compute = clients.compute(vm.subscription)
+    post = _Post(posted, single_post, clients)
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
         wait=wait_random_exponential(multiplier=RETRY_MULTIPLIER_SECONDS, max=RETRY_MAX_SECONDS, min=RETRY_MIN_SECONDS),
@@ -66,7 +73,7 @@ def run_script(
         before_sleep=_log_retry(vm, script),
         reraise=True,
     )
-    stdout, stderr = retrying(_run_once, compute, vm, script, command, deadline, clock)
+    stdout, stderr = retrying(_run_once, compute, vm, script, command, deadline, clock, post)
     summary = parse_output(stdout, stderr, script)
     log.info(
         "guest script finished",
@@ -109,6 +116,7 @@ def _run_once(
     command: RunCommandInput,
     deadline: float,
     clock: Callable[[], float],
+    post: _Post,
 ) -> tuple[str, str]:
     """One Run Command: (StdOut, StdErr) of a completed operation, or a classified error."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
@@ -116,7 +124,9 @@ def _run_once(
     if clock() >= deadline:
         raise TransientError(f"no time left to run {script} on {vm.name} before the deadline")
     try:
-        poller = compute.virtual_machines.begin_run_command(vm.resource_group, vm.name, command)
+        if post.posted is not None:
+            post.posted()
+        poller = compute.virtual_machines.begin_run_command(vm.resource_group, vm.name, command, **post.options())
     except HttpResponseError as exc:
         raise _refusal(exc, vm, script) from exc
     except (ServiceRequestError, ServiceResponseError) as exc:
@@ -132,6 +142,24 @@ def _run_once(
     except (ServiceRequestError, ServiceResponseError) as exc:
         raise TransientError(f"lost track of {script} on {vm.name}: Azure unreachable ({exc})") from exc
     return _streams(result)
+
+
+class _Post:
+    """How each Run Command POST of one `run_script` call is sent."""
+
+    def __init__(self, posted: Callable[[], None] | None, single: bool, clients: ComputeClients) -> None:
+        self.posted = posted
+        self.single = single
+        self.interval = getattr(getattr(clients, "settings", None), "poll_interval_seconds", None)
+
+    def options(self) -> dict[str, Any]:
+        if not self.single:
+            return {}
+        from azure.mgmt.core.polling.arm_polling import ARMPolling  # lazy: cold start
+
+        # The polling method is built here so that the per-call retry_total=0 reaches only the POST; polling
+        # the operation keeps the clients' normal retries (a GET repeated is harmless).
+        return {"retry_total": 0, "polling": ARMPolling(30 if self.interval is None else self.interval)}
 
 
 def _refusal(exc: HttpResponseError, vm: VmId, script: str) -> Exception:

@@ -112,6 +112,8 @@ def may_have_changed(steps: Iterable[StepResult]) -> bool:
         if step.status == SKIPPED:
             continue
         summary = step.summary or {}
+        if summary.get("resumed"):  # ran more than once: an earlier run may have changed the VM unseen
+            return True
         if "changed" in summary:
             if summary["changed"]:
                 return True

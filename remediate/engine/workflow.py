@@ -127,6 +127,7 @@ class Workflow:
         self._deadline = 0.0
         self._journal: Journal | None = None
         self._current_step: str | None = None
+        self._round_probe = "unknown"
         self.rebooted = False
         self.findings: list[str] = []
         self.actions: list[str] = []
@@ -333,6 +334,7 @@ class Workflow:
         if options.diagnose_only or not decision.steps:
             return self._without_repairs(before, decision)
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
+        self._round_probe = before  # the probe the current plan was decided from
         return self._rounds(decision, ip)
 
     def _locate(self, view: azure_vm.VmView) -> str | None:
@@ -403,7 +405,7 @@ class Workflow:
     ) -> tuple[Outcome, str] | _NextRound:
         """The plan's steps, reboot, wait, verify. A verdict, or what ran and the next decision."""
         suffix = "" if number == 1 else f"-{number}"
-        summaries = [self._execute(step, suffix) for step in decision.steps]
+        summaries = [self._execute(step, suffix, self._round_probe, done) for step in decision.steps]
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             # Nothing changed: no reboot, nothing to verify, and a refusal is never a reason to go further.
@@ -416,6 +418,7 @@ class Workflow:
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=True) if not s.get("refused")}
         following = self._plan(f"plan{suffix or '-1'}-after", guest, after, ran)
+        self._round_probe = after
         self.verification = after
         if after in plans.PROBE_OK and following.clean:
             return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
@@ -430,12 +433,20 @@ class Workflow:
             return Outcome.FAILED, "; ".join([still, *refused, following.explain()])
         return _NextRound(ran, following)
 
-    def _execute(self, step: PlannedStep, suffix: str) -> dict[str, Any]:
-        """One planned step: its script on its named target. The journal keeps the target and the reason."""
+    def _execute(self, step: PlannedStep, suffix: str, probe: str, done: frozenset[str]) -> dict[str, Any]:
+        """One planned step: its script on its named target. The journal keeps the target and the reason.
+
+        `probe` and `done` are what the plan was decided from: a rerun whose earlier run may have made the
+        change is resolved by deciding again from fresh facts (`_resolve_repair`)."""
         parameters = dict(step.parameters)
         if step.script in ("renew-certificate", "reset-machinekeys") and self.request.options.force:
             parameters["Force"] = "true"
-        return self._script(step.script, step_name=f"{step.action.value}{suffix}", parameters=parameters)
+        return self._script(
+            step.script,
+            step_name=f"{step.action.value}{suffix}",
+            parameters=parameters,
+            planned=(step, probe, done),
+        )
 
     def _proactive_renewal(self, ip: str | None, before: str) -> tuple[Outcome, str]:
         facts = self._script("diagnose")
@@ -444,7 +455,7 @@ class Workflow:
             if decision.refusals:
                 return Outcome.SKIPPED, f"not renewed: {decision.explain()}"
             return Outcome.HEALTHY, "the certificate did not need renewal"
-        summaries = [self._execute(step, "") for step in decision.steps]
+        summaries = [self._execute(step, "", before, frozenset()) for step in decision.steps]
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             return Outcome.SKIPPED, "; ".join(refused) or "the renewal changed nothing"
@@ -462,19 +473,35 @@ class Workflow:
     # --- the actions behind the steps ---------------------------------------------------------------------
 
     def _script(
-        self, name: str, step_name: str | None = None, parameters: dict[str, str] | None = None
+        self,
+        name: str,
+        step_name: str | None = None,
+        parameters: dict[str, str] | None = None,
+        planned: tuple[PlannedStep, str, frozenset[str]] | None = None,
     ) -> dict[str, Any]:
         from remediate.azure.runcommand import run_script
 
         holder: list[dict[str, Any]] = []
+        repair = name != "diagnose"
         earlier = self._require_journal().find(step_name or name)
-        # A repair that started before and has no recorded end: its script runs again (it is idempotent).
-        resumed = name != "diagnose" and earlier is not None and earlier.status in (STARTED, FAILED)
+        # A repair that started before and has no recorded end: its script runs again (it is idempotent), and
+        # what it reports is not trusted on its own (the earlier run may have made the change).
+        posts = [1] if repair and earlier is not None and earlier.status in (STARTED, FAILED) else []
 
         def run() -> tuple[str, dict[str, Any] | None]:
-            summary = run_script(self.clients, self.request.vm, name, parameters or {}, self._deadline)
-            if resumed:  # a change the earlier, unrecorded run made still needs its reboot and cooldown
-                summary = evidence.resolve_repair(summary)
+            summary = run_script(
+                self.clients,
+                self.request.vm,
+                name,
+                parameters or {},
+                self._deadline,
+                posted=lambda: posts.append(1),
+                single_post=repair,
+            )
+            # Resumed: an earlier POST of this step (another delivery's, or this call's own retry after a lost
+            # answer) may have run the script, so "no change" or "refused" may describe the change it made.
+            if repair and len(posts) > 1:
+                summary = self._resolve_repair(summary, planned)
             holder.append(summary)
             return _describe(summary), summary
 
@@ -483,6 +510,21 @@ class Workflow:
         if name != "diagnose" and summary.get("changed"):
             self.actions.extend(a for a in summary.get("actions", []) if a not in self.actions)
         return summary
+
+    def _resolve_repair(
+        self, summary: dict[str, Any], planned: tuple[PlannedStep, str, frozenset[str]] | None
+    ) -> dict[str, Any]:
+        """A rerun repair, resolved from evidence: diagnose again (read-only) and decide again from the facts
+        the plan was made from; the planned step no longer needed means the change was made."""
+        from remediate.azure.runcommand import run_script
+
+        if planned is None or not evidence.needs_resolving(summary):
+            return evidence.mark_resumed(summary)
+        step, probe, done = planned
+        facts = run_script(self.clients, self.request.vm, "diagnose", {}, self._deadline)
+        options = self.request.options
+        context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force, done)
+        return evidence.resolve_repair(summary, step, decide(facts, probe, context))
 
     def _should_reboot(self, summaries: list[dict[str, Any]]) -> bool:
         if self.settings.reboot_policy == "always":
