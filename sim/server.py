@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sim.activitylog import ActivityLog, FilterError
+from sim.activitylog import DEFAULT_LAG_SECONDS, ActivityLog, FilterError
 from sim.certs import server_certificate
 from sim.faults import Faults
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION, Fleet, VirtualMachine
@@ -249,7 +249,8 @@ class Emulator:
         # Where the `foreign-polling-host` fault points the polling headers (a test's stand-in attacker).
         self.foreign_polling_url = "https://127.0.0.1:9"
         self.log = RequestLog()
-        self.activity = ActivityLog()
+        # The Activity Log lags as Azure's does (sim/activitylog.py cites the documented 3 to 20 minutes).
+        self.activity = ActivityLog(lag_seconds=DEFAULT_LAG_SECONDS * time_scale)
         self.time_scale = time_scale
         self.base_latencies = latencies or Latencies()
         self.latencies = self.base_latencies.scaled(time_scale)
@@ -354,9 +355,9 @@ class Emulator:
             "RDPR_LOG_WORKSPACE_ID": self.workspace_id,
             "RDPR_POLL_INTERVAL_SECONDS": f"{self.poll_interval():g}",
             "RDPR_SCOPES": ",".join(scopes),
-            # The emulator's Activity Log shows a restart the moment it is called (Azure's may lag): a second
-            # of silence is enough here to take a restart as not accepted.
-            "RDPR_RESTART_EVIDENCE_SECONDS": "1",
+            # The product's default (25 minutes, past the documented 20 minutes of Activity Log lag) on the
+            # emulator's time scale, which also scales the emulator's lag.
+            "RDPR_RESTART_EVIDENCE_SECONDS": f"{max(1.0, 1500.0 * self.time_scale):g}",
         }
 
     def describe(self) -> dict[str, Any]:
@@ -543,7 +544,13 @@ class Emulator:
     def restart(self, call: Call, groups: tuple[str, ...]) -> Response:
         vm = self._vm(groups)
         # Every restart call is in the Activity Log (sim/activitylog.py cites the event shapes).
-        record = self.activity.action(vm.resource_id, vm.subscription_id, vm.resource_group, RESTART_ACTION)
+        record = self.activity.action(
+            vm.resource_id,
+            vm.subscription_id,
+            vm.resource_group,
+            RESTART_ACTION,
+            call.headers.get("x-ms-correlation-request-id"),
+        )
         try:
             op = self.operations.start_restart(vm)
         except Refused as refused:

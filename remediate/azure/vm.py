@@ -83,7 +83,10 @@ def private_ip(clients: AzureClients, view: VmView) -> str | None:
     return primary.private_ip_address if primary is not None else None
 
 
-def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
+CORRELATION_HEADER = "x-ms-correlation-request-id"
+
+
+def begin_restart(clients: AzureClients, vm: VmId, correlation_id: str) -> LROPoller[None]:
     """Send ONE restart POST and return once Azure has accepted it (the poller's token survives a crash).
 
     The transport must not repeat it: azure-core re-sends a POST after a 500/503/504 or a dropped connection,
@@ -91,6 +94,10 @@ def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
     with `retry_total=0`; the workflow decides about a second attempt, and only after the Activity Log shows
     that the first was not accepted. Polling the operation afterwards keeps the clients' normal retries: the
     polling method is built here, so the per-call `retry_total=0` does not reach it.
+
+    The POST carries our own `x-ms-correlation-request-id` (a caller-specified value that ARM keeps for the
+    whole operation: Azure/azure-resource-manager-rpc, v1.0/common-api-details.md, "Client Request Headers"),
+    so the Activity Log can later say whether *this* restart was accepted, not whether any restart was.
     """
     from azure.mgmt.core.polling.arm_polling import ARMPolling  # lazy: cold start
 
@@ -98,7 +105,11 @@ def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
     polling = ARMPolling(30 if interval is None else interval)
     with azure_errors(f"restarting {vm.name}"):
         return clients.compute(vm.subscription).virtual_machines.begin_restart(
-            vm.resource_group, vm.name, retry_total=0, polling=polling
+            vm.resource_group,
+            vm.name,
+            retry_total=0,
+            polling=polling,
+            headers={CORRELATION_HEADER: correlation_id},
         )
 
 

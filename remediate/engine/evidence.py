@@ -5,9 +5,9 @@
   because the facts the script checks before acting changed. So the rerun's report is not trusted: a fresh
   diagnose (read-only) is decided with the plan's context; the step was needed before and is not needed now
   means the change was made, so it still leads to its reboot and to the cooldown.
-* A restart: the Activity Log of the VM says whether Azure accepted a restart since the step started. Accepted:
-  not sent again. Not accepted, once the log has had time to show it: sent once. Unreadable: not sent, and
-  the outcome says that the restart's fate is unknown.
+* A restart: the step sends its own correlation id, and the Activity Log says whether Azure accepted a call
+  carrying it. Accepted: not sent again. Not shown once the log has had time (the documented lag is up to
+  20 minutes): sent once. Not shown yet, or unreadable: not sent, and the outcome says the fate is unknown.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def restart_fate(
     clients: AzureClients,
     vm: VmId,
     sent_after: float,
+    correlation_id: str,
     *,
     evidence_seconds: float,
     give_up: float,
@@ -85,10 +86,12 @@ def restart_fate(
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RestartFate:
-    """Did Azure accept a restart of `vm` at or after wall time `sent_after`?
+    """Did Azure accept the restart of `vm` we sent with `correlation_id` at or after wall time `sent_after`?
 
-    Absence counts only once `evidence_seconds` have passed since `sent_after` (the log may lag); until then
-    this polls, up to the monotonic time `give_up`.
+    Only our own calls count (matched by correlation id). Accepted or Succeeded: taken. Anything else (no
+    event, only `Started`, or `Failed`) counts as not accepted only once `evidence_seconds` have passed since
+    `sent_after`, since the log lags by up to 20 minutes; until then this polls, up to the monotonic time
+    `give_up`, and then answers unknown.
     """
     from remediate.azure.activitylog import restarts_since
 
@@ -96,7 +99,7 @@ def restart_fate(
     while True:
         until = dt.datetime.fromtimestamp(wall() + CLOCK_SKEW_SECONDS, dt.UTC)
         try:
-            records = restarts_since(clients, vm, since, until)
+            records = restarts_since(clients, vm, since, until, correlation_id)
         except RemediationError as exc:
             return RestartFate(None, f"the Activity Log could not be read ({exc.reason})")
         accepted = [r for r in records if r.accepted]
@@ -109,8 +112,10 @@ def restart_fate(
             )
         waited = wall() - sent_after
         if waited >= evidence_seconds:
-            refused = f" ({len(records)} refused or failed)" if records else ""
-            return RestartFate(False, f"the Activity Log shows no accepted restart in {waited:.0f} s{refused}")
+            seen = f" (it shows {', '.join(records[0].statuses)})" if records else ""
+            return RestartFate(
+                False, f"the Activity Log shows no accepted restart {correlation_id} in {waited:.0f} s{seen}"
+            )
         if monotonic() >= give_up:
             return RestartFate(None, "the Activity Log did not show the restart yet and the deadline came first")
         sleep(max(min(poll_seconds, evidence_seconds - waited, give_up - monotonic()), 0.05))
@@ -119,11 +124,12 @@ def restart_fate(
 def activity_log_evidence(clients: AzureClients, settings: Settings) -> RestartEvidence:
     """For the closing paths: the Activity Log's verdict now, without waiting (None while it may still lag)."""
 
-    def accepted(vm: VmId, sent_after: float) -> bool | None:
+    def accepted(vm: VmId, sent_after: float, correlation_id: str) -> bool | None:
         fate = restart_fate(
             clients,
             vm,
             sent_after,
+            correlation_id,
             evidence_seconds=settings.restart_evidence_seconds,
             give_up=time.monotonic(),
             poll_seconds=1.0,

@@ -28,8 +28,10 @@ from remediate.engine.journal import (
     UNKNOWN,
     Journal,
     accepted_restarts,
+    base_name,
     is_reboot,
     may_have_changed,
+    restart_correlation_id,
 )
 from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger
 from remediate.model import (
@@ -223,7 +225,13 @@ class Workflow:
             if resolved is not None:
                 return resolved
         self._progress(name, "started")
-        step = journal.start(name)
+        # A restart's started row names the correlation id its POST will carry (what the Activity Log shows).
+        started = (
+            {"correlationId": restart_correlation_id(self.request.request_id, name)}
+            if base_name(name) == "reboot"
+            else None
+        )
+        step = journal.start(name, started)
         try:
             detail, data = action()
         except _Stop as stop:
@@ -243,7 +251,7 @@ class Workflow:
 
     def _resolve_restart(self, previous: StepResult) -> StepResult | None:
         """The fate of a restart step with no recorded end, from the Activity Log; None: not accepted."""
-        fate = self._restart_fate(previous.started_at)
+        fate = self._restart_fate(previous.started_at, previous.name)
         journal = self._require_journal()
         if fate.accepted is None:
             return journal.finish(
@@ -256,11 +264,12 @@ class Workflow:
         self._progress(previous.name, f"the earlier restart was not accepted ({fate.detail}); sending it once")
         return None
 
-    def _restart_fate(self, sent_after: float) -> evidence.RestartFate:
+    def _restart_fate(self, sent_after: float, step_name: str) -> evidence.RestartFate:
         return evidence.restart_fate(
             self.clients,
             self.request.vm,
             sent_after,
+            restart_correlation_id(self.request.request_id, step_name),
             evidence_seconds=self.settings.restart_evidence_seconds,
             give_up=self._deadline,
             poll_seconds=self._poll_seconds(),
@@ -539,15 +548,19 @@ class Workflow:
         saying a restart is already running), the Activity Log decides: accepted means done; not accepted means
         one more attempt, up to RDPR_RETRY_TOTAL; unknown leaves the step open for the next delivery.
         """
-        current = self._require_journal().find(self._current_step or "reboot")
+        name = self._current_step or "reboot"
+        current = self._require_journal().find(name)
         sent_after = current.started_at if current is not None else self._wall()
+        correlation_id = restart_correlation_id(self.request.request_id, name)
         attempts = 0
         while True:
             attempts += 1
+            if self._lease is not None:
+                self._lease.check()  # journal.start's storage retries may have outlasted the lease
             try:
-                self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
+                self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm, correlation_id)
             except TransientError as exc:
-                fate = self._restart_fate(sent_after)
+                fate = self._restart_fate(sent_after, name)
                 if fate.accepted:
                     return f"restart accepted by Azure ({fate.detail}; its answer was lost)", {"evidence": fate.detail}
                 if fate.accepted is None or attempts > self.settings.retry_total:
@@ -555,7 +568,10 @@ class Workflow:
                 self._sleep(min(self.settings.retry_backoff_seconds * 2**attempts, 30.0, self._remaining()))
                 sent_after = self._wall()
                 continue
-            return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
+            return "restart accepted by Azure", {
+                "continuationToken": self._restart_poller.continuation_token(),
+                "correlationId": correlation_id,
+            }
 
     def _wait(self, reboot_step: str) -> tuple[str, dict[str, Any] | None]:
         """Azure's restart operation, then the VM's own readiness: both within one end time."""
