@@ -129,14 +129,16 @@ def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> 
 
 
 class RestartFailed(TransientError):
-    """Azure accepted the restart, then the operation ended `Failed`: the VM was not restarted by it."""
+    """Azure accepted the restart, then the operation ended `Failed` or `Canceled`. Whether the VM restarted is
+    not said (a failed start "may still start successfully", Microsoft Learn on VMStartTimedOut), so it is
+    never taken as "nothing restarted"."""
 
 
 def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
     """Wait for Azure to report the restart done (the VM may still be booting after).
 
-    RestartFailed when the operation itself failed (the restart did not happen and may be sent again once
-    the Activity Log confirms it); TransientError when only reading its status failed.
+    RestartFailed when the operation itself ended Failed or Canceled (the VM may or may not have restarted);
+    TransientError when only reading its status failed.
     """
     from azure.core.exceptions import HttpResponseError
 
@@ -144,7 +146,9 @@ def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
         with azure_errors(f"restarting {vm.name}"):
             poller.result(timeout=max(timeout, 1.0))
     except TransientError as exc:
-        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() == "failed":
+        # azure-core ends the poll with an error for both terminal failures, `Failed` and `Canceled` (a
+        # preempted operation is canceled): both are the operation's verdict, not a failed status read.
+        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() in ("failed", "canceled"):
             raise RestartFailed(f"the restart operation of {vm.name} failed: {exc.reason}") from exc
         raise
     if not poller.done():

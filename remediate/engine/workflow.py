@@ -581,16 +581,15 @@ class Workflow:
         token = (reboot.summary or {}).get("continuationToken") if reboot is not None else None
         if poller is None and token:
             poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
+        ended = ""
         if poller is not None:
             try:
                 azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
             except azure_vm.RestartFailed as exc:
-                # Nothing restarted: reopen the reboot step, so the next attempt sends it once more after the
-                # Activity Log confirms that this one failed.
-                if reboot is not None:
-                    self._require_journal().finish(reboot, FAILED, exc.reason)
-                self._restart_poller = None
-                raise
+                # Azure took the restart and its operation failed or was canceled: the VM may have restarted
+                # anyway, so it is never sent again (that could reboot it twice). The VM's readiness and the
+                # verify steps say whether it worked.
+                ended = f"; the restart operation did not succeed ({exc.reason}), not sent again"
         self._restart_poller = None
         view = azure_vm.wait_until_ready(
             self.clients,
@@ -600,7 +599,7 @@ class Workflow:
             clock=self._monotonic,
             sleep=self._sleep,
         )
-        return "running, agent ready", {"powerState": view.power_state}
+        return "running, agent ready" + ended, {"powerState": view.power_state, "restartEnded": ended or "ok"}
 
     def _probe(self, step_name: str, ip: str | None, *, wait: bool) -> str:
         step = self._step(step_name, lambda: self._probe_action(ip, wait))

@@ -65,3 +65,22 @@ def test_a_second_rounds_refused_restart_is_not_counted_as_the_first_rounds(engi
     assert len(accepted) == 1, accepted
     assert reboots.get("reboot") == "ok" and reboots.get("reboot-2") not in (None, "ok"), reboots
     assert result.outcome is Outcome.FAILED and result.rebooted
+
+
+@pytest.mark.parametrize("fault", ["lro-canceled", "lro-failed"])
+def test_a_restart_operation_that_ends_canceled_or_failed_is_never_sent_again(engine: Engine, fault: str) -> None:
+    def arm(step: str, detail: str) -> None:
+        if step == "reboot" and detail == "started":
+            engine.emulator.faults.add("restart", fault, count=1)
+
+    request = engine.request("expired-certificate")
+    result = engine.workflow(request, progress=arm).run()
+    restarts = [p for p in engine.posts_to("expired-certificate") if p == "restart"]
+    assert restarts == ["restart"], restarts  # a failed restart may still have restarted the VM: not resent
+    wait = next(step for step in result.steps if step.name == "wait")
+    assert wait.status == "ok" and "did not succeed" in wait.detail, wait
+    assert result.outcome is Outcome.REMEDIATED and result.rebooted, result.reason
+    assert engine.ledger.vm_state(request.vm).last_finished is not None
+    again = engine.workflow(request).run()  # a redelivery changes nothing
+    assert again.outcome is Outcome.REMEDIATED
+    assert [p for p in engine.posts_to("expired-certificate") if p == "restart"] == ["restart"]
