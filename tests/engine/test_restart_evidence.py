@@ -84,3 +84,30 @@ def test_a_restart_operation_that_ends_canceled_or_failed_is_never_sent_again(en
     again = engine.workflow(request).run()  # a redelivery changes nothing
     assert again.outcome is Outcome.REMEDIATED
     assert [p for p in engine.posts_to("expired-certificate") if p == "restart"] == ["restart"]
+
+
+def test_no_restart_is_sent_by_an_execution_whose_lease_ran_out_while_recording_the_step(engine: Engine) -> None:
+    from remediate.engine.journal import Journal
+    from remediate.ledger import ExecutionConflict
+    from remediate.model import StepResult
+
+    request = engine.request("expired-certificate")
+    workflow = engine.workflow(request)
+    start = Journal.start
+
+    def slow_start(self: Journal, name: str, summary: dict[str, object] | None = None) -> StepResult:
+        step = start(self, name, summary)
+        if name == "reboot":  # the write's retries outlasted the lease and another delivery took over
+            lease = workflow._lease
+            assert lease is not None
+            engine.ledger.drop_lease(request.request_id, lease.holder)
+            assert engine.ledger.take_lease(request.request_id, "another-delivery", 600)[0]
+        return step
+
+    Journal.start = slow_start  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ExecutionConflict):
+            workflow.run()
+    finally:
+        Journal.start = start  # type: ignore[method-assign]
+    assert "restart" not in engine.posts_to("expired-certificate")
