@@ -111,3 +111,14 @@ def test_no_restart_is_sent_by_an_execution_whose_lease_ran_out_while_recording_
     finally:
         Journal.start = start  # type: ignore[method-assign]
     assert "restart" not in engine.posts_to("expired-certificate")
+
+
+def test_a_repair_that_ran_more_than_once_counts_as_a_possible_change() -> None:
+    from remediate.engine.journal import may_have_changed
+    from remediate.model import StepResult
+
+    unresolved = {"changed": False, "reboot_required": False, "errors": [], "refused": "facts changed"}
+    once = StepResult("renew-certificate", "ok", 1.0, 2.0, "refused", unresolved)
+    twice = StepResult("renew-certificate", "ok", 1.0, 2.0, "refused", {**unresolved, "resumed": True})
+    assert not may_have_changed([once])
+    assert may_have_changed([twice])  # an earlier run may have changed the VM unseen: the cooldown starts
