@@ -347,9 +347,9 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "RDPR_RESTART_EVIDENCE_SECONDS",
         "restart_evidence_seconds",
-        "300",
-        "How long after a restart was sent the Activity Log must still show no restart before the restart is "
-        "taken as not accepted (and sent once more).",
+        "1500",
+        "How long after a restart was sent the Activity Log must still show no restart with its correlation id "
+        "before the restart is taken as not accepted (and sent once more); the log lags up to 20 minutes.",
         _non_negative_float,
     ),
     # --- RDP probe ---------------------------------------------------------------------------------------

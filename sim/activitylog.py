@@ -17,6 +17,13 @@ Sources:
   (Microsoft Learn, "Azure Activity Log event schema": status values Started, In Progress, Succeeded, Failed,
   Active, Resolved; subStatus carries the HTTP status). When the operation itself ends, one more event with the
   same correlation id says `Succeeded` or `Failed` (same article).
+* The correlation id is the caller's `x-ms-correlation-request-id` when it sent one (a caller-specified value
+  ARM keeps for the whole operation: Azure/azure-resource-manager-rpc, v1.0/common-api-details.md, "Client
+  Request Headers"); otherwise a new GUID.
+* Entries lag: "usually available ... within 3 to 20 minutes" (Microsoft Learn, "Azure Monitor activity log",
+  MicrosoftDocs/azure-monitor-docs articles/azure-monitor/platform/activity-log.md). Each event here becomes
+  visible `lag_seconds` after it happened, and its `submissionTimestamp` (when the log received it) is that much
+  later than its `eventTimestamp`; a query made before then does not show it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 # A managed identity's object id stands in the `caller` field (the example shows a user principal name).
@@ -37,15 +46,23 @@ class FilterError(ValueError):
     """A `$filter` outside the documented patterns: answered 400 BadRequest."""
 
 
+# The lag in real seconds before the emulator's time scale: inside the documented 3 to 20 minutes.
+DEFAULT_LAG_SECONDS = 180.0
+
+
 class ActivityLog:
-    def __init__(self) -> None:
+    def __init__(self, lag_seconds: float = 0.0, clock: Callable[[], float] = time.time) -> None:
+        self.lag_seconds = lag_seconds
+        self._clock = clock
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
         self._running: list[tuple[ActionRecord, Any]] = []  # accepted actions whose operation has not ended
 
-    def action(self, resource_id: str, subscription: str, group: str, operation: str) -> ActionRecord:
+    def action(
+        self, resource_id: str, subscription: str, group: str, operation: str, correlation_id: str | None = None
+    ) -> ActionRecord:
         """Log the start of an action call; the returned record logs how it ended."""
-        record = ActionRecord(self, resource_id, subscription, group, operation)
+        record = ActionRecord(self, resource_id, subscription, group, operation, correlation_id)
         record.log("BeginRequest", "Started", "")
         return record
 
@@ -77,10 +94,13 @@ class ActivityLog:
     def query(self, subscription: str, filter_text: str | None, select: str | None) -> dict[str, Any]:
         start, end, narrowing = _parse(filter_text)
         chosen = []
+        visible = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         for event in self.events():
+            if _stamp(event["submissionTimestamp"]) > visible:
+                continue  # not in the log yet
             if event["subscriptionId"].lower() != subscription.lower():
                 continue
-            when = dt.datetime.fromisoformat(event["eventTimestamp"].replace("Z", "+00:00"))
+            when = _stamp(event["eventTimestamp"])
             if when < start or (end is not None and when > end):
                 continue
             if narrowing is not None and not _narrowed(event, *narrowing):
@@ -94,10 +114,18 @@ class ActivityLog:
 
 
 class ActionRecord:
-    def __init__(self, log: ActivityLog, resource_id: str, subscription: str, group: str, operation: str) -> None:
+    def __init__(
+        self,
+        log: ActivityLog,
+        resource_id: str,
+        subscription: str,
+        group: str,
+        operation: str,
+        correlation_id: str | None = None,
+    ) -> None:
         self._log = log
         self.resource_id, self.subscription, self.group, self.operation = resource_id, subscription, group, operation
-        self.correlation_id = str(uuid.uuid4())
+        self.correlation_id = correlation_id or str(uuid.uuid4())
 
     def accepted(self) -> None:
         self.log("EndRequest", "Accepted", "Accepted (HTTP Status Code: 202)")
@@ -108,7 +136,8 @@ class ActionRecord:
     def log(self, event_name: str, status: str, sub_status: str, at: dt.datetime | None = None) -> None:
         now = at or dt.datetime.now(dt.UTC)
         event_id = str(uuid.uuid4())
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+        stamp = _iso(now)
+        submitted = _iso(now + dt.timedelta(seconds=self._log.lag_seconds))
         self._log.add(
             {
                 "authorization": {"action": self.operation, "scope": self.resource_id},
@@ -128,10 +157,18 @@ class ActionRecord:
                 "status": {"value": status, "localizedValue": status},
                 "subStatus": {"value": sub_status.split(" ", maxsplit=1)[0], "localizedValue": sub_status},
                 "eventTimestamp": stamp,
-                "submissionTimestamp": stamp,
+                "submissionTimestamp": submitted,
                 "subscriptionId": self.subscription,
             }
         )
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+def _stamp(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")[:26] + "+00:00")
 
 
 def _parse(filter_text: str | None) -> tuple[dt.datetime, dt.datetime | None, tuple[str, str] | None]:

@@ -41,6 +41,12 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     "garbage-output": frozenset({"runCommand"}),
     "oversized-output": frozenset({"runCommand"}),
     "never-returns": frozenset({"restart"}),
+    # The restart is accepted, then its operation ends `Canceled` (a later operation preempted it). `Canceled`
+    # is a terminal status of an asynchronous operation, with an error object (Azure/azure-resource-manager-rpc,
+    # v1.0/async-api-reference.md, "Azure-AsyncOperation resource format"); azure-core treats it as failed.
+    # Whether the VM restarted is not said: it may have (Microsoft Learn on VMStartTimedOut, "Troubleshoot
+    # allocation / start failures": "The VM may still start successfully"), so the emulator restarts it.
+    "lro-canceled": frozenset({"restart"}),
     # A hostile answer, not an Azure behaviour: both polling headers name another host (the emulator's
     # `foreign_polling_url`). Azure's polling headers are absolute URLs the client is told to follow
     # (learn.microsoft.com/azure/azure-resource-manager/management/async-operations: "Azure-AsyncOperation -

@@ -409,6 +409,8 @@ class Operations:
                 "restart", vm, now, now + (self.latencies.restart_operation if early else self.latencies.restart)
             )
             op.fault = "never-returns" if never else None
+            if self.faults.take("restart", "lro-canceled", vm.key):
+                op.fault = "lro-canceled"  # the VM restarts, the operation reports Canceled (sim/faults.py)
             self._restarts[vm.key] = op
             # A VM restarted again before its agent came back keeps the agent's health, not its momentary state.
             _, agent_healthy = self._agents.pop(vm.key, ("", vm.agent_ready))
@@ -440,6 +442,9 @@ class Operations:
         if self._restarts.get(vm.key) is op:
             self._restarts.pop(vm.key, None)
         op.status = "Succeeded"  # Azure performed the restart, whether or not the guest comes back
+        if op.fault == "lro-canceled":
+            op.status, op.error_status = "Canceled", 409
+            op.error = {"code": "OperationPreempted", "message": "Operation execution has been preempted."}
         if op.fault == "never-returns":
             log.info("simulated VM stays starting after restart", extra={"vm": vm.resource_id})
             return

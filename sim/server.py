@@ -37,7 +37,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from sim import alerts
-from sim.activitylog import ActivityLog, FilterError
+from sim.activitylog import DEFAULT_LAG_SECONDS, ActivityLog, FilterError
 from sim.certs import server_certificate
 from sim.faults import Faults
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION, Fleet, VirtualMachine
@@ -263,7 +263,8 @@ class Emulator:
         self.foreign_polling_url = "https://127.0.0.1:9"
         self.alerts = alerts.AlertStore()
         self.log = RequestLog()
-        self.activity = ActivityLog()
+        # The Activity Log lags as Azure's does (sim/activitylog.py cites the documented 3 to 20 minutes).
+        self.activity = ActivityLog(lag_seconds=DEFAULT_LAG_SECONDS * time_scale)
         self.time_scale = time_scale
         self.base_latencies = latencies or Latencies()
         self.latencies = self.base_latencies.scaled(time_scale)
@@ -382,9 +383,9 @@ class Emulator:
             "RDPR_POLL_FAST_SECONDS": f"{60.0 * self.time_scale:g}",
             "RDPR_POLL_MAX_INTERVAL_SECONDS": f"{max(self.poll_interval(), 10.0 * self.time_scale):g}",
             "RDPR_SCOPES": ",".join(scopes),
-            # The emulator's Activity Log shows a restart the moment it is called (Azure's may lag): a second
-            # of silence is enough here to take a restart as not accepted.
-            "RDPR_RESTART_EVIDENCE_SECONDS": "1",
+            # The product's default (25 minutes, past the documented 20 minutes of Activity Log lag) on the
+            # emulator's time scale, which also scales the emulator's lag.
+            "RDPR_RESTART_EVIDENCE_SECONDS": f"{max(1.0, 1500.0 * self.time_scale):g}",
         }
 
     def describe(self) -> dict[str, Any]:
@@ -580,7 +581,13 @@ class Emulator:
     def restart(self, call: Call, groups: tuple[str, ...]) -> Response:
         vm = self._vm(groups)
         # Every restart call is in the Activity Log (sim/activitylog.py cites the event shapes).
-        record = self.activity.action(vm.resource_id, vm.subscription_id, vm.resource_group, RESTART_ACTION)
+        record = self.activity.action(
+            vm.resource_id,
+            vm.subscription_id,
+            vm.resource_group,
+            RESTART_ACTION,
+            call.headers.get("x-ms-correlation-request-id"),
+        )
         try:
             op = self.operations.start_restart(vm)
         except Refused as refused:

@@ -3,7 +3,10 @@
 Azure records every `Microsoft.Compute/virtualMachines/restart/action` call in the subscription's Activity
 Log with its caller, time, correlation id and status (`Started` when ARM received it, `Accepted` when Compute
 took it (202), then `Succeeded` or `Failed`). A worker that died after sending a restart, or lost the
-answer, asks the log instead of guessing. Read with `azure-mgmt-monitor`'s `activity_logs.list` (REST:
+answer, asks the log instead of guessing: for the calls that carried its own correlation id, never for any
+restart of the VM. Entries are "usually available within 3 to 20 minutes" (Microsoft Learn, "Azure Monitor
+activity log", MicrosoftDocs/azure-monitor-docs articles/azure-monitor/platform/activity-log.md), so absence is
+evidence only after that. Read with `azure-mgmt-monitor`'s `activity_logs.list` (REST:
 `GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/values` with a `$filter` on the
 time window and the resource), authorised by `Microsoft.Insights/eventtypes/values/read`.
 """
@@ -21,9 +24,9 @@ if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
 
 RESTART_ACTION = "microsoft.compute/virtualmachines/restart/action"
-# `Started` alone means ARM received the call and has not said how it ended: it may be running now, so it
-# counts as accepted (a second restart of a production machine is the worse error).
-ACCEPTED_STATUSES = frozenset({"started", "accepted", "succeeded"})
+# Compute took the restart (202 Accepted), or the operation ended. `Started` alone only says ARM received the
+# call: a refused call's `Failed` may still follow it, so it is neither acceptance nor refusal (unknown).
+ACCEPTED_STATUSES = frozenset({"accepted", "succeeded"})
 
 
 @dataclass(frozen=True)
@@ -37,15 +40,27 @@ class RestartRecord:
 
     @property
     def accepted(self) -> bool:
-        """Compute took the restart and it has not failed: a call that ended `Failed` (refused, or an operation
-        that failed before touching the VM) restarted nothing."""
-        return "failed" not in self.statuses and bool(set(self.statuses) & ACCEPTED_STATUSES)
+        """Compute took the restart (its operation may have failed later: a failed restart may still have
+        restarted the VM, so it counts as taken, never as refused)."""
+        return bool(set(self.statuses) & ACCEPTED_STATUSES)
+
+    @property
+    def refused(self) -> bool:
+        """ARM answered the call itself with an error (it ended `Failed` and was never accepted)."""
+        return "failed" in self.statuses and not self.accepted
 
 
-def restarts_since(clients: AzureClients, vm: VmId, since: dt.datetime, until: dt.datetime) -> list[RestartRecord]:
-    """The restart calls for `vm` the Activity Log holds between `since` and `until`, oldest first."""
-    # The documented filter patterns: a time window is required; `resourceUri eq` narrows it to one resource.
-    query = f"eventTimestamp ge '{_iso(since)}' and eventTimestamp le '{_iso(until)}' and resourceUri eq '{vm}'"
+def restarts_since(
+    clients: AzureClients, vm: VmId, since: dt.datetime, until: dt.datetime, correlation_id: str
+) -> list[RestartRecord]:
+    """The restart calls for `vm` sent with our `correlation_id` that the Activity Log holds between `since`
+    and `until`, oldest first. Another caller's restart (or an earlier one of ours) never counts."""
+    # The documented filter patterns: a time window is required; `correlationId eq` narrows it to the calls
+    # that carried our x-ms-correlation-request-id (activityLogs_API.json, the $filter description).
+    query = (
+        f"eventTimestamp ge '{_iso(since)}' and eventTimestamp le '{_iso(until)}' "
+        f"and correlationId eq '{correlation_id}'"
+    )
     select = "operationName,status,eventTimestamp,correlationId,caller,resourceId"
     grouped: dict[str, list[tuple[dt.datetime, str, str]]] = {}
     with azure_errors(f"reading the Activity Log of {vm.name}"):
@@ -57,7 +72,9 @@ def restarts_since(clients: AzureClients, vm: VmId, since: dt.datetime, until: d
                 continue
             status = ((event.status.value if event.status else "") or "").lower()
             when = event.event_timestamp or since
-            key = event.correlation_id or event.event_data_id or str(when)
+            if (event.correlation_id or "").lower() != correlation_id.lower():
+                continue
+            key = event.correlation_id or ""
             grouped.setdefault(key, []).append((when, status, event.caller or ""))
     records = [
         RestartRecord(key, min(e[0] for e in events), tuple(e[1] for e in events), events[0][2])

@@ -64,13 +64,18 @@ def run_script(
     agent_deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    posted: Callable[[], None] | None = None,
+    single_post: bool = False,
 ) -> dict[str, Any]:
     """Run guest script `script` on `vm` and return its summary, validated against the contract.
 
     `deadline` is a `clock()` time: no attempt starts, and no wait lasts, beyond it. `agent_deadline` (a
     `clock()` time, after a reboot) is until when an agent that does not answer is still expected back.
     Raises TransientError when the VM stayed busy or its agent stayed away until the deadline, PermanentError
-    otherwise.
+    otherwise. `posted` is called before every Run Command POST, so a caller can tell that an earlier POST of
+    this call may have been accepted (its script then ran, whatever this attempt reports). `single_post=True`
+    sends each POST without transport retries: azure-core re-sends a POST after a 500/503/504, which for a
+    repair would run it again unseen; only this module's own retries (counted through `posted`) send it again.
     """
     command = _command(script, parameters)
     compute = clients.compute(vm.subscription)
@@ -83,7 +88,7 @@ def run_script(
         before_sleep=_log_retry(vm, script),
         reraise=True,
     )
-    attempt = _Attempt(compute, vm, script, command, polling, deadline, agent_deadline, clock)
+    attempt = _Attempt(compute, vm, script, command, polling, deadline, agent_deadline, clock, posted, single_post)
     stdout, stderr = retrying(attempt.run)
     summary = parse_output(stdout, stderr, script)
     log.info(
@@ -132,6 +137,8 @@ class _Attempt:
     deadline: float
     agent_deadline: float | None
     clock: Callable[[], float]
+    posted: Callable[[], None] | None = None
+    single_post: bool = False
 
     def run(self) -> tuple[str, str]:
         from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
@@ -140,8 +147,12 @@ class _Attempt:
         if self.clock() >= self.deadline:
             raise TransientError(f"no time left to run {script} on {vm.name} before the deadline")
         try:
+            if self.posted is not None:
+                self.posted()
+            # A prebuilt polling method keeps the clients' retries for the polls; retry_total=0 reaches the POST.
+            once: dict[str, Any] = {"retry_total": 0} if self.single_post else {}
             poller = self.compute.virtual_machines.begin_run_command(
-                vm.resource_group, vm.name, self.command, polling=self.polling
+                vm.resource_group, vm.name, self.command, polling=self.polling, **once
             )
         except HttpResponseError as exc:
             # A synchronous answer (200 at once) carries the operation's failure on the POST itself.

@@ -109,7 +109,10 @@ def primary_address(configs: list[Any]) -> str | None:
     return primary.private_ip_address if primary is not None else None
 
 
-def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
+CORRELATION_HEADER = "x-ms-correlation-request-id"
+
+
+def begin_restart(clients: AzureClients, vm: VmId, correlation_id: str) -> LROPoller[None]:
     """Send ONE restart POST and return once Azure has accepted it (the poller's token survives a crash).
 
     The transport must not repeat it: azure-core re-sends a POST after a 500/503/504 or a dropped connection,
@@ -117,6 +120,10 @@ def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
     with `retry_total=0`; the workflow decides about a second attempt, and only after the Activity Log shows
     that the first was not accepted. Polling the operation afterwards keeps the clients' normal retries: the
     polling method is built here, so the per-call `retry_total=0` does not reach it.
+
+    The POST carries our own `x-ms-correlation-request-id` (a caller-specified value that ARM keeps for the
+    whole operation: Azure/azure-resource-manager-rpc, v1.0/common-api-details.md, "Client Request Headers"),
+    so the Activity Log can later say whether *this* restart was accepted, not whether any restart was.
     """
     from azure.mgmt.core.polling.arm_polling import ARMPolling  # lazy: cold start
 
@@ -124,7 +131,11 @@ def begin_restart(clients: AzureClients, vm: VmId) -> LROPoller[None]:
     polling = ARMPolling(30 if interval is None else interval)
     with azure_errors(f"restarting {vm.name}"):
         return clients.compute(vm.subscription).virtual_machines.begin_restart(
-            vm.resource_group, vm.name, retry_total=0, polling=polling
+            vm.resource_group,
+            vm.name,
+            retry_total=0,
+            polling=polling,
+            headers={CORRELATION_HEADER: correlation_id},
         )
 
 
@@ -144,14 +155,16 @@ def resume_restart(clients: AzureClients, vm: VmId, continuation_token: str) -> 
 
 
 class RestartFailed(TransientError):
-    """Azure accepted the restart, then the operation ended `Failed`: the VM was not restarted by it."""
+    """Azure accepted the restart, then the operation ended `Failed` or `Canceled`. Whether the VM restarted is
+    not said (a failed start "may still start successfully", Microsoft Learn on VMStartTimedOut), so it is
+    never taken as "nothing restarted"."""
 
 
 def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
     """Wait for Azure to report the restart done (the VM may still be booting after).
 
-    RestartFailed when the operation itself failed (the restart did not happen and may be sent again once
-    the Activity Log confirms it); TransientError when only reading its status failed.
+    RestartFailed when the operation itself ended Failed or Canceled (the VM may or may not have restarted);
+    TransientError when only reading its status failed.
     """
     from azure.core.exceptions import HttpResponseError
 
@@ -159,7 +172,9 @@ def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
         with azure_errors(f"restarting {vm.name}"):
             poller.result(timeout=max(timeout, 1.0))
     except TransientError as exc:
-        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() == "failed":
+        # azure-core ends the poll with an error for both terminal failures, `Failed` and `Canceled` (a
+        # preempted operation is canceled): both are the operation's verdict, not a failed status read.
+        if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() in ("failed", "canceled"):
             raise RestartFailed(f"the restart operation of {vm.name} failed: {exc.reason}") from exc
         raise
     if not poller.done():

@@ -10,12 +10,20 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from remediate.engine.journal import OK, SKIPPED, UNKNOWN, accepted_restarts, is_reboot, may_have_changed
+from remediate.engine.journal import (
+    OK,
+    SKIPPED,
+    UNKNOWN,
+    accepted_restarts,
+    is_reboot,
+    may_have_changed,
+    restart_correlation_id,
+)
 from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger, utcnow
 from remediate.model import Outcome, StepResult, TransientError, VmId
 
 # Did Azure accept a restart of this VM at or after this wall time? True / False / None (unknown).
-RestartEvidence = Callable[[VmId, float], "bool | None"]
+RestartEvidence = Callable[[VmId, float, str], "bool | None"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ def _resolve_restarts(ledger: Ledger, record: AuditRecord, evidence: RestartEvid
     for index, step in enumerate(record.steps):
         if not is_reboot(step) or step.status in (OK, SKIPPED, UNKNOWN):
             continue
-        accepted = evidence(vm, step.started_at)
+        accepted = evidence(vm, step.started_at, restart_correlation_id(record.request_id, step.name))
         status = UNKNOWN if accepted is None else (OK if accepted else step.status)
         if status == step.status:
             continue

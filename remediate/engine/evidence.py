@@ -1,12 +1,13 @@
 """Resolve a step whose end was not recorded from evidence, never by rerunning it blind.
 
-* A repair: the script is idempotent, so it runs again; but a change the earlier run already made now reads
-  "no change needed". The plan the step belongs to was made from facts that said the repair was needed;
-  needed before and not needed now means the change was made (by the run whose result was lost), so it still
-  leads to its reboot and to the cooldown.
-* A restart: the Activity Log of the VM says whether Azure accepted a restart since the step started. Accepted:
-  not sent again. Not accepted, once the log has had time to show it: sent once. Unreadable: not sent, and
-  the outcome says that the restart's fate is unknown.
+* A repair: the script is idempotent, so it runs again (another delivery's run, or a retry within one call
+  after a lost answer); but a change the earlier run already made now reads "no change needed", or is refused
+  because the facts the script checks before acting changed. So the rerun's report is not trusted: a fresh
+  diagnose (read-only) is decided with the plan's context; the step was needed before and is not needed now
+  means the change was made, so it still leads to its reboot and to the cooldown.
+* A restart: the step sends its own correlation id, and the Activity Log says whether Azure accepted a call
+  carrying it. Accepted: not sent again. Not shown once the log has had time (the documented lag is up to
+  20 minutes): sent once. Not shown yet, or unreadable: not sent, and the outcome says the fate is unknown.
 """
 
 from __future__ import annotations
@@ -22,26 +23,47 @@ from remediate.model import RemediationError, VmId
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
     from remediate.engine.closing import RestartEvidence
+    from remediate.engine.decide import Decision, Step
     from remediate.settings import Settings
 
 # The worker's clock and Azure's may disagree; look this much further back than the step's start.
 CLOCK_SKEW_SECONDS = 120.0
 
 
-def resolve_repair(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary of a repair run again after an earlier run of the same step left no recorded end.
+def needs_resolving(summary: dict[str, Any]) -> bool:
+    """A rerun's report that may hide the change an earlier run made: no change, or a refusal (the earlier
+    run changed the very facts the script checks before acting). A change or an error speaks for itself."""
+    return not (summary.get("changed") or summary.get("errors") or summary.get("detect_only"))
 
-    The step is in the plan because the facts before it said it was needed (`decide`); a script that now
-    finds nothing to do (no change, no error, no refusal) therefore finds the change the earlier run made.
+
+def mark_resumed(summary: dict[str, Any]) -> dict[str, Any]:
+    """Whatever the rerun says, the step ran more than once: it counts as a possible change (cooldown)."""
+    return {**summary, "resumed": True}
+
+
+def resolve_repair(summary: dict[str, Any], step: Step, now: Decision) -> dict[str, Any]:
+    """The summary of a repair run again after an earlier run of the same step may have run unseen.
+
+    `now` is the decision from facts read after the rerun, with the same context as the plan. The step was
+    planned because the facts said it was needed; if the fresh facts no longer call for it (not planned, not
+    refused, nothing unknown), the problem it addressed is gone: the earlier run made the change, and it still
+    leads to its reboot and to the cooldown. Otherwise the rerun's own report stands.
     """
-    if summary.get("changed") or summary.get("errors") or summary.get("detect_only") or summary.get("refused"):
-        return summary
-    resolved = dict(summary)
+    resolved = mark_resumed(summary)
+    still = {s.key for s in now.steps}
+    refused = {r.action for r in now.refusals}
+    if step.key in still or step.action in refused or now.unknown:
+        resolved["resolved_from"] = f"fresh facts still call for {step.action.value} (or cannot tell)"
+        return resolved
+    resolved.pop("refused", None)
     resolved["changed"] = True
     resolved["reboot_required"] = True
     note = "the change was already made by an earlier run whose result was not recorded"
     resolved["actions"] = [*summary.get("actions", []), note]
-    resolved["resolved_from"] = "the plan's facts (it was needed) and the script's re-check (it is not any more)"
+    why = summary.get("refused") or "no change needed"
+    resolved["resolved_from"] = (
+        f"the rerun said: {why}; a fresh diagnose no longer calls for {step.action.value}, so an earlier run made it"
+    )
     return resolved
 
 
@@ -55,6 +77,7 @@ def restart_fate(
     clients: AzureClients,
     vm: VmId,
     sent_after: float,
+    correlation_id: str,
     *,
     evidence_seconds: float,
     give_up: float,
@@ -63,10 +86,12 @@ def restart_fate(
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RestartFate:
-    """Did Azure accept a restart of `vm` at or after wall time `sent_after`?
+    """Did Azure accept the restart of `vm` we sent with `correlation_id` at or after wall time `sent_after`?
 
-    Absence counts only once `evidence_seconds` have passed since `sent_after` (the log may lag); until then
-    this polls, up to the monotonic time `give_up`.
+    Only our own calls count (matched by correlation id). Accepted or Succeeded: taken. Anything else (no
+    event, only `Started`, or `Failed`) counts as not accepted only once `evidence_seconds` have passed since
+    `sent_after`, since the log lags by up to 20 minutes; until then this polls, up to the monotonic time
+    `give_up`, and then answers unknown.
     """
     from remediate.azure.activitylog import restarts_since
 
@@ -74,7 +99,7 @@ def restart_fate(
     while True:
         until = dt.datetime.fromtimestamp(wall() + CLOCK_SKEW_SECONDS, dt.UTC)
         try:
-            records = restarts_since(clients, vm, since, until)
+            records = restarts_since(clients, vm, since, until, correlation_id)
         except RemediationError as exc:
             return RestartFate(None, f"the Activity Log could not be read ({exc.reason})")
         accepted = [r for r in records if r.accepted]
@@ -87,8 +112,10 @@ def restart_fate(
             )
         waited = wall() - sent_after
         if waited >= evidence_seconds:
-            refused = f" ({len(records)} refused or failed)" if records else ""
-            return RestartFate(False, f"the Activity Log shows no accepted restart in {waited:.0f} s{refused}")
+            seen = f" (it shows {', '.join(records[0].statuses)})" if records else ""
+            return RestartFate(
+                False, f"the Activity Log shows no accepted restart {correlation_id} in {waited:.0f} s{seen}"
+            )
         if monotonic() >= give_up:
             return RestartFate(None, "the Activity Log did not show the restart yet and the deadline came first")
         sleep(max(min(poll_seconds, evidence_seconds - waited, give_up - monotonic()), 0.05))
@@ -97,11 +124,12 @@ def restart_fate(
 def activity_log_evidence(clients: AzureClients, settings: Settings) -> RestartEvidence:
     """For the closing paths: the Activity Log's verdict now, without waiting (None while it may still lag)."""
 
-    def accepted(vm: VmId, sent_after: float) -> bool | None:
+    def accepted(vm: VmId, sent_after: float, correlation_id: str) -> bool | None:
         fate = restart_fate(
             clients,
             vm,
             sent_after,
+            correlation_id,
             evidence_seconds=settings.restart_evidence_seconds,
             give_up=time.monotonic(),
             poll_seconds=1.0,

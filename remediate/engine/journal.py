@@ -10,6 +10,7 @@ rows alone: did Azure accept a restart, and may the VM have been changed.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,9 +55,9 @@ class Journal:
     def find(self, name: str) -> StepResult | None:
         return next((step for step in self._steps if step.name == name), None)
 
-    def start(self, name: str) -> StepResult:
+    def start(self, name: str, summary: dict[str, Any] | None = None) -> StepResult:
         """Record `name` as started: a new row, or the existing row of a step being resumed."""
-        step = StepResult(name, STARTED, self._clock())
+        step = StepResult(name, STARTED, self._clock(), summary=summary)
         index = self._index(name)
         if index is None:
             self._etags.append(self._ledger.append_step(self._request_id, len(self._steps), step))
@@ -87,6 +88,13 @@ def base_name(step_name: str) -> str:
     return head if head and tail.isdigit() else step_name
 
 
+def restart_correlation_id(request_id: str, step_name: str) -> str:
+    """The x-ms-correlation-request-id a restart step sends: derived from the request and the step, so every
+    delivery (and a closing path) knows it without reading it back, and the Activity Log shows this step's
+    restart calls and no one else's (not another caller's, not an earlier round's)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"rdp-remediate:{request_id}/{step_name}"))
+
+
 def is_reboot(step: StepResult) -> bool:
     return base_name(step.name) == "reboot"
 
@@ -112,6 +120,8 @@ def may_have_changed(steps: Iterable[StepResult]) -> bool:
         if step.status == SKIPPED:
             continue
         summary = step.summary or {}
+        if summary.get("resumed"):  # ran more than once: an earlier run may have changed the VM unseen
+            return True
         if "changed" in summary:
             if summary["changed"]:
                 return True

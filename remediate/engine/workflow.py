@@ -31,8 +31,10 @@ from remediate.engine.journal import (
     UNKNOWN,
     Journal,
     accepted_restarts,
+    base_name,
     is_reboot,
     may_have_changed,
+    restart_correlation_id,
 )
 from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger
 from remediate.model import (
@@ -132,6 +134,7 @@ class Workflow:
         self._deadline = 0.0
         self._journal: Journal | None = None
         self._current_step: str | None = None
+        self._round_probe = "unknown"
         self.rebooted = False
         self.findings: list[str] = []
         self.actions: list[str] = []
@@ -237,7 +240,13 @@ class Workflow:
             if resolved is not None:
                 return resolved
         self._progress(name, "started")
-        step = journal.start(name)
+        # A restart's started row names the correlation id its POST will carry (what the Activity Log shows).
+        started = (
+            {"correlationId": restart_correlation_id(self.request.request_id, name)}
+            if base_name(name) == "reboot"
+            else None
+        )
+        step = journal.start(name, started)
         try:
             detail, data = action()
         except _Stop as stop:
@@ -257,7 +266,7 @@ class Workflow:
 
     def _resolve_restart(self, previous: StepResult) -> StepResult | None:
         """The fate of a restart step with no recorded end, from the Activity Log; None: not accepted."""
-        fate = self._restart_fate(previous.started_at)
+        fate = self._restart_fate(previous.started_at, previous.name)
         journal = self._require_journal()
         if fate.accepted is None:
             return journal.finish(
@@ -270,11 +279,12 @@ class Workflow:
         self._progress(previous.name, f"the earlier restart was not accepted ({fate.detail}); sending it once")
         return None
 
-    def _restart_fate(self, sent_after: float) -> evidence.RestartFate:
+    def _restart_fate(self, sent_after: float, step_name: str) -> evidence.RestartFate:
         return evidence.restart_fate(
             self.clients,
             self.request.vm,
             sent_after,
+            restart_correlation_id(self.request.request_id, step_name),
             evidence_seconds=self.settings.restart_evidence_seconds,
             give_up=self._deadline,
             poll_seconds=self._poll_seconds(),
@@ -374,6 +384,7 @@ class Workflow:
         if options.diagnose_only or not decision.steps:
             return self._without_repairs(before, decision)
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
+        self._round_probe = before  # the probe the current plan was decided from
         return self._rounds(decision, ip)
 
     def _locate(self, view: azure_vm.VmView) -> str | None:
@@ -492,7 +503,7 @@ class Workflow:
     ) -> tuple[Outcome, str] | _NextRound:
         """The plan's steps, reboot, wait, verify. A verdict, or what ran and the next decision."""
         suffix = "" if number == 1 else f"-{number}"
-        summaries = self._execute_until_refused(decision.steps, suffix)
+        summaries = self._execute_until_refused(decision.steps, suffix, self._round_probe, done)
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             # Nothing changed: no reboot, nothing to verify, and a refusal is never a reason to go further.
@@ -507,6 +518,7 @@ class Workflow:
         guest = self._script("diagnose", step_name=f"verify-guest{suffix}")
         ran = done | {step.key for step, s in zip(decision.steps, summaries, strict=False) if not s.get("refused")}
         following = self._plan(f"plan{suffix or '-1'}-after", guest, after, ran)
+        self._round_probe = after
         if after in plans.PROBE_OK and following.clean:
             return Outcome.REMEDIATED, f"verified: RDP works again (probe {after}) and the in-guest check is clean"
         if after in plans.PROBE_NO_PATH and following.clean:
@@ -520,22 +532,32 @@ class Workflow:
             return Outcome.FAILED, "; ".join([still, *refused, following.explain()])
         return _NextRound(ran, following)
 
-    def _execute_until_refused(self, steps: tuple[PlannedStep, ...], suffix: str) -> list[dict[str, Any]]:
+    def _execute_until_refused(
+        self, steps: tuple[PlannedStep, ...], suffix: str, probe: str, done: frozenset[str]
+    ) -> list[dict[str, Any]]:
         """The planned steps in order, stopping at the first a script refuses: its re-check found the facts
         changed (a session appeared, the listener moved on), so the steps planned after it rest on stale facts."""
         summaries: list[dict[str, Any]] = []
         for step in steps:
-            summaries.append(self._execute(step, suffix))
+            summaries.append(self._execute(step, suffix, probe, done))
             if summaries[-1].get("refused"):
                 break
         return summaries
 
-    def _execute(self, step: PlannedStep, suffix: str) -> dict[str, Any]:
-        """One planned step: its script on its named target. The journal keeps the target and the reason."""
+    def _execute(self, step: PlannedStep, suffix: str, probe: str, done: frozenset[str]) -> dict[str, Any]:
+        """One planned step: its script on its named target. The journal keeps the target and the reason.
+
+        `probe` and `done` are what the plan was decided from: a rerun whose earlier run may have made the
+        change is resolved by deciding again from fresh facts (`_resolve_repair`)."""
         parameters = dict(step.parameters)
         if step.script == "renew-certificate" and self.request.options.force:
             parameters["Force"] = "true"  # sessions only; the store reset's Force comes from the plan's target
-        return self._script(step.script, step_name=f"{step.action.value}{suffix}", parameters=parameters)
+        return self._script(
+            step.script,
+            step_name=f"{step.action.value}{suffix}",
+            parameters=parameters,
+            planned=(step, probe, done),
+        )
 
     def _proactive_renewal(self, ip: str | None, before: str) -> tuple[Outcome, str]:
         facts = self._script("diagnose")
@@ -544,7 +566,7 @@ class Workflow:
             if decision.refusals:
                 return Outcome.SKIPPED, f"not renewed: {decision.explain()}"
             return Outcome.HEALTHY, "the certificate did not need renewal"
-        summaries = self._execute_until_refused(decision.steps, "")
+        summaries = self._execute_until_refused(decision.steps, "", before, frozenset())
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):
             return Outcome.SKIPPED, "; ".join(refused) or "the renewal changed nothing"
@@ -562,14 +584,20 @@ class Workflow:
     # --- the actions behind the steps ---------------------------------------------------------------------
 
     def _script(
-        self, name: str, step_name: str | None = None, parameters: dict[str, str] | None = None
+        self,
+        name: str,
+        step_name: str | None = None,
+        parameters: dict[str, str] | None = None,
+        planned: tuple[PlannedStep, str, frozenset[str]] | None = None,
     ) -> dict[str, Any]:
         from remediate.azure.runcommand import run_script
 
         holder: list[dict[str, Any]] = []
+        repair = name != "diagnose"
         earlier = self._require_journal().find(step_name or name)
-        # A repair that started before and has no recorded end: its script runs again (it is idempotent).
-        resumed = name != "diagnose" and earlier is not None and earlier.status in (STARTED, FAILED)
+        # A repair that started before and has no recorded end: its script runs again (it is idempotent), and
+        # what it reports is not trusted on its own (the earlier run may have made the change).
+        posts = [1] if repair and earlier is not None and earlier.status in (STARTED, FAILED) else []
 
         def run() -> tuple[str, dict[str, Any] | None]:
             summary = run_script(
@@ -579,9 +607,13 @@ class Workflow:
                 parameters or {},
                 self._deadline,
                 agent_deadline=self._agent_deadline(),
+                posted=lambda: posts.append(1),
+                single_post=repair,
             )
-            if resumed:  # a change the earlier, unrecorded run made still needs its reboot and cooldown
-                summary = evidence.resolve_repair(summary)
+            # Resumed: an earlier POST of this step (another delivery's, or this call's own retry after a lost
+            # answer) may have run the script, so "no change" or "refused" may describe the change it made.
+            if repair and len(posts) > 1:
+                summary = self._resolve_repair(summary, planned)
             holder.append(summary)
             return _describe(summary), summary
 
@@ -590,6 +622,21 @@ class Workflow:
         if name != "diagnose" and summary.get("changed"):
             self.actions.extend(a for a in summary.get("actions", []) if a not in self.actions)
         return summary
+
+    def _resolve_repair(
+        self, summary: dict[str, Any], planned: tuple[PlannedStep, str, frozenset[str]] | None
+    ) -> dict[str, Any]:
+        """A rerun repair, resolved from evidence: diagnose again (read-only) and decide again from the facts
+        the plan was made from; the planned step no longer needed means the change was made."""
+        from remediate.azure.runcommand import run_script
+
+        if planned is None or not evidence.needs_resolving(summary):
+            return evidence.mark_resumed(summary)
+        step, probe, done = planned
+        facts = run_script(self.clients, self.request.vm, "diagnose", {}, self._deadline)
+        options = self.request.options
+        context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force, done)
+        return evidence.resolve_repair(summary, step, decide(facts, probe, context))
 
     def _should_reboot(self, summaries: list[dict[str, Any]]) -> bool:
         if self.settings.reboot_policy == "always":
@@ -604,15 +651,19 @@ class Workflow:
         saying a restart is already running), the Activity Log decides: accepted means done; not accepted means
         one more attempt, up to RDPR_RETRY_TOTAL; unknown leaves the step open for the next delivery.
         """
-        current = self._require_journal().find(self._current_step or "reboot")
+        name = self._current_step or "reboot"
+        current = self._require_journal().find(name)
         sent_after = current.started_at if current is not None else self._wall()
+        correlation_id = restart_correlation_id(self.request.request_id, name)
         attempts = 0
         while True:
             attempts += 1
+            if self._lease is not None:
+                self._lease.check()  # journal.start's storage retries may have outlasted the lease
             try:
-                self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm)
+                self._restart_poller = azure_vm.begin_restart(self.clients, self.request.vm, correlation_id)
             except TransientError as exc:
-                fate = self._restart_fate(sent_after)
+                fate = self._restart_fate(sent_after, name)
                 if fate.accepted:
                     return f"restart accepted by Azure ({fate.detail}; its answer was lost)", {"evidence": fate.detail}
                 if fate.accepted is None or attempts > self.settings.retry_total:
@@ -620,7 +671,10 @@ class Workflow:
                 self._sleep(min(self.settings.retry_backoff_seconds * 2**attempts, 30.0, self._remaining()))
                 sent_after = self._wall()
                 continue
-            return "restart accepted by Azure", {"continuationToken": self._restart_poller.continuation_token()}
+            return "restart accepted by Azure", {
+                "continuationToken": self._restart_poller.continuation_token(),
+                "correlationId": correlation_id,
+            }
 
     def _wait(self, reboot_step: str) -> tuple[str, dict[str, Any] | None]:
         """Azure's restart operation, then the VM's own readiness: both within one end time."""
@@ -630,16 +684,15 @@ class Workflow:
         token = (reboot.summary or {}).get("continuationToken") if reboot is not None else None
         if poller is None and token:
             poller = azure_vm.resume_restart(self.clients, self.request.vm, token)
+        ended = ""
         if poller is not None:
             try:
                 azure_vm.finish_restart(poller, self.request.vm, max(end - self._monotonic(), 0.0))
             except azure_vm.RestartFailed as exc:
-                # Nothing restarted: reopen the reboot step, so the next attempt sends it once more after the
-                # Activity Log confirms that this one failed.
-                if reboot is not None:
-                    self._require_journal().finish(reboot, FAILED, exc.reason)
-                self._restart_poller = None
-                raise
+                # Azure took the restart and its operation failed or was canceled: the VM may have restarted
+                # anyway, so it is never sent again (that could reboot it twice). The VM's readiness and the
+                # verify steps say whether it worked.
+                ended = f"; the restart operation did not succeed ({exc.reason}), not sent again"
         self._restart_poller = None
         # When Azure accepted the restart (the reboot step's end, in the journal's clock): a status reported
         # before that is from before the reboot.
@@ -653,7 +706,7 @@ class Workflow:
             clock=self._monotonic,
             sleep=self._sleep,
         )
-        return "running, agent ready", {"powerState": view.power_state}
+        return "running, agent ready" + ended, {"powerState": view.power_state, "restartEnded": ended or "ok"}
 
     def _probe(self, step_name: str, ip: str | None, *, wait: bool) -> str:
         step = self._step(step_name, lambda: self._probe_action(ip, wait))

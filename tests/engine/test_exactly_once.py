@@ -111,6 +111,28 @@ def test_a_repair_whose_end_was_not_recorded_still_leads_to_its_reboot_and_coold
     assert engine.ledger.vm_state(request.vm).last_finished is not None  # cooldown started
 
 
+def test_a_repair_whose_answer_was_lost_within_one_delivery_still_leads_to_its_reboot_and_cooldown(
+    engine: Engine,
+) -> None:
+    # Azure runs the renewal and the caller sees a 500: the retry finds the listener already changed and refuses.
+    vm = engine.vm("expired-certificate")
+
+    def arm(step: str, detail: str) -> None:
+        if step == "renew-certificate" and detail == "started":
+            engine.emulator.faults.add("runCommand", "lost-answer", count=1, vm=vm.resource_id)
+
+    request = engine.request("expired-certificate")
+    result = engine.workflow(request, progress=arm).run()
+    renew = next(step for step in result.steps if step.name == "renew-certificate")
+    assert (renew.summary or {}).get("resumed") and (renew.summary or {}).get("changed"), renew
+    # One POST for the lost answer, one rerun, one read-only diagnose to resolve it: never re-sent by the transport.
+    runs = [p for p in engine.posts_to("expired-certificate") if p.endswith("runCommand")]
+    assert len(runs) == 1 + 2 + 1 + 1, runs  # diagnose, renew x2 + diagnose, verify-guest
+    assert result.outcome is Outcome.REMEDIATED and result.rebooted
+    assert accepted_restarts(engine, "expired-certificate") == 1
+    assert engine.ledger.vm_state(request.vm).last_finished is not None
+
+
 def test_a_crash_between_outcome_and_finish_is_completed_by_the_next_delivery(engine: Engine) -> None:
     request = engine.request("expired-certificate")
     finish = Ledger.finish_vm
