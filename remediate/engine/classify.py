@@ -23,6 +23,10 @@ from typing import Any
 from remediate.azure.network import NetworkPath
 from remediate.engine.decide import PROBE_NO_PATH, PROBE_OK, Action, Context, Decision, Step, decide
 
+# Probe statuses that leave room for a network path problem: no answer at all (the emulator's stand-in for a
+# dropped SYN is a connection accepted and then silence, "no-answer").
+SILENT = PROBE_NO_PATH | {"no-answer"}
+
 
 class Disposition(enum.StrEnum):
     REPAIR = "repair"  # one of the ladder's repairs fixes it
@@ -123,7 +127,10 @@ def classify_outside(observation: Observation) -> Diagnosis | None:
     """What can be named from outside the VM alone, before any Run Command: no network path to the port."""
     path = observation.path
     status = _status(observation)
-    if status in PROBE_OK or path is None or path.open is not False:
+    # Only silence can be an NSG's doing: a deny drops packets without an answer. A probe that got any answer
+    # (a reset, a negotiation, a certificate) reached the VM, whatever the evaluated rules seem to say (the
+    # evaluation may have assumed the wrong source address), so the guest is asked instead.
+    if status not in SILENT or path is None or path.open is not False:
         return None
     where = f" in {path.nsg}" if path.nsg else ""
     evidence = [f"probe {status}", f"effective security rule {path.rule}{where} denies TCP to the RDP port"]

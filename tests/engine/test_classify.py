@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from remediate.azure.network import NetworkPath
 from remediate.engine.classify import (
+    SILENT,
     STORM_PER_HOUR,
     Diagnosis,
     Disposition,
@@ -53,7 +54,7 @@ def test_the_ladders_causes_are_repairs_with_their_plan() -> None:
     assert diagnosis.next_step.startswith("repair: renew-certificate")
 
 
-@pytest.mark.parametrize("status", ["timeout", "unreachable", "no-answer", "refused"])
+@pytest.mark.parametrize("status", ["timeout", "unreachable", "no-answer"])
 def test_no_network_path_is_unknown_with_the_blocking_rule_and_needs_no_facts(status: str) -> None:
     diagnosis = classify_outside(Observation(probe(status), None, BLOCKED))
     assert diagnosis is not None and diagnosis.disposition is Disposition.UNKNOWN
@@ -62,6 +63,14 @@ def test_no_network_path_is_unknown_with_the_blocking_rule_and_needs_no_facts(st
     # Even with an expired certificate in the facts: a VM the function cannot reach is never called broken.
     full = run(status, expired(healthy_facts()), path=BLOCKED)
     assert full.cause == "no-network-path" and full.steps == ()
+
+
+@pytest.mark.parametrize("status", ["refused", "certificate-expired", "no-certificate", "tls-handshake-failed"])
+def test_a_probe_that_got_an_answer_is_never_declined_for_the_rules_evaluated_path(status: str) -> None:
+    """A deny rule drops packets silently: an answer proves a path, so a blocked evaluation cannot hide a repair."""
+    assert classify_outside(Observation(probe(status), None, BLOCKED)) is None
+    full = run("certificate-expired", expired(healthy_facts()), path=BLOCKED)
+    assert full.disposition is Disposition.REPAIR and full.cause == "listener-certificate"
 
 
 def test_a_jit_policy_says_to_request_access() -> None:
@@ -220,7 +229,7 @@ def test_no_disposition_but_repair_ever_yields_a_step(case: tuple[Observation, C
 @given(observations())
 def test_a_vm_without_a_network_path_is_never_repaired(case: tuple[Observation, Context]) -> None:
     observation, context = case
-    if observation.path is BLOCKED and observation.probe["status"] not in ("healthy", "expiring-soon"):
+    if observation.path is BLOCKED and observation.probe["status"] in SILENT:
         diagnosis = classify(observation, context)
         assert diagnosis.cause == "no-network-path" and diagnosis.disposition is Disposition.UNKNOWN
 

@@ -187,10 +187,11 @@ def test_polling_that_fails_after_the_restart_was_accepted_is_resumed_without_a_
     clients = type(engine.clients)(settings)
 
     def break_polling(step: str, detail: str) -> None:
-        # Armed as the restart is sent: Compute's restart operation ends within a second, so azure-core's poller
-        # (a thread started with the POST) would learn the end before a fault armed after the step finished.
-        if step == "reboot" and detail == "started":
+        # Once Azure has accepted the restart, every status read fails: the operation's (Compute's restart
+        # operation ends within a second, so azure-core may already know its end) and the VM's instance view.
+        if step == "reboot" and detail != "started":
             engine.emulator.faults.add("operationStatus", "503", count=1000)
+            engine.emulator.faults.add("getVm", "503", count=1000)
 
     first = Workflow(
         request, settings=settings, ledger=engine.ledger, clients=clients, progress=break_polling, retry_later=True
