@@ -435,6 +435,9 @@ class Operations:
         reports the VM running (`reported_power`), the guest is not back yet."""
         self._restarts.pop(op.vm.key, None)
         op.status = "Succeeded"
+        if op.fault == "lro-canceled":  # preempted: the operation says Canceled, the VM restarts all the same
+            op.status, op.error_status = "Canceled", 409
+            op.error = {"code": "OperationPreempted", "message": "Operation execution has been preempted."}
         op.vm.reported_power = "running"
 
     def _finish_restart(self, op: Operation, due: float, agent_healthy: bool) -> None:

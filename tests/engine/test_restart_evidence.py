@@ -58,7 +58,7 @@ def test_a_second_rounds_refused_restart_is_not_counted_as_the_first_rounds(engi
             engine.emulator.faults.add("restart", "503", count=50)
 
     settings = engine.with_settings(retry_total=0, retry_backoff_seconds=0.0)
-    request = engine.request("keystore-corrupt", force=True)
+    request = engine.request("keystore-corrupt", force=True, force_keystore=True)
     result = engine.workflow(request, progress=arm, settings=settings).run()
     accepted = [e for e in engine.emulator.activity.events() if e["status"]["value"] == "Accepted"]
     reboots = {s.name: s.status for s in result.steps if s.name.startswith("reboot")}
