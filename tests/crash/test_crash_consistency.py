@@ -97,7 +97,7 @@ def _guest_changed(vm: VirtualMachine) -> bool:
 
 
 def test_sigkill_at_every_step_boundary_and_at_random_moments_with_every_message_twice(rig: RigFactory) -> None:
-    fleet = _fleet({"expired-certificate": 26, "tls12-disabled": 5, "healthy": 5})
+    fleet = _fleet({"expired-certificate": 30, "tls12-disabled": 5, "healthy": 5})
     made = rig(fleet, RDPR_MAX_DEQUEUE_COUNT="10")
     certs, tls, healthy = (fleet.by_scenario(s) for s in ("expired-certificate", "tls12-disabled", "healthy"))
     cert_steps = made.control_steps(certs.pop())

@@ -35,7 +35,7 @@ def test_the_alert_is_closed_with_a_comment_after_a_verified_fix(functions: Func
 
 
 def test_after_a_failure_the_alert_gets_a_comment_and_stays_open(functions: Functions) -> None:
-    alert_id, request_id = _fire(functions, "policy-certificate")
+    alert_id, request_id = _fire(functions, "cached-session")
     functions.host.drain(timeout=60)
     status = body(functions.get_status(request_id))
     assert status["outcome"] == "failed"
