@@ -172,14 +172,16 @@ class Rig:
 
 
 def accepted_restarts(emulator: Emulator) -> dict[str, int]:
-    """Restarts Azure accepted and did not fail, per lower-cased VM id, from the emulator's Activity Log."""
+    """Restarts Azure accepted, per lower-cased VM id, from the emulator's Activity Log. An accepted restart
+    whose operation then failed or was canceled still counts: the VM may have restarted, and the product never
+    sends it again (its `rebooted` says a restart was accepted, which is what it can know)."""
     calls: dict[str, tuple[str, set[str]]] = {}
     for event in emulator.activity.events():
         vm, statuses = calls.setdefault(event["correlationId"], (event["resourceId"].lower(), set()))
         statuses.add(event["status"]["value"])
     counts: dict[str, int] = {}
     for vm, statuses in calls.values():
-        if "Accepted" in statuses and "Failed" not in statuses:
+        if "Accepted" in statuses:
             counts[vm] = counts.get(vm, 0) + 1
     return counts
 

@@ -124,7 +124,7 @@ def test_sigkill_at_every_step_boundary_and_at_random_moments_with_every_message
         if vm.name not in planned:
             requests[made.enqueue(vm, copies=2).request_id] = vm
 
-    killed = _run_workers(made, plan, budget=300, rng=random.Random(11), kill_share=0.25)
+    killed = _run_workers(made, plan, budget=540, rng=random.Random(11), kill_share=0.25)
 
     fired = {path.stem for path in made.workdir.glob("*.crashed")}
     assert fired == set(plan), f"crash points never reached: {sorted(set(plan) - fired)}"
