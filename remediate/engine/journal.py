@@ -23,7 +23,9 @@ OK, STARTED, FAILED, SKIPPED = "ok", "started", "failed", "skipped"
 UNKNOWN = "unknown"
 
 # Steps that only read (Azure, the probe, or the guest in detect-only): they never change a VM.
-READ_ONLY_STEPS = frozenset({"preflight", "locate", "probe", "diagnose", "verify", "verify-guest", "wait"})
+READ_ONLY_STEPS = frozenset(
+    {"preflight", "locate", "probe", "network-path", "diagnose", "classify", "plan", "verify", "verify-guest", "wait"}
+)
 
 
 class Journal:
@@ -111,7 +113,7 @@ def may_have_changed(steps: Iterable[StepResult]) -> bool:
     Read-only steps never count, so a request that only diagnosed leaves no cooldown."""
     for step in steps:
         name = base_name(step.name)
-        if name in READ_ONLY_STEPS:
+        if name in READ_ONLY_STEPS or name.startswith("plan-"):  # plan-N-after: a decision, recorded
             continue
         if name == "reboot":
             if step.status in (OK, STARTED, UNKNOWN):
