@@ -94,8 +94,10 @@ def handle_poison(
     last delivery, so it could not record one), record it now from the journal and free the VM's lock.
 
     It must make progress while storage fails: on a failure it asks for a later delivery while it has
-    deliveries left, and on its last one it lets the message go (logged); the reconciler closes the request
-    once storage answers again. So nothing ever ends in a `-poison-poison` queue that nobody reads.
+    deliveries left, and after that it lets the message go (logged); the reconciler closes the request once
+    storage answers again. (The host gives a `-poison` queue no poison queue of its own: a failed delivery
+    stays invisible for the host's receive timeout, 10 minutes, and comes back for as long as the message
+    lives; azure-webjobs-sdk `QueueListenerFactory.CreatePoisonQueueReference`, `QueueProcessor`.)
     """
     try:
         request = RemediationRequest.from_message(json.loads(body))

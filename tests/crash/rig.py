@@ -94,7 +94,7 @@ class Rig:
 
     def create(self) -> None:
         self.ledger().create_tables()
-        for suffix in ("", "-poison", "-poison-poison"):
+        for suffix in ("", "-poison"):
             self.queue(suffix).create_queue()
 
     def enqueue(self, vm: VirtualMachine, copies: int = 1) -> RemediationRequest:

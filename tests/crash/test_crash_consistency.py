@@ -84,7 +84,6 @@ def _check_invariants(rig: Rig, requests: dict[str, VirtualMachine], *, must_rem
             assert record.outcome in ("healthy", "failed") and accepted == 0, (vm.name, record.outcome_reason)
             if must_remediate:
                 assert record.outcome == "healthy", record.outcome_reason
-    assert messages_left(rig, "-poison-poison") == 0, "a message ended where nothing reads it"
 
 
 def _guest_changed(vm: VirtualMachine) -> bool:

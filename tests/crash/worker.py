@@ -1,10 +1,20 @@
 """A worker process for the crash-consistency tests: the Functions host's queue-trigger loop, run for real.
 
 `python -m tests.crash.worker` reads the product's settings from the environment and serves the request queue
-(the `worker` function's job) and its poison queue (the `poison` function's job) the way the Functions host
-does: receive with a visibility timeout, delete on success, let the message reappear on failure, move it to
-`<queue>-poison` after `RDPR_MAX_DEQUEUE_COUNT` deliveries. It exits when both queues have been empty for a
-while. Storage errors in the loop itself are waited out, as the host does.
+(the `worker` function's job) and its poison queue (the `poison` function's job) the way the Functions host's
+queue listener does (azure-webjobs-sdk, `Queues/Listeners/QueueListener.cs`, `QueueListenerFactory.cs` and
+`Queues/QueueProcessor.cs`), with its times scaled down:
+
+* a message is received with a visibility timeout (the host's is 10 minutes; `CRASH_VISIBILITY_SECONDS` here)
+  and kept invisible while its function runs: the host renews the timeout when it is half gone. So a running
+  delivery's own message never comes back; a killed worker's message comes back when the timeout ends;
+* a failed delivery is released with host.json's `visibilityTimeout` (1 s here), and after
+  `RDPR_MAX_DEQUEUE_COUNT` deliveries it is copied to `<queue>-poison` and deleted;
+* a queue whose name ends in `-poison` gets no poison queue of its own: a failed delivery from it is left
+  invisible until its receive timeout ends, and is delivered again, for as long as the message lives.
+
+It exits when both queues have been empty for a while. Storage errors in the loop itself are waited out, as the
+host does.
 
 `CRASH_PLAN` (JSON: request id -> crash point) makes the process SIGKILL itself at an exact step boundary the
 first time a request reaches it (a marker file in `CRASH_DIR` makes it once per request, across processes):
@@ -42,6 +52,7 @@ from remediate.settings import Settings
 PLAN: dict[str, str] = json.loads(os.environ.get("CRASH_PLAN", "{}"))
 CRASH_DIR = Path(os.environ.get("CRASH_DIR", "."))
 VISIBILITY = int(os.environ.get("CRASH_VISIBILITY_SECONDS", "2"))
+RETRY_VISIBILITY = 1  # host.json `visibilityTimeout`, scaled down
 BATCH = int(os.environ.get("CRASH_BATCH", "4"))
 IDLE_SECONDS = float(os.environ.get("CRASH_IDLE_SECONDS", "1.5"))
 
@@ -91,8 +102,6 @@ class Host:
         name = settings.queue_name
         self.main = queue_client(settings, name)
         self.poison = queue_client(settings, f"{name}-poison")
-        self.poison_poison = queue_client(settings, f"{name}-poison-poison")
-        self.lock = threading.Lock()
 
     def run(self) -> None:
         idle_since: float | None = None
@@ -101,7 +110,7 @@ class Host:
             while True:
                 in_flight = {f for f in in_flight if not f.done()}
                 received = 0
-                for queue, target in ((self.main, self.poison), (self.poison, self.poison_poison)):
+                for queue, target in ((self.main, self.poison), (self.poison, None)):
                     free = BATCH - len(in_flight)
                     if free <= 0:
                         break
@@ -130,27 +139,61 @@ class Host:
             return False
         return not any(counts)
 
-    def _deliver(self, queue: QueueClient, target: QueueClient, message: QueueMessage) -> None:
+    def _deliver(self, queue: QueueClient, target: QueueClient | None, message: QueueMessage) -> None:
         body = str(message.content)
         count = message.dequeue_count or 1
-        try:
-            if queue is self.main:
-                handle_message(body, count, self.settings, self.ledger, self.clients)
-            else:
-                evidence = activity_log_evidence(self.clients, self.settings)
-                handle_poison(body, self.ledger, count, self.settings.max_dequeue_count, evidence)
-        except Exception:
+        with _KeptInvisible(queue, message) as held:
             try:
-                if count >= self.settings.max_dequeue_count:
-                    target.send_message(message.content)
-                    queue.delete_message(message)
+                if queue is self.main:
+                    handle_message(body, count, self.settings, self.ledger, self.clients)
                 else:
-                    queue.update_message(message, visibility_timeout=1)
+                    evidence = activity_log_evidence(self.clients, self.settings)
+                    handle_poison(body, self.ledger, count, self.settings.max_dequeue_count, evidence)
+                failed = False
             except Exception:
-                pass  # storage is down: the message reappears when its visibility timeout ends
-            return
-        with contextlib.suppress(Exception):  # the message comes back; a done request answers it from the ledger
-            queue.delete_message(message)
+                failed = True
+        message = held.message  # the newest pop receipt
+        with contextlib.suppress(Exception):  # storage is down: the message reappears when its timeout ends
+            if not failed:
+                queue.delete_message(message)  # a copy that comes back anyway is answered from the ledger
+            elif target is None:
+                pass  # no poison queue of its own: left invisible until its receive timeout ends
+            elif count >= self.settings.max_dequeue_count:
+                target.send_message(message.content)
+                queue.delete_message(message)
+            else:
+                queue.update_message(message, visibility_timeout=RETRY_VISIBILITY)
+
+
+class _KeptInvisible:
+    """Renews a message's visibility timeout when half of it is gone, while its delivery runs (the host's
+    `UpdateQueueMessageVisibilityCommand`). A SIGKILL stops the renewals with the process."""
+
+    def __init__(self, queue: QueueClient, message: QueueMessage) -> None:
+        self.queue = queue
+        self.message = message
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+
+    def __enter__(self) -> _KeptInvisible:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(VISIBILITY / 2):
+            with contextlib.suppress(Exception):  # storage is down: the host logs it and tries again
+                renewed = self.queue.update_message(self.message, visibility_timeout=VISIBILITY)
+                self.message = _with_receipt(self.message, renewed)
+
+
+def _with_receipt(message: QueueMessage, renewed: QueueMessage) -> QueueMessage:
+    message.pop_receipt = renewed.pop_receipt
+    message.next_visible_on = renewed.next_visible_on
+    return message
 
 
 def main() -> int:
