@@ -3,7 +3,7 @@
 * POST /api/alerts                   Azure Monitor action group, common alert schema
 * POST /api/remediations             runbook / operator: VM ids or a subscription/group/tag selector
 * GET  /api/remediations/{id}        a request's state, steps and outcome
-* POST /api/remediations/{id}/release  an operator releases a request the storm guard holds
+* POST /api/remediations/{id}/release  an approver releases a request the storm guard holds
 * POST /api/remediations/{id}/approve  an approver lets a diagnosed request run (approval mode)
 * POST /api/remediations/{id}/reject   an approver ends it unchanged
 * timer  sweep                       scheduled discovery (RDPR_SWEEP_SCHEDULE, NCRONTAB)
@@ -11,9 +11,11 @@
 * queue  poison                      closes the record of a message the host gave up on
 * timer  reconcile                   every 5 minutes: finishes what crashes and storage outages left half done
 
-Every HTTP route needs a function key (`?code=` or `x-functions-key`); in Azure, App Service authentication
-(Microsoft Entra ID) also protects every route but /api/alerts, and approve/reject require the approver app role
-from the principal the platform injects (X-MS-CLIENT-PRINCIPAL).
+Every HTTP route needs a function key (`?code=` or `x-functions-key`). The action group holds that key, and a host
+key opens every function-level route, so every route but /api/alerts also needs a caller that App Service
+authentication (Microsoft Entra ID) vouches for (X-MS-CLIENT-PRINCIPAL), with the route's app role: operator for
+requests and status, approver for approve, reject and release. Without App Service authentication those routes
+answer 401: the key alone can only post alerts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 from remediate.intake.app import get_app
+from remediate.intake.principal import Principal
 from remediate.model import valid_request_id
 
 if TYPE_CHECKING:
@@ -49,14 +52,25 @@ def alerts(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("remediations")
 @app.route(route="remediations", methods=["POST"])
 def remediations(req: func.HttpRequest) -> func.HttpResponse:
-    caller = req.headers.get("x-ms-client-principal-name") or req.headers.get("user-agent")
-    answer = get_app().runbook.handle(req.get_body(), caller)
+    from remediate.intake.controls import authorised
+
+    current = get_app()
+    caller = authorised(dict(req.headers), current.settings.operator_role)
+    if not isinstance(caller, Principal):
+        return _json(caller.status, caller.body)
+    answer = current.runbook.handle(req.get_body(), str(caller))
     return _json(answer.status, answer.body)
 
 
 @app.function_name("remediation_status")
 @app.route(route="remediations/{request_id}", methods=["GET"])
 def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
+    from remediate.intake.controls import authorised
+
+    settings = get_app().settings
+    caller = authorised(dict(req.headers), settings.operator_role, settings.approver_role)
+    if not isinstance(caller, Principal):
+        return _json(caller.status, caller.body)
     request_id = req.route_params.get("request_id", "")
     if not valid_request_id(request_id):
         return _json(
@@ -96,8 +110,7 @@ def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
 def remediation_release(req: func.HttpRequest) -> func.HttpResponse:
     from remediate.intake.controls import release_answer
 
-    current = get_app()
-    answer = release_answer(current, req.route_params.get("request_id", ""), req.get_body(), _caller(req))
+    answer = release_answer(get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers))
     return _json(answer.status, answer.body)
 
 
@@ -121,14 +134,6 @@ def remediation_reject(req: func.HttpRequest) -> func.HttpResponse:
         get_app(), req.route_params.get("request_id", ""), req.get_body(), dict(req.headers), approve=False
     )
     return _json(answer.status, answer.body)
-
-
-def _caller(req: func.HttpRequest) -> str:
-    """The principal App Service authentication vouches for (X-MS-CLIENT-PRINCIPAL), never a client-set header."""
-    from remediate.intake.principal import principal_of
-
-    principal = principal_of(dict(req.headers))
-    return str(principal) if principal is not None else "anonymous (function key)"
 
 
 @app.function_name("sweep")

@@ -271,7 +271,15 @@ SPECS: tuple[SettingSpec, ...] = (
         "RDPR_APPROVER_ROLE",
         "approver_role",
         "Remediation.Approver",
-        "The Microsoft Entra app role a caller needs to approve or reject (from the App Service principal's roles).",
+        "The Microsoft Entra app role a caller needs to approve, reject or release a held request (from the App "
+        "Service principal's roles).",
+    ),
+    SettingSpec(
+        "RDPR_OPERATOR_ROLE",
+        "operator_role",
+        "Remediation.Operator",
+        "The Microsoft Entra app role a caller needs to request remediations over HTTP or read their status "
+        "(the approver role may read status too).",
     ),
     SettingSpec(
         "RDPR_REBOOT_WINDOW",
@@ -578,6 +586,7 @@ class Settings:
     approval_triggers: tuple[str, ...]
     approval_expiry_minutes: int
     approver_role: str
+    operator_role: str
     reboot_window: str
     window_tag: str
     reboot_policy: str

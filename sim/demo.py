@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sim.appservice import PLATFORM_SETTING, operator_headers
+
 SCENARIO_ORDER = (
     "expired-certificate",
     "expiring-soon",
@@ -120,6 +122,9 @@ def _configure(emulator: Any, azurite: Any, ingestion: Any) -> None:
             "RDPR_CIRCUIT_MIN_OUTCOMES": "50",
         }
     )
+    # The demo plays App Service authentication's part for the runbook route (the platform's setting here; the
+    # runbook identity's principal header in `_post`): in Azure, Microsoft Entra ID vouches for the caller.
+    env.setdefault(*PLATFORM_SETTING)
     os.environ.update(env)
     from remediate.intake.app import reset_app
     from remediate.settings import Settings, get_settings
@@ -184,10 +189,11 @@ def _run(fleet: Any) -> list[dict[str, Any]]:
 
 
 def _post(func: Any, handler: Any, route: str, body: dict[str, Any]) -> Any:
+    caller = {} if route == "/api/alerts" else operator_headers("demo-runbook")
     request = func.HttpRequest(
         "POST",
         f"https://localhost{route}",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **caller},
         params={},
         route_params={},
         body=json.dumps(body).encode(),

@@ -1,7 +1,11 @@
-"""The HTTP side of the operator's controls on one request (release, approve, reject): input checked, 4xx named.
+"""The HTTP side of the operator's controls (runbook requests, status, release, approve, reject): the caller
+checked, input checked, 4xx named.
 
-Bad input changes nothing: the request id and the body are checked before the ledger is touched, and a
-request in the wrong state is refused with 409 naming the state.
+Every route but the alert route needs a caller that App Service authentication (Microsoft Entra ID) vouches
+for, holding the route's app role. The function key alone opens none of them: the action group holds that key
+(host keys open every function-level route), so whoever can read the action group's receiver can post alerts
+and nothing else. Bad input changes nothing: the caller, the request id and the body are checked before the
+ledger is touched, and a request in the wrong state is refused with 409 naming the state.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from remediate.intake.principal import Principal, platform_authenticates, principal_of
 from remediate.intake.service import IntakeAnswer
 from remediate.model import NotFound, TransientError
 
@@ -47,16 +52,37 @@ def read_reason(body: bytes, *, required: bool) -> str | IntakeAnswer:
     return reason.strip() or "no reason given"
 
 
-def release_answer(app: App, request_id: str, body: bytes, caller: str) -> IntakeAnswer:
-    """POST /api/remediations/{id}/release: run a request the storm guard holds, now."""
+def authorised(headers: Mapping[str, str], *roles: str) -> Principal | IntakeAnswer:
+    """The caller App Service authentication vouches for, holding one of `roles`; else the 401/403."""
+    principal = principal_of(headers)
+    if principal is None:
+        why = (
+            "no authenticated principal in X-MS-CLIENT-PRINCIPAL"
+            if platform_authenticates()
+            else "App Service authentication is off on this app, so no caller can be trusted (deploy with "
+            "authClientId: docs/deploy.md)"
+        )
+        return _error(
+            401,
+            "Unauthenticated",
+            "caller",
+            f"caller: {why}; this route needs a Microsoft Entra token (the function key opens only /api/alerts)",
+        )
+    if not principal.roles & set(roles):
+        names = " or ".join(repr(role) for role in roles)
+        return _error(403, "MissingAppRole", "caller", f"caller: {principal.name} lacks the app role {names}")
+    return principal
+
+
+def release_answer(app: App, request_id: str, body: bytes, headers: Mapping[str, str]) -> IntakeAnswer:
+    """POST /api/remediations/{id}/release: run a request the storm guard holds, now. Releasing passes a safety
+    control, so it needs the approver role."""
     from remediate.intake.gate import NotHeld, release
 
-    bad = request_id_error(request_id)
-    if bad is not None:
-        return bad
-    reason = read_reason(body, required=False)
-    if isinstance(reason, IntakeAnswer):
-        return reason
+    checked = _checked_control(app, request_id, body, headers, reason_required=False)
+    if isinstance(checked, IntakeAnswer):
+        return checked
+    caller, reason = checked
     try:
         when = release(app.ledger, app.queue.queue, app.storm, request_id, caller, reason)
     except NotFound as exc:
@@ -76,7 +102,7 @@ def decision_answer(
     """POST /api/remediations/{id}/approve and /reject: only an authenticated caller with the approver role."""
     from remediate.intake.approval import NotAwaiting, decide
 
-    checked = _checked_decision(app, request_id, body, headers)
+    checked = _checked_control(app, request_id, body, headers, reason_required=True)
     if isinstance(checked, IntakeAnswer):
         return checked
     who, reason = checked
@@ -91,28 +117,17 @@ def decision_answer(
     return IntakeAnswer(200, decided)
 
 
-def _checked_decision(
-    app: App, request_id: str, body: bytes, headers: Mapping[str, str]
+def _checked_control(
+    app: App, request_id: str, body: bytes, headers: Mapping[str, str], *, reason_required: bool
 ) -> tuple[str, str] | IntakeAnswer:
-    """(who, why), or the 4xx: checked before the ledger is touched."""
-    from remediate.intake.principal import principal_of
-
+    """(who, why) of an approver's control, or the 4xx: checked before the ledger is touched."""
     bad = request_id_error(request_id)
     if bad is not None:
         return bad
-    principal = principal_of(headers)
-    if principal is None:
-        return _error(
-            401,
-            "Unauthenticated",
-            "caller",
-            "caller: no authenticated principal; this route is protected by App Service authentication "
-            "(Microsoft Entra ID), which passes the caller in X-MS-CLIENT-PRINCIPAL",
-        )
-    role = app.settings.approver_role
-    if role not in principal.roles:
-        return _error(403, "NotAnApprover", "caller", f"caller: {principal.name} lacks the app role {role!r}")
-    reason = read_reason(body, required=True)
+    principal = authorised(headers, app.settings.approver_role)
+    if isinstance(principal, IntakeAnswer):
+        return principal
+    reason = read_reason(body, required=reason_required)
     if isinstance(reason, IntakeAnswer):
         return reason
     return str(principal), reason

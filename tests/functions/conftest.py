@@ -14,6 +14,7 @@ from azure.functions.timer import TimerRequest
 
 from remediate.intake.app import App, reset_app
 from remediate.settings import Settings
+from sim.appservice import PLATFORM_SETTING, operator_headers
 from sim.host import LocalQueueHost
 from sim.server import Emulator
 
@@ -38,11 +39,17 @@ class Functions:
     emulator: Emulator
     host: LocalQueueHost
 
-    def post(self, route: str, body: bytes | dict[str, Any] | list[Any]) -> func.HttpResponse:
+    def post(
+        self, route: str, body: bytes | dict[str, Any] | list[Any], headers: dict[str, str] | None = None
+    ) -> func.HttpResponse:
+        """POST to a route; the runbook route's caller is an operator App Service authenticated unless `headers`
+        says otherwise (the alert route carries only the function key, which the host checked)."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         handler = self.module.alerts if route == "alerts" else self.module.remediations
+        if headers is None:
+            headers = {} if route == "alerts" else operator_headers()
         request = func.HttpRequest(
-            "POST", f"https://localhost/api/{route}", headers={}, params={}, route_params={}, body=data
+            "POST", f"https://localhost/api/{route}", headers=headers, params={}, route_params={}, body=data
         )
         response: func.HttpResponse = handler(request)
         return response
@@ -51,7 +58,7 @@ class Functions:
         request = func.HttpRequest(
             "GET",
             f"https://localhost/api/remediations/{request_id}",
-            headers={},
+            headers=operator_headers(),
             params={},
             route_params={"request_id": request_id},
             body=b"",
@@ -65,6 +72,13 @@ class Functions:
     def queued(self) -> int:
         props = self.app.queue.queue.get_queue_properties()
         return int(props.approximate_message_count or 0)
+
+
+@pytest.fixture(autouse=True)
+def platform_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service authentication is on, as in Azure: the platform sets WEBSITE_AUTH_ENABLED, and the principal
+    header the requests carry is its."""
+    monkeypatch.setenv(*PLATFORM_SETTING)
 
 
 def body(response: func.HttpResponse) -> Any:

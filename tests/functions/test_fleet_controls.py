@@ -16,11 +16,11 @@ from remediate.intake.app import App, reset_app
 from remediate.ledger import RUNNING
 from remediate.model import VmId
 from remediate.settings import Settings
+from sim.appservice import APPROVER, client_principal
 from sim.fleet import Fleet, make_vm
 from sim.host import LocalQueueHost
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
-from tests.functions.test_approval import principal as client_principal
 from tests.functions.test_function_app import metric_alert
 
 
@@ -165,11 +165,13 @@ def test_slots_left_by_a_killed_instance_are_freed_by_expiry(
     assert functions.app.slots.active() == []
 
 
-def _release(functions: Functions, request_id: str, payload: bytes, principal: str = "ops@contoso.com") -> Any:
+def _release(
+    functions: Functions, request_id: str, payload: bytes, principal: str = "ops@contoso.com", role: str = APPROVER
+) -> Any:
     request = func.HttpRequest(
         "POST",
         f"https://localhost/api/remediations/{request_id}/release",
-        headers={"x-ms-client-principal": client_principal(principal)},
+        headers={"x-ms-client-principal": client_principal(principal, role)},
         params={},
         route_params={"request_id": request_id},
         body=payload,
@@ -206,6 +208,8 @@ def test_the_storm_guard_holds_what_exceeds_the_budget_and_releases_it(
     assert not_held.status_code == 409 and body(not_held)["error"]["field"] == "request_id"
     bad_reason = _release(functions, held[0], b'{"reason": 42}')
     assert bad_reason.status_code == 400 and body(bad_reason)["error"]["field"] == "reason"
+    operator = _release(functions, held[0], b"{}", role="Remediation.Operator")  # releasing passes a safety control
+    assert operator.status_code == 403 and body(operator)["error"]["field"] == "caller"
     assert body(functions.get_status(held[0]))["state"] == "held"
 
     # An operator releases the first: it runs at once, recorded with who and why.

@@ -35,6 +35,7 @@ from remediate.intake.requests import Selector
 from remediate.intake.service import AlertIntake, RunbookIntake
 from remediate.model import RemediationRequest, VmId, valid_request_id
 from remediate.settings import Settings
+from sim.appservice import PLATFORM_SETTING, operator_headers
 from tests.intake.support import ALERT_FILES, RUNBOOK_FILES, SUBSCRIPTION, payload
 
 EXAMPLES = 10_000
@@ -168,7 +169,9 @@ def handlers() -> Iterator[ModuleType]:
     current.__dict__["runbook"] = RunbookIntake(sink, current.settings, _expand)
     current.__dict__["ledger"] = NoLedger()
     previous, app_module._app = app_module._app, current
-    yield function_app
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(*PLATFORM_SETTING)  # App Service authentication is on: the operator's principal is real
+        yield function_app
     app_module._app = previous
 
 
@@ -262,8 +265,9 @@ def _check(response: func.HttpResponse) -> None:
 
 def _post(module: ModuleType, route: str, data: bytes) -> func.HttpResponse:
     handler = module.alerts if route == "alerts" else module.remediations
+    headers = {} if route == "alerts" else operator_headers()  # past App Service authentication: the body is tried
     request = func.HttpRequest(
-        "POST", f"https://localhost/api/{route}", headers={}, params={}, route_params={}, body=data
+        "POST", f"https://localhost/api/{route}", headers=headers, params={}, route_params={}, body=data
     )
     response: func.HttpResponse = handler(request)
     return response
@@ -324,7 +328,7 @@ def test_status_route(handlers: ModuleType) -> None:
         request = func.HttpRequest(
             "GET",
             "https://localhost/api/remediations/x",
-            headers={},
+            headers=operator_headers(),
             params={},
             route_params={"request_id": request_id},
             body=b"",

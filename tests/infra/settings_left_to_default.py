@@ -24,6 +24,7 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_APPROVAL_TRIGGERS": _SAFETY + " (approval off by default; turn it on per trigger)",
     "RDPR_APPROVAL_EXPIRY_MINUTES": _SAFETY + " (how long a plan may wait for a person)",
     "RDPR_APPROVER_ROLE": "the app role documented in docs/operations.md; change it to match an existing role",
+    "RDPR_OPERATOR_ROLE": "the app role documented in docs/operations.md; change it to match an existing role",
     "RDPR_REBOOT_POLICY": _SAFETY,
     "RDPR_LOCK_MINUTES": _SAFETY + " (longer than the workflow deadline, shorter than the cooldown)",
     "RDPR_LEASE_SECONDS": "a minute of heartbeats lost before another delivery takes a request over; nothing "

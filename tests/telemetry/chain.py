@@ -15,6 +15,7 @@ import azure.functions as func
 import function_app
 from remediate import telemetry
 from remediate.intake.app import get_app
+from sim.appservice import operator_headers
 from sim.host import LocalQueueHost
 
 
@@ -24,7 +25,7 @@ def main(vms: list[str]) -> int:
     request = func.HttpRequest(
         "POST",
         "https://localhost/api/remediations",
-        headers={},
+        headers=operator_headers(),
         params={},
         route_params={},
         body=json.dumps({"vms": vms, "reason": "telemetry test"}).encode(),

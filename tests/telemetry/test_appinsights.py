@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from sim.appinsights import Ingestion
+from sim.appservice import PLATFORM_SETTING
 from sim.fleet import RESOURCE_GROUP, SUBSCRIPTION
 from sim.server import Emulator
 
@@ -35,6 +36,7 @@ def telemetry_env(product_env: dict[str, str], ingestion: Ingestion) -> dict[str
         # Keep the exporter's own side channels (SDK statistics, remote configuration) off the network.
         "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
         "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+        PLATFORM_SETTING[0]: PLATFORM_SETTING[1],  # App Service authentication vouches for the runbook's caller
     }
 
 
