@@ -498,13 +498,6 @@ class Ledger:
         record = self.get(request_id)
         return record.steps if record else []
 
-    def recent_outcomes(self, since: dt.datetime) -> list[str]:
-        """Outcomes recorded since `since` (for the circuit breaker)."""
-        query = "RowKey eq @row and FinishedAt ge @since"
-        with _storage_errors("read recent outcomes"):
-            rows = self.audit.query_entities(query, parameters={"row": REQUEST_ROW, "since": since}, select=["Outcome"])
-            return [row["Outcome"] for row in rows if row.get("Outcome")]
-
     def recent_decisions(self, since: dt.datetime) -> list[Decision]:
         """(VM, outcome, changed, finished) of every outcome recorded since `since` (for the circuit breaker)."""
         query = "RowKey eq @row and FinishedAt ge @since"

@@ -79,7 +79,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     ),
     "repair-machinekeys": (
         _DETECT_ONLY,
-        Parameter("Mode", "grant", choices=("grant", "remove-deny", "set-aside", "folder")),
+        Parameter("Mode", "grant", choices=("grant", "remove-deny", "folder")),
         _THUMBPRINT_PARAMETER,
         Parameter("KeyFile", "", pattern=_KEY_FILE),
     ),
@@ -542,8 +542,6 @@ def _repair_machinekeys(run: _Run) -> dict[str, Any]:
     findings["target"] = rf"{_KEY_FOLDERS[key.provider]}\{file}"
     ok = key.readable_by(SYSTEM) and key.readable_by(NETWORK_SERVICE)
     findings["ok_before"] = findings["ok_after"] = ok
-    if mode == "set-aside":
-        return _set_aside(run, findings, key)
     return _repair_key_acl(run, findings, key, ok)
 
 
@@ -572,22 +570,6 @@ def _repair_key_acl(run: _Run, findings: dict[str, Any], key: KeyFile, ok: bool)
     if applying:
         run.actions.append(f"removed the deny entries for {', '.join(applying)} on {file}")
     run.actions.append(f"granted *S-1-5-18 and *S-1-5-20 read on {file}; ACL before and after in {log_path}")
-    return findings
-
-
-def _set_aside(run: _Run, findings: dict[str, Any], key: KeyFile) -> dict[str, Any]:
-    guest = run.guest
-    if guest.hash_type != 1:
-        _refuse(run, f"the listener's certificate is not Windows' own (HashType {guest.hash_type}): its key stays")
-        return findings
-    backup = f"{key.name}.{_stamp(run.now)}.rdp-remediate.bak"
-    if run.detect_only:
-        run.actions.append(f"would rename {key.name} to {backup}")
-        return findings
-    guest.key = None  # renamed, never deleted: Windows creates a new container at the renewal
-    run.changed = True
-    findings.update(ok_after=None, log_path=rf"{_KEY_FOLDERS[key.provider]}\{backup}")
-    run.actions.append(f"renamed {key.name} to {backup}")
     return findings
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from remediate.guest.contract import undo_note
+
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 OUTCOME_COLOURS = {
     "remediated": "#2e7d32",
@@ -174,37 +176,44 @@ def _findings(diagnose: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
-UNDO = {
-    "renew-certificate": (
-        "the removed certificate was expired or unusable; Windows made {new}. To use a certificate of your own, "
-        "set SSLCertificateSHA1Hash on Win32_TSGeneralSetting (Set-CimInstance)"
-    ),
-    "repair-machinekeys": (
-        "restore the saved ACL with icacls <parent> /restore <name>.acl from {log_path}; rename a set-aside key "
-        "file back"
-    ),
-    "reset-machinekeys": "rename the new MachineKeys away, rename {backup_path} back to MachineKeys, and reboot",
-    "enable-firewall-rule": "disable 'Remote Desktop - User Mode (TCP-In)' again only to block RDP on purpose",
-    "enable-tls12": "set SCHANNEL TLS 1.2 Server Enabled back to 0 only to turn TLS 1.2 off on purpose",
-}
+# What a step's summary names that its undo needs (the script's own note says what to do with it).
+_UNDO_VALUES = (
+    ("listener certificate before", ("thumbprint",)),
+    ("removed", ("removed",)),
+    ("re-pinned to", ("pinned",)),
+    ("listener now", ("listener",)),
+    ("key set aside as", ("set_aside",)),
+    ("saved ACL and owner in", ("log_path",)),
+    ("backup", ("backup_path",)),
+)
 
 
 def undo_for(step: dict[str, Any]) -> tuple[str, str] | None:
-    """How to undo what a step changed, from its script summary (operations.md, "Roll back a repair")."""
+    """How to undo what a step changed: the script's own Undo note (its `.NOTES`), with the paths and thumbprints
+    its summary recorded (operations.md, "Roll back a repair")."""
     summary = step.get("summary") or {}
     name = step["name"]
     if name.startswith("reboot") and step.get("status") == "ok":
         return name, "a restart: nothing to undo"
     if not summary.get("changed"):
         return None
+    try:
+        note = undo_note(str(summary.get("script", name)))
+    except ValueError:  # not one of the product's scripts
+        note = None
     found = summary.get("findings") or {}
-    values = {
-        "new": (found.get("new_certificate") or {}).get("thumbprint", "a new one"),
-        "log_path": found.get("log_path"),
-        "backup_path": found.get("backup_path"),
-    }
-    template = UNDO.get(summary.get("script", name), "see docs/guest-scripts.md for this script's rollback")
-    return name, template.format(**values)
+    values = [
+        f"{label} {value}" for label, path in _UNDO_VALUES if isinstance(value := _dig(found, path), str) and value
+    ]
+    text = note or "see docs/guest-scripts.md for this script's rollback"
+    return name, text + (f" ({'; '.join(values)})" if values else "")
+
+
+def _dig(found: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = found
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 def _duration(step: dict[str, Any]) -> str:

@@ -61,7 +61,6 @@ _CAUSE_OF_ACTION: Mapping[Action, str] = {
     Action.REPAIR_FOLDER_ACL: "machinekeys",
     Action.GRANT_KEY_READ: "machinekeys",
     Action.REMOVE_KEY_DENY: "machinekeys",
-    Action.SET_ASIDE_KEY: "machinekeys",
     Action.RESET_MACHINEKEYS: "machinekeys",
     Action.RENEW_CERTIFICATE: "listener-certificate",
     Action.REPIN_CERTIFICATE: "listener-certificate",

@@ -55,7 +55,6 @@ class Action(enum.StrEnum):
     REPAIR_FOLDER_ACL = "repair-folder-acl"
     GRANT_KEY_READ = "grant-key-read"
     REMOVE_KEY_DENY = "remove-key-deny"
-    SET_ASIDE_KEY = "set-aside-key"
     RENEW_CERTIFICATE = "renew-certificate"
     REPIN_CERTIFICATE = "repin-certificate"
     RESET_MACHINEKEYS = "reset-machinekeys"
@@ -68,7 +67,6 @@ SCRIPT_OF: Mapping[Action, str] = {
     Action.REPAIR_FOLDER_ACL: "repair-machinekeys",
     Action.GRANT_KEY_READ: "repair-machinekeys",
     Action.REMOVE_KEY_DENY: "repair-machinekeys",
-    Action.SET_ASIDE_KEY: "repair-machinekeys",
     Action.RENEW_CERTIFICATE: "renew-certificate",
     Action.REPIN_CERTIFICATE: "renew-certificate",
     Action.RESET_MACHINEKEYS: "reset-machinekeys",
@@ -590,9 +588,6 @@ def _gate(draft: _Draft, facts: Mapping[str, Any], ctx: Context) -> None:
             draft.refuse(step.action, refusal)
             if step.action in CERTIFICATE_CHAIN:
                 chain_refused = True
-                for prepared in [s for s in kept if s.action is Action.SET_ASIDE_KEY]:
-                    kept.remove(prepared)  # a key set aside without the renewal would leave the listener keyless
-                    draft.refuse(prepared.action, "not tried: the renewal it prepares was refused")
             continue
         kept.append(step)
     draft.steps = kept

@@ -42,6 +42,8 @@ PARAMETERS: Mapping[str, frozenset[str]] = {
 }
 
 _QUOTE_CHARS = 600  # how much of each stream an error message quotes
+# The "Undo:" paragraph of a script's comment-based help (.NOTES): up to a blank line or the end of the help.
+_UNDO_NOTE = re.compile(r"^\s*Undo:\s*(?P<text>.+?)\n(?=\s*\n|#>)", re.MULTILINE | re.DOTALL)
 _VERSION_LINE = re.compile(r"^\$ScriptVersion\s*=\s*'(?P<version>[0-9]+\.[0-9]+\.[0-9]+)'\s*$", re.MULTILINE)
 
 
@@ -68,6 +70,14 @@ def script_version(name: str) -> str:
     if match is None:
         raise ValueError(f"guest script {name!r} declares no $ScriptVersion = 'x.y.z'")
     return match.group("version")
+
+
+@cache
+def undo_note(name: str) -> str | None:
+    """How to undo what a script changes, from its own help (`.NOTES`, "Undo:"): the one text an admin reads
+    with Get-Help and the report quotes."""
+    match = _UNDO_NOTE.search(script_text(name))
+    return " ".join(match.group("text").split()) if match else None
 
 
 @cache

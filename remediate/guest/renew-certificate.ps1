@@ -37,7 +37,9 @@
 
 .NOTES
     Undo: a removed self-signed certificate need not be restored: Windows makes a new one. A re-pin is undone by
-    setting SSLCertificateSHA1Hash back to the old thumbprint (reported in findings.thumbprint).
+    setting SSLCertificateSHA1Hash back to the old thumbprint (reported in findings.thumbprint). A key set aside
+    is renamed back from findings.set_aside (drop the .<stamp>.rdp-remediate.bak suffix) once nothing uses the
+    new key.
 #>
 #Requires -Version 5.1
 [CmdletBinding()]

@@ -1,18 +1,17 @@
 <#
 .SYNOPSIS
     Repairs the one key file of the listener's certificate the engine names (grant read, or remove the deny
-    entries that stop SYSTEM or NETWORK SERVICE), sets that one key container aside, or restores
-    Administrators' full control of the MachineKeys folder itself. Never recursive.
+    entries that stop SYSTEM or NETWORK SERVICE), or restores Administrators' full control of the MachineKeys
+    folder itself. Never recursive. (A key that must be replaced is set aside by renew-certificate.ps1, in the
+    same Run Command as the renewal that replaces it.)
 
 .DESCRIPTION
-    Mode 'grant', 'remove-deny', 'set-aside': first re-checks that the listener still uses the certificate
+    Mode 'grant', 'remove-deny': first re-checks that the listener still uses the certificate
     named by Thumbprint and that its key is the file named by KeyFile (resolved again from the certificate:
     CSP keys in Crypto\RSA\MachineKeys, CNG keys in Crypto\Keys); otherwise reports `refused`. 'grant' refuses
     when a deny entry applies (icacls /grant cannot undo a deny); 'remove-deny' removes the deny entries for
     the SIDs in SYSTEM's and NETWORK SERVICE's tokens, then grants; both grant SYSTEM full control and NETWORK
-    SERVICE read by SID on that one file (KB 2001849), after saving its ACL with icacls /save. 'set-aside' is
-    only for Windows' own certificate (HashType 1): it renames the key file to
-    <file>.<yyyyMMddTHHmmssZ>.rdp-remediate.bak (never deleted) so that the renewal makes a new key.
+    SERVICE read by SID on that one file (KB 2001849), after saving its ACL with icacls /save.
     Mode 'folder': saves the folder's ACL, takes ownership of the folder only and grants Administrators full
     control (KB 278381).
 
@@ -20,7 +19,7 @@
     'true' reports what would change and changes nothing. Default 'false'.
 
 .PARAMETER Mode
-    'grant', 'remove-deny', 'set-aside' or 'folder'. Default 'grant'.
+    'grant', 'remove-deny' or 'folder'. Default 'grant'.
 
 .PARAMETER Thumbprint
     The listener's certificate (40 hex digits). Required except for Mode 'folder'.
@@ -34,7 +33,7 @@
 .NOTES
     Undo: icacls <folder> /restore <log_path>\<name>.acl puts the saved ACL back (every deny entry removed
     included: icacls /remove:d removes all of a SID's deny entries); the owner is given back at the end of the
-    repair and recorded in acl.log and findings.owner; a set-aside key file is renamed back to its name.
+    repair and recorded in acl.log and findings.owner.
 #>
 #Requires -Version 5.1
 [CmdletBinding()]
@@ -42,7 +41,7 @@ param(
     [ValidateSet('true', 'false')]
     [string]$DetectOnly = 'false',
 
-    [ValidateSet('grant', 'remove-deny', 'set-aside', 'folder')]
+    [ValidateSet('grant', 'remove-deny', 'folder')]
     [string]$Mode = 'grant',
 
     [ValidatePattern('^([0-9A-Fa-f]{40})?$')]
@@ -390,9 +389,6 @@ function Get-TargetRefusal {
     if (-not (Test-Path -LiteralPath $Key.Path)) {
         return ('{0} does not exist' -f $Key.Path)
     }
-    if ($Mode -eq 'set-aside' -and [int64]$Setting.SSLCertificateSHA1HashType -ne 1) {
-        return ('{0} is not Windows'' own certificate (HashType {1}): its key stays' -f $current, $Setting.SSLCertificateSHA1HashType)
-    }
     ''
 }
 
@@ -408,26 +404,12 @@ function Resolve-ListenerKey {
 }
 
 function Invoke-KeyRepair {
-    # grant / remove-deny / set-aside on the one key file.
+    # grant / remove-deny on the one key file.
     param([System.Collections.IDictionary]$Summary, [object]$Key)
     $findings = $Summary.findings
     $access = Get-KeyAccess -Path $Key.Path
     $findings.ok_before = $access.System -and $access.NetworkService
     $findings.ok_after = $findings.ok_before
-    if ($Mode -eq 'set-aside') {
-        $backup = '{0}.{1}.rdp-remediate.bak' -f $Key.File, (Get-TimeStamp)
-        if ($Summary.detect_only) {
-            Add-Text -List $Summary.actions -Text ('would rename {0} to {1}' -f $Key.Path, $backup)
-            return
-        }
-        $Summary.changed = $true
-        Rename-Item -LiteralPath $Key.Path -NewName $backup
-        $findings.log_path = Join-Path -Path (Split-Path -Path $Key.Path -Parent) -ChildPath $backup
-        $findings.ok_after = $null
-        $Summary.changed = $true
-        Add-Text -List $Summary.actions -Text ('renamed {0} to {1} (set aside, not deleted)' -f $Key.Path, $backup)
-        return
-    }
     if ($findings.ok_before -eq $true) {
         Add-Text -List $Summary.actions -Text ('SYSTEM and NETWORK SERVICE can read {0}: nothing to do' -f $Key.File)
         return

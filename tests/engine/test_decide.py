@@ -127,7 +127,6 @@ def test_a_ca_certificate_whose_key_system_cannot_open_is_never_a_store_reset() 
     for probe in ("healthy", "no-certificate"):
         decision = plan(facts, probe, done=frozenset({"renew-certificate:"}))
         assert Action.RESET_MACHINEKEYS not in actions(decision)
-        assert Action.SET_ASIDE_KEY not in actions(decision)
 
 
 def test_an_admin_pinned_certificate_close_to_expiry_is_reported_not_renewed() -> None:
@@ -457,7 +456,7 @@ def fact_sets(draw: st.DrawFn) -> tuple[dict[str, Any], list[str], str, Context]
     for error in errors:
         facts[error.split(":")[0]] = None
     probe = draw(st.sampled_from(["healthy", "no-certificate", "certificate-expired", "refused", "timeout"]))
-    done = frozenset(draw(st.lists(st.sampled_from(["renew-certificate:", f"set-aside-key:{KEY_FILE}"]), max_size=2)))
+    done = frozenset(draw(st.lists(st.sampled_from(["renew-certificate:"]), max_size=1)))
     context = Context(NOW, plan=draw(st.sampled_from(list(Plan))), force=draw(st.booleans()), done=done)
     return facts, errors, probe, context
 
@@ -471,7 +470,7 @@ def _needs_listener(action: Action, facts: dict[str, Any], context: Context) -> 
 
 def _windows_own_only(action: Action, facts: dict[str, Any], context: Context) -> str | None:
     listener = facts.get("listener")
-    own_only = (Action.SET_ASIDE_KEY, Action.RESET_MACHINEKEYS, Action.RENEW_CERTIFICATE)
+    own_only = (Action.RESET_MACHINEKEYS, Action.RENEW_CERTIFICATE)
     if action in own_only and listener is not None and listener["hash_type"] != 1:
         return "a renewal, key set aside or store reset for a certificate that is not Windows' own"
     return None
@@ -564,9 +563,6 @@ def test_never_escalates_past_a_refusal(case: tuple[dict[str, Any], list[str], s
     """A refused rung of the certificate ladder ends the ladder: nothing later in the chain is planned."""
     facts, errors, probe, context = case
     decision = decide(summary_of(facts, errors), probe, context)
-    refused = {r.action for r in decision.refusals}
-    if Action.RENEW_CERTIFICATE in refused:
-        assert Action.SET_ASIDE_KEY not in actions(decision), "a key set aside without its renewal"
     if any(r.action in CERTIFICATE_CHAIN for r in decision.refusals):
         refused_at = min(list(Action).index(r.action) for r in decision.refusals if r.action in CERTIFICATE_CHAIN)
         later = [
@@ -625,11 +621,7 @@ def test_facts_after_a_successful_step_never_lead_to_the_same_step(
     facts, errors, probe, context = case
     decision = decide(summary_of(facts, errors), probe, context)
     for step in decision.steps:
-        if step.action is Action.SET_ASIDE_KEY:
-            continue  # always followed by the renewal in the same plan; the pair is checked below
         later_facts = after(step.action, facts)
-        if step.action is Action.RENEW_CERTIFICATE or Action.SET_ASIDE_KEY in actions(decision):
-            later_facts = after(Action.RENEW_CERTIFICATE, later_facts)
         done = context.done | {s.key for s in decision.steps}
         again = decide(
             summary_of(later_facts, errors), "healthy", Context(NOW, plan=context.plan, force=context.force, done=done)

@@ -219,19 +219,19 @@ def test_a_key_repair_refuses_a_file_that_is_not_the_listeners_key() -> None:
 
 
 def test_only_windows_own_key_container_is_set_aside() -> None:
+    """The renewal sets a key aside only for Windows' own certificate; a certificate of the admin's keeps its key,
+    and nothing in the guest changes."""
     custom = vm_in("custom-certificate")
     assert custom.guest.certificate is not None and custom.guest.key is not None
+    before = guest_state(custom)
     target = {"Thumbprint": custom.guest.certificate.thumbprint, "KeyFile": custom.guest.key.name}
-    refused = run_at(custom, "repair-machinekeys", NOW, {**target, "Mode": "set-aside"})
-    assert refused["refused"] and "HashType 3" in refused["refused"]
+    refused = run_at(custom, "renew-certificate", NOW, target)
+    assert refused["refused"] and "HashType 3" in refused["refused"] and not refused["changed"]
+    assert guest_state(custom) == before
     own = vm_in("key-corrupt")
     assert own.guest.certificate is not None and own.guest.key is not None
-    name = own.guest.key.name
-    summary = run(
-        own, "repair-machinekeys", Mode="set-aside", Thumbprint=own.guest.certificate.thumbprint, KeyFile=name
-    )
-    assert summary["changed"] and summary["findings"]["log_path"].endswith(".rdp-remediate.bak")
-    assert own.guest.key is None, "renamed, so the renewal makes a new container"
+    summary = run(own, "renew-certificate", Thumbprint=own.guest.certificate.thumbprint, KeyFile=own.guest.key.name)
+    assert summary["changed"] and summary["findings"]["set_aside"].endswith(".rdp-remediate.bak")
 
 
 def test_the_store_reset_lists_what_it_would_set_aside_and_refuses_without_force() -> None:
