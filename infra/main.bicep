@@ -58,7 +58,7 @@ param instanceMemoryMB int = 2048
 @description('Most instances the Function App scales out to; times the 5 queue invocations per instance (host.json), it must reach RDPR_MAX_ACTIVE, the fleet-wide bound on VMs repaired at once.')
 param maximumInstanceCount int = 10
 
-@description('Client id of the Microsoft Entra app registration protecting the HTTP API (App Service authentication). Empty: function keys only, and approvals cannot be given over HTTP.')
+@description('Client id of the Microsoft Entra app registration protecting the HTTP API (App Service authentication). Empty: the function key opens /api/alerts only; every other route answers 401, and runbooks, status and approvals go through the CLI.')
 param authClientId string = ''
 
 @description('Subnet for VNet integration (resource id, delegated to Microsoft.App/environments). Empty: none, and the RDP probe cannot reach private IPs, so verification reports unverified.')

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 HEADER = "x-ms-client-principal"
 PLATFORM_AUTH = "WEBSITE_AUTH_ENABLED"
 _ROLE_CLAIMS = ("roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
+# A name when the token has none of type `name_typ`: users have a UPN; app-only tokens only the client's id
+# (`appid` in v1 tokens, `azp` in v2: Microsoft Learn, "Access token claims reference").
+_NAME_FALLBACKS = ("preferred_username", "upn", "appid", "azp")
+# The object id never changes while a display name or UPN can be renamed or reused: the audit keeps both.
+_OBJECT_ID_CLAIMS = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,11 @@ class Principal:
     name: str
     roles: frozenset[str]
     identity_provider: str
+    object_id: str = ""
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.identity_provider})"
+        who = f"{self.identity_provider}, oid {self.object_id}" if self.object_id else self.identity_provider
+        return f"{self.name} ({who})"
 
 
 def platform_authenticates(environ: Mapping[str, str] | None = None) -> bool:
@@ -58,10 +65,10 @@ def principal_of(headers: Mapping[str, str], environ: Mapping[str, str] | None =
     claims = [c for c in data["claims"] if isinstance(c, dict) and isinstance(c.get("val"), str)]
     name_type = data.get("name_typ") or "name"
     role_types = {data.get("role_typ"), *_ROLE_CLAIMS} - {None}
-    name = next((c["val"] for c in claims if c.get("typ") == name_type), "")
-    if not name:
-        name = next((c["val"] for c in claims if c.get("typ") in ("preferred_username", "appid", "oid")), "")
+    by_type = {c.get("typ"): c["val"] for c in claims}
+    object_id = next((by_type[t] for t in _OBJECT_ID_CLAIMS if by_type.get(t)), "")
+    name = by_type.get(name_type) or next((by_type[t] for t in _NAME_FALLBACKS if by_type.get(t)), "") or object_id
     roles = frozenset(c["val"] for c in claims if c.get("typ") in role_types)
     if not name:
         return None
-    return Principal(name[:200], roles, str(data.get("auth_typ") or "unknown")[:50])
+    return Principal(name[:200], roles, str(data.get("auth_typ") or "unknown")[:50], object_id[:64])

@@ -33,6 +33,12 @@ def handle_message(
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return None
+    refusal = _not_accepted(request, ledger)
+    if refusal is not None:
+        # Whoever can write to the queue must not gain what the intake guards (app roles, storm guard, approval):
+        # only a message for a request the intake recorded, as recorded, runs. Nothing is written for it.
+        log.error("queue message refused", extra={**_fields(request, dequeue_count), "reason": refusal})
+        return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
         return remediate(
@@ -53,6 +59,25 @@ def handle_message(
             _close(request, ledger, why, activity_log_evidence(clients, settings))
         log.warning("delivery failed", extra={**_fields(request, dequeue_count), "last_delivery": last_delivery})
         raise
+
+
+def _not_accepted(request: RemediationRequest, ledger: Ledger) -> str | None:
+    """Why this message is not a request the intake accepted (None: it is). The intake writes the audit row
+    before it sends the message (remediate/intake/queue.py), so a message without one, or one that differs
+    from it in VM, trigger or options, was not written by the intake."""
+    record = ledger.get(request.request_id)
+    if record is None:
+        return f"no accepted request {request.request_id} in the ledger"
+    differs = [
+        name
+        for name, recorded, sent in (
+            ("vm", record.vm, str(request.vm)),
+            ("trigger", record.trigger, request.trigger.value),
+            ("options", record.options, request.options.to_json()),
+        )
+        if recorded != sent
+    ]
+    return f"the message differs from the accepted request in {', '.join(differs)}" if differs else None
 
 
 def _close(request: RemediationRequest, ledger: Ledger, why: str, evidence: RestartEvidence | None) -> None:

@@ -4,10 +4,14 @@ vouches for, with the route's app role. A refused call changes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+
 import azure.functions as func
 import pytest
 
-from sim.appservice import APPROVER, OPERATOR, client_principal
+from remediate.model import RemediationRequest, Trigger, VmId
+from sim.appservice import APPROVER, OPERATOR, app_principal, client_principal
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert, vm_id
 
@@ -67,3 +71,35 @@ def test_each_route_wants_its_app_role(functions: Functions) -> None:
     approver = {"x-ms-client-principal": client_principal("lead@contoso.com", APPROVER)}
     assert _status(functions, request_id, approver).status_code == 200
     assert body(_status(functions, request_id, operator))["requestId"] == request_id
+
+
+def test_an_application_caller_is_recorded_by_client_and_object_id(functions: Functions) -> None:
+    """A runbook's managed identity signs in with an app-only token: no user name, its client id in `azp`, its app
+    role in `roles`. The record names it by both ids (a name can be reused; the object id cannot)."""
+    vm = vm_id(functions, "expired-certificate")
+    client_id, object_id = "6f1e0c2b-3d4a-4b5c-8d6e-7f8091a2b3c4", "0a1b2c3d-4e5f-4061-8172-93a4b5c6d7e8"
+    headers = {"x-ms-client-principal": app_principal(client_id, object_id, OPERATOR)}
+    accepted = functions.post("remediations", {"vms": [vm], "reason": "nightly runbook"}, headers=headers)
+    assert accepted.status_code == 202, accepted.get_body()
+    record = functions.app.ledger.get(body(accepted)["requestIds"][0])
+    assert record is not None and f"{client_id} (aad, oid {object_id})" in record.reason
+
+
+def test_a_message_the_intake_did_not_write_runs_nothing(functions: Functions) -> None:
+    """Write access to the queue is not a way around the routes' roles, the storm guard or approval: a message
+    with no accepted request, or one that differs from its accepted request, is dropped unrun."""
+    vm = functions.emulator.fleet.by_scenario("expired-certificate")[0]
+    forged = RemediationRequest(VmId.parse(vm.resource_id), Trigger.SWEEP, "forged")
+    functions.app.queue.queue.send_message(json.dumps(forged.to_message()))
+    accepted = functions.post("remediations", {"vms": [vm.resource_id], "reason": "look only", "dryRun": True})
+    request_id = body(accepted)["requestIds"][0]
+    # The same request id and VM, but no longer a dry run:
+    altered = {**forged.to_message(), "requestId": request_id, "trigger": "runbook"}
+    functions.app.queue.queue.send_message(json.dumps(altered))
+    functions.host.drain(timeout=60)
+
+    assert functions.app.ledger.get(forged.request_id) is None  # nothing recorded for it, nothing run
+    assert not [e for e in functions.emulator.log.entries() if e.operation == "restart"]
+    assert vm.guest.certificate is not None and vm.guest.certificate.not_after < dt.datetime.now(dt.UTC)
+    done = functions.app.ledger.get(request_id)
+    assert done is not None and done.options.get("dryRun") is True and done.outcome is not None
