@@ -11,6 +11,7 @@ from remediate.engine.closing import RestartEvidence, close_abandoned
 from remediate.engine.evidence import activity_log_evidence
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
+from remediate.intake.reconcile import CLOSED_BY, RECONCILER
 from remediate.ledger import ExecutionConflict, Ledger, utcnow
 from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest, TransientError
 from remediate.settings import Settings
@@ -33,6 +34,8 @@ def handle_message(
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return None
+    if _closed_by_reconciler(request, ledger, dequeue_count):
+        return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
         return remediate(
@@ -53,6 +56,26 @@ def handle_message(
             _close(request, ledger, why, activity_log_evidence(clients, settings))
         log.warning("delivery failed", extra={**_fields(request, dequeue_count), "last_delivery": last_delivery})
         raise
+
+
+def _closed_by_reconciler(request: RemediationRequest, ledger: Ledger, dequeue_count: int) -> bool:
+    """A delivery of a request the reconciler already closed: its outcome stands and nothing runs, but the
+    delivery is recorded on the request row (`LateDeliveries`, `LateDeliveryAt`) and logged, never dropped
+    silently. The reconciler waits until no copy of the message can arrive, so this should not happen; when it
+    does (a clock far off, a message sent around the product), the row shows it."""
+    fields = ledger.request_fields(request.request_id, CLOSED_BY, "LateDeliveries")
+    if fields.get(CLOSED_BY) != RECONCILER:
+        return False
+    count = int(fields.get("LateDeliveries") or 0) + 1
+    now = utcnow()
+    note = (
+        f"a delivery (dequeue count {dequeue_count}) arrived at {now.isoformat(timespec='seconds')} after the "
+        "reconciler had closed the request; nothing was run and the recorded outcome stands"
+    )
+    ledger.note(request.request_id, LateDeliveries=count, LateDeliveryAt=now, LateDeliveryNote=note)
+    telemetry.control_event("late delivery", request.request_id, note)
+    log.warning("delivery after the reconciler closed the request", extra=_fields(request, dequeue_count))
+    return True
 
 
 def _close(request: RemediationRequest, ledger: Ledger, why: str, evidence: RestartEvidence | None) -> None:
