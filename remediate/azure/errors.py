@@ -65,13 +65,10 @@ CODES: dict[str, CodeRule] = {
     # "You're requesting an operation that isn't allowed in the resource's current state"; Run Command's own
     # 409 "Run command extension execution is in progress" carries it (Azure/azure-cli issue 19137).
     "conflict": CodeRule(ErrorKind.CONFLICT, f"{_DEPLOY_ERRORS}; Azure/azure-cli issue 19137"),
-    # An operation canceled because a newer one on the same VM took over (`status: Canceled`, "The operation has
-    # been preempted by a more recent operation": Azure/azure-sdk-for-net's ARM long-running-operation tests;
-    # kubernetes-sigs/cloud-provider-azure pkg/consts "Operation execution has been preempted by a more recent
-    # operation"). Whatever preempted it has to end first.
-    "operationpreempted": CodeRule(
-        ErrorKind.CONFLICT, "Azure/azure-sdk-for-net ARM LRO tests; kubernetes-sigs/cloud-provider-azure pkg/consts"
-    ),
+    # A VM operation canceled because a newer one on the same VM took over: Code="OperationPreempted" Message=
+    # "Operation execution has been preempted by a more recent operation." (kubernetes-sigs/cloud-provider-azure,
+    # pkg/consts and its VM scale set VM client tests). Whatever preempted it has to end first.
+    "operationpreempted": CodeRule(ErrorKind.CONFLICT, "kubernetes-sigs/cloud-provider-azure pkg/consts"),
     # Not allowed on the SKU or over a quota (deployment errors); not allowed in the VM's state: deallocated,
     # generalized, marked for deletion, an extension in a failed state (VM error messages). Not for this request.
     "operationnotallowed": CodeRule(ErrorKind.PERMANENT, f"{_DEPLOY_ERRORS}; {_VM_ERRORS}"),
