@@ -194,17 +194,18 @@ def poison(msg: func.QueueMessage) -> None:
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False, use_monitor=True)
 def reconcile(timer: func.TimerRequest) -> None:
     from remediate.engine.evidence import activity_log_evidence
+    from remediate.intake.queue import queued_stale_seconds
     from remediate.intake.reconcile import reconcile as run_reconcile
 
     current = get_app()
     settings = current.settings
     # A running request whose lease ran out and whose journal has not moved for a lock's lifetime will not be
-    # resumed by any delivery; a queued one is given every delivery the host would make.
+    # resumed by any delivery; a queued one waits until no copy of its message can arrive any more.
     report = run_reconcile(
         current.ledger,
         current.queue,
         running_stale_seconds=settings.lock_minutes * 60.0,
-        queued_stale_seconds=settings.lock_minutes * 60.0 * settings.max_dequeue_count,
+        queued_stale_seconds=queued_stale_seconds(settings),
         restart_evidence=activity_log_evidence(current.clients, settings),
     )
     log.info(

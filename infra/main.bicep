@@ -118,6 +118,8 @@ var storageLayout = {
 // its subscription; a malformed entry makes the role definition (whose assignable scopes are this list) fail
 // to deploy rather than silently grant nothing.
 var scopeList = filter(split(replace(targetScopes, ' ', ''), ','), target => !empty(target))
+// The subscription of each target scope, each once: the Activity Log is listed per subscription (roles.bicep).
+var subscriptionList = union(map(scopeList, target => '/subscriptions/${split(target, '/')[2]}'), [])
 
 var ownWorkspaceId = resourceId(subscription().subscriptionId, groupName, 'Microsoft.OperationalInsights/workspaces', names.workspace)
 var eventsWorkspace = empty(eventsWorkspaceId) ? ownWorkspaceId : eventsWorkspaceId
@@ -171,6 +173,7 @@ module roles 'modules/roles.bicep' = {
   params: {
     environmentName: environmentName
     targetScopes: scopeList
+    targetSubscriptions: subscriptionList
     workspaceGroupId: '/subscriptions/${eventsWorkspaceParts[2]}/resourceGroups/${eventsWorkspaceParts[4]}'
   }
 }
@@ -260,6 +263,19 @@ module groupAssignments 'modules/operator-assignment-group.bicep' = [
   }
 ]
 
+// --- The Activity Log reader role on the subscription of every target scope (roles.bicep says why) -----------
+
+module activityLogAssignments 'modules/operator-assignment-subscription.bicep' = [
+  for (target, index) in subscriptionList: {
+    name: 'rdpr-activity-log-${token}-${index}'
+    scope: subscription(split(target, '/')[2])
+    params: {
+      principalId: identity.outputs.principalId
+      roleDefinitionId: roles.outputs.activityLogReaderRoleId
+    }
+  }
+]
+
 // --- Alerts wired to the function ------------------------------------------------------------------------
 
 module alerts 'modules/alerts.bicep' = {
@@ -305,3 +321,4 @@ output AZURE_STORAGE_ACCOUNT string = storage.outputs.name
 output AZURE_ACTION_GROUP_ID string = alerts.outputs.actionGroupId
 output RDPR_OPERATOR_ROLE_ID string = roles.outputs.operatorRoleId
 output RDPR_LOG_READER_ROLE_ID string = roles.outputs.logReaderRoleId
+output RDPR_ACTIVITY_LOG_READER_ROLE_ID string = roles.outputs.activityLogReaderRoleId

@@ -390,10 +390,11 @@ class Operations:
         with self.fleet.lock:
             self._advance_locked()
             if vm.key in self._restarts:
+                # The message Compute documents for it (Microsoft Learn, "Azure Virtual Machine error messages",
+                # MicrosoftDocs/azure-docs articles/virtual-machines/windows/error-messages.md).
                 raise Refused(
                     "OperationNotAllowed",
-                    f"Operation 'restart' is not allowed on VM '{vm.name}' since another restart "
-                    "of the VM is in progress.",
+                    f"Operation 'restart' is not allowed on VM '{vm.name}' since another operation is in progress.",
                 )
             _require_running(vm, "restart")
             now = self.clock()

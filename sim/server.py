@@ -135,13 +135,24 @@ def json_response(status: int, payload: Any, headers: dict[str, str] | None = No
 class ArmError(Exception):
     """An error answer: status code plus the ARM error body `{"error": {"code", "message"}}`."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        details: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.details = details
 
     def response(self) -> Response:
-        return json_response(self.status, {"error": {"code": self.code, "message": self.message}}, self.headers)
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return json_response(self.status, {"error": error}, self.headers)
 
 
 def not_found(resource_type: str, name: str, group: str) -> ArmError:
@@ -846,6 +857,9 @@ def _check_api_version(api_version: str | None) -> None:
         raise ArmError(400, "InvalidApiVersionParameter", f"The api-version '{api_version}' is invalid.")
 
 
+_COMPUTE_OPERATIONS = frozenset({"getVm", "listVms", "instanceView", "runCommand", "restart", "operationStatus"})
+
+
 def _fault_response(kind: str, retry_after: int, operation: str) -> Response:
     if kind == "reset":
         return Response(0, drop=True)
@@ -856,6 +870,26 @@ def _fault_response(kind: str, retry_after: int, operation: str) -> Response:
             else "The operation conflicts with another operation in progress on the resource."
         )
         return ArmError(409, "Conflict", message).response()
+    if kind == "429" and operation in _COMPUTE_OPERATIONS:
+        # Compute throttles with top-level code OperationNotAllowed; only the inner detail says TooManyRequests
+        # (Microsoft Learn, "Troubleshooting throttling errors in Azure", MicrosoftDocs/azure-docs
+        # articles/virtual-machines/troubleshooting-throttling.md, "Throttling error details").
+        # The article's example is a read's policy (HighCostGet30Min); no source names the policy of the POSTs
+        # and their polls, so their detail carries no target.
+        detail = {"code": "TooManyRequests", "message": "The request is being throttled."}
+        if operation in ("getVm", "listVms", "instanceView"):
+            detail = {
+                "code": "TooManyRequests",
+                "target": "HighCostGet30Min",
+                "message": json.dumps({"operationGroup": "HighCostGet30Min"}),
+            }
+        return ArmError(
+            429,
+            "OperationNotAllowed",
+            "The server rejected the request because too many requests have been received for this subscription.",
+            {"Retry-After": str(retry_after)},
+            [detail],
+        ).response()
     if kind == "429":
         return ArmError(
             429,

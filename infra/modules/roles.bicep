@@ -6,6 +6,14 @@
 //
 // "RDP Remediation Log Reader" lets the evidence query read the System event log (the Event table) of one
 // workspace, and nothing else there: Log Analytics Reader would open every table, and */read on the scope.
+//
+// "RDP Remediation Activity Log Reader" lets the product ask the Activity Log whether Azure accepted a restart.
+// Its one action is assigned on each target scope's whole subscription, not on a resource group: the list API
+// is a subscription-level operation (GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/
+// values, Microsoft Learn "Activity Logs - List", REST API for Azure Monitor), and Microsoft Learn "Roles,
+// permissions, and security in Azure Monitor" describes the action as "List Activity Log events (management
+// events) in a subscription". Granted on a resource group only, the read is refused or comes back without
+// the events a restart left, and "no accepted restart" must never be concluded from a log we could not read.
 targetScope = 'subscription'
 
 @description('Environment name: custom role names are unique per tenant, so each environment has its own.')
@@ -18,6 +26,10 @@ param targetScopes array
 @description('Resource group (id) of the workspace the log reader role is assigned on.')
 param workspaceGroupId string
 
+@minLength(1)
+@description('The subscriptions (/subscriptions/ID) that hold the target scopes: the Activity Log reader role is assigned on each.')
+param targetSubscriptions array
+
 var operatorActions = [
   'Microsoft.AlertsManagement/alerts/changestate/action'
   'Microsoft.Compute/locations/operations/read'
@@ -25,12 +37,15 @@ var operatorActions = [
   'Microsoft.Compute/virtualMachines/read'
   'Microsoft.Compute/virtualMachines/restart/action'
   'Microsoft.Compute/virtualMachines/runCommand/action'
-  'Microsoft.Insights/eventtypes/values/read'
   'Microsoft.Network/locations/operationResults/read'
   'Microsoft.Network/networkInterfaces/effectiveNetworkSecurityGroups/action'
   'Microsoft.Network/networkInterfaces/read'
   'Microsoft.ResourceGraph/resources/read'
   'Microsoft.Security/locations/jitNetworkAccessPolicies/read'
+]
+
+var activityLogActions = [
+  'Microsoft.Insights/eventtypes/values/read'
 ]
 
 var logReaderActions = [
@@ -77,5 +92,24 @@ resource logReader 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   }
 }
 
+resource activityLogReader 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, environmentName, 'rdp-remediation-activity-log-reader')
+  properties: {
+    roleName: 'RDP Remediation Activity Log Reader (${environmentName})'
+    description: 'List Activity Log events of a subscription: did Azure accept a restart rdp-remediate sent? Used by rdp-remediate.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: activityLogActions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: targetSubscriptions
+  }
+}
+
 output operatorRoleId string = operator.id
+output activityLogReaderRoleId string = activityLogReader.id
 output logReaderRoleId string = logReader.id

@@ -8,6 +8,12 @@ permission cannot outlive the call that needed it.
 
 Log Analytics queries go to a different API (the workspace's query endpoint) and are authorised on the
 workspace, so they have their own, separate role: `WORKSPACE_OPERATION_ACTIONS` / `WORKSPACE_ROLE_ACTIONS`.
+
+The Activity Log is listed per subscription (`GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/
+management/values`, Microsoft Learn "Activity Logs - List"; the action "List Activity Log events (management
+events) in a subscription", Microsoft Learn "Roles, permissions, and security in Azure Monitor"), while the
+operator role may be assigned on a resource group only. So its action is a third role, assigned on the
+subscription of every target scope: `SUBSCRIPTION_OPERATION_ACTIONS` / `SUBSCRIPTION_ROLE_ACTIONS`.
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ OPERATION_ACTIONS: dict[str, str] = {
     # (/subscriptions/ID/providers/Microsoft.Compute/locations/REGION/operations/ID) until the LRO ends.
     "operationStatus": "Microsoft.Compute/locations/operations/read",
     "getNic": "Microsoft.Network/networkInterfaces/read",
-    # Was a restart accepted? The Activity Log of the subscription, read for one VM and a time window.
-    "activityLog": "Microsoft.Insights/eventtypes/values/read",
     # The network path to a VM, read before it is called broken: the NIC's effective security rules (a
     # long-running POST whose result is read from the Location Network hands back) and just-in-time policies.
     "effectiveNsgs": "Microsoft.Network/networkInterfaces/effectiveNetworkSecurityGroups/action",
@@ -55,13 +59,23 @@ WORKSPACE_ROLE_ACTIONS: tuple[str, ...] = tuple(
     sorted({action for actions in WORKSPACE_OPERATION_ACTIONS.values() for action in actions})
 )
 
+# Was a restart accepted? The subscription's Activity Log, read for one correlation id and a time window: granted
+# on the subscription (above), never only on a resource group.
+SUBSCRIPTION_OPERATION_ACTIONS: dict[str, tuple[str, ...]] = {
+    "activityLog": ("Microsoft.Insights/eventtypes/values/read",),
+}
+
+SUBSCRIPTION_ROLE_ACTIONS: tuple[str, ...] = tuple(
+    sorted({action for actions in SUBSCRIPTION_OPERATION_ACTIONS.values() for action in actions})
+)
+
 
 class UnknownOperation(KeyError):
     """An operation name with no RBAC action on record: add it to `OPERATION_ACTIONS` first."""
 
 
 def actions_for(operations: Iterable[str]) -> frozenset[str]:
-    """The RBAC actions that authorise `operations` (Resource Manager and Log Analytics alike).
+    """The RBAC actions that authorise `operations` (all three roles alike).
 
     Raises UnknownOperation for a name neither table knows, so a new call cannot slip past the role check.
     """
@@ -71,6 +85,8 @@ def actions_for(operations: Iterable[str]) -> frozenset[str]:
             actions.add(OPERATION_ACTIONS[operation])
         elif operation in WORKSPACE_OPERATION_ACTIONS:
             actions.update(WORKSPACE_OPERATION_ACTIONS[operation])
+        elif operation in SUBSCRIPTION_OPERATION_ACTIONS:
+            actions.update(SUBSCRIPTION_OPERATION_ACTIONS[operation])
         else:
             raise UnknownOperation(operation)
     return frozenset(actions)

@@ -174,15 +174,16 @@ class _Attempt:
     def _failure(self, exc: HttpResponseError) -> Exception:
         """The operation was accepted and then failed (or its status could not be read)."""
         vm, script = self.vm, self.script
-        from remediate.azure.errors import retryable_operation_error
+        from remediate.azure.errors import retryable
 
         status = exc.status_code or 0
         code, message = _error_detail(exc)
         agent = self._agent_failure(exc)
         if agent is not None:
             return agent
-        if retryable_operation_error(code, status):
-            # A retry-later code, or a status read that kept failing: the script is idempotent, run it again.
+        if retryable(exc):
+            # A retry-later code (the innermost ARM error code decides), a conflict with another operation, or a
+            # status read that kept failing: the script is idempotent, run it again.
             return TransientError(f"{script} on {vm.name} did not complete ({status} {code}: {message}); worth a retry")
         return PermanentError(f"Run Command of {script} on {vm.name} failed ({code}: {message}); no script output")
 

@@ -25,6 +25,7 @@ from remediate.engine.slots import Slots
 from remediate.engine.storm import Hold, StormGuard
 from remediate.engine.windows import OutsideWindow
 from remediate.intake import approval
+from remediate.intake.queue import lifetime, message_ttl_seconds
 from remediate.intake.worker import handle_message
 from remediate.ledger import AWAITING_APPROVAL, DONE, HELD, QUEUED, WAITING, Ledger, utcnow
 from remediate.model import NotFound, PermanentError, RemediationRequest
@@ -104,12 +105,17 @@ class Gate:
 
     def _wait_for_slot(self, request: RemediationRequest, body: str) -> None:
         delay = self.settings.slot_retry_seconds
-        self.queue.send_message(body, visibility_timeout=delay)  # nobody releases a slot wait early: no receipt kept
+        # Nobody releases a slot wait early: no receipt kept. Its lifetime and expiry keep the reconciler from
+        # closing the request while this copy can still arrive (remediate.intake.queue).
+        sent = self.queue.send_message(
+            body, visibility_timeout=delay, **lifetime(message_ttl_seconds(self.settings), delay)
+        )
         self.ledger.mark_waiting(
             request.request_id,
             QUEUED,
             f"waiting for a slot: {self.settings.max_active} remediations are active (RDPR_MAX_ACTIVE); "
             f"tried again every {delay} s",
+            MessageExpires=sent.expires_on,
         )
         log.info("no slot free; request put back", extra={"request_id": request.request_id, "delay_seconds": delay})
 
@@ -118,7 +124,7 @@ def put_back(queue: QueueClient, ledger: Ledger, request_id: str, body: str, sec
     """Send the request's message again, invisible for `seconds`; its id and receipt go on the request row so
     an operator's release (or approval) can make it visible at once."""
     sent = queue.send_message(body, visibility_timeout=seconds)
-    ledger.note(request_id, MessageId=sent.id, PopReceipt=sent.pop_receipt)
+    ledger.note(request_id, MessageId=sent.id, PopReceipt=sent.pop_receipt, MessageExpires=sent.expires_on)
 
 
 def hold_request(queue: QueueClient, ledger: Ledger, request_id: str, body: str, hold: Hold) -> None:

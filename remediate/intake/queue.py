@@ -1,6 +1,12 @@
 """The request queue: where intake hands over one message per VM and the Functions host fans out workers.
 
 Messages are base64-encoded JSON, the encoding the Functions queue trigger expects by default.
+
+A message lives `message_ttl_seconds` (not Azure's default of seven days), so a request that no delivery
+reached can be closed by the reconciler (`queued_stale_seconds` after its last message was sent) knowing that no
+copy of its message can still arrive: the lifetime ends one lock lifetime before that threshold. A message sent
+later than the request's acceptance records its expiry on the request row (`MessageExpires`), and the reconciler
+waits for that too.
 """
 
 from __future__ import annotations
@@ -23,6 +29,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def message_ttl_seconds(settings: Settings) -> int:
+    """How long a request's message lives in the queue: every delivery the host would make (one lock lifetime
+    each) but the last, so it ends a lock lifetime before the reconciler may call the request abandoned."""
+    lock = settings.lock_minutes * 60
+    return lock * max(settings.max_dequeue_count - 1, 1)
+
+
+def queued_stale_seconds(settings: Settings) -> float:
+    """How long after its last message was sent a request nobody ran is closed: the message's lifetime plus one
+    lock lifetime, for a delivery that took the message just before it expired (RDPR_LOCK_MINUTES *
+    RDPR_MAX_DEQUEUE_COUNT with the defaults: 225 minutes)."""
+    return float(message_ttl_seconds(settings) + settings.lock_minutes * 60)
+
+
+def lifetime(ttl_seconds: int | None, visibility_seconds: int = 0) -> dict[str, int]:
+    """`send_message` keywords for a message that lives `ttl_seconds` once visible (None: Azure's default).
+    Azure refuses a visibility timeout past the message's expiry, so an invisible message lives that much longer."""
+    return {} if ttl_seconds is None else {"time_to_live": ttl_seconds + visibility_seconds}
+
+
 class RequestQueue:
     """Records each request in the ledger, then queues it. Implements intake's `IntakeSink`."""
 
@@ -34,6 +60,7 @@ class RequestQueue:
         guard: StormGuard | None = None,
         *,
         claim_stale_seconds: float = 60.0,
+        message_ttl: int | None = None,
     ) -> None:
         self.queue = queue
         self.poison = poison
@@ -42,6 +69,7 @@ class RequestQueue:
         # never prepared its message belongs to an intake that died.
         self.claim_stale_seconds = claim_stale_seconds
         self.guard = guard  # the storm guard: every trigger's requests count against its budget
+        self.message_ttl = message_ttl  # seconds; None: Azure's default (seven days)
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger) -> RequestQueue:
@@ -52,6 +80,7 @@ class RequestQueue:
             ledger,
             queue_client(settings, f"{settings.queue_name}-poison"),
             StormGuard.from_settings(settings),  # every trigger counts against the storm budget
+            message_ttl=message_ttl_seconds(settings),
         )
 
     def create(self) -> None:
@@ -111,7 +140,8 @@ class RequestQueue:
             self.ledger.record_accepted(request)
             hold = self.guard.admit() if self.guard is not None else None
             if hold is None:
-                self.queue.send_message(message)
+                # Sent right after the request row: its acceptance time stands for the message's (reconcile.py).
+                self.queue.send_message(message, **lifetime(self.message_ttl))
             else:  # accepted and kept, not dropped: its message comes back when the budget frees
                 from remediate.intake.gate import hold_request
 
@@ -139,7 +169,9 @@ class RequestQueue:
             return
         request = RemediationRequest.from_message(json.loads(claim.message))
         self.ledger.record_accepted(request)
-        self.queue.send_message(claim.message)
+        sent = self.queue.send_message(claim.message, **lifetime(self.message_ttl))
+        # Sent later than the request was accepted: the reconciler must not close it before this copy expires.
+        self.ledger.note(request.request_id, MessageExpires=sent.expires_on)
         self.ledger.confirm_claim(claim.key)
         log.warning("an accepted request's message was sent by the outbox", extra={"request_id": request.request_id})
 

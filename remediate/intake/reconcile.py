@@ -8,7 +8,10 @@ Run by a timer (and by tests at will). Each pass is idempotent and needs nothing
 * a request whose outcome is recorded but whose VM row was not finished (cooldown, lock) is completed;
 * a request without an outcome, that no execution holds (no live lease), and that has not moved for longer
   than any delivery could take, is closed from its journal (`failed`, with where it stopped, the restarts
-  Azure accepted, and a cooldown only if the VM may have been changed).
+  Azure accepted, and a cooldown only if the VM may have been changed). A *queued* one only once no copy of
+  its message can still arrive: its messages live `remediate.intake.queue.message_ttl_seconds`, and a copy sent
+  after acceptance (the outbox, a slot wait, a hold) records when it expires. The row says so (`ClosedBy`), so
+  a delivery that still comes is recorded by the worker, never silently dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 CLAIM_STALE_SECONDS = 60.0
 # Requests parked on purpose by the fleet controls: not abandoned, however long they wait.
 PARKED = frozenset({HELD, WAITING, AWAITING_APPROVAL})
+# Who closed a request, on its row: a delivery that finds it done reads this (remediate.intake.worker).
+CLOSED_BY = "ClosedBy"
+RECONCILER = "reconciler"
 
 
 @dataclass
@@ -57,14 +63,18 @@ def reconcile(
     for record in ledger.open_requests():
         if record.state in PARKED:
             continue  # its message comes back by itself (budget, window) or it expires by its own rule (approval)
-        stale = queued_stale_seconds if record.state == QUEUED else running_stale_seconds
-        if _last_activity(record) > at - dt.timedelta(seconds=stale):
+        if record.state == QUEUED:
+            why = _queued_abandoned(ledger, record, at, queued_stale_seconds, running_stale_seconds)
+        else:
+            quiet = _last_activity(record) <= at - dt.timedelta(seconds=running_stale_seconds)
+            why = f"closed by the reconciler after {running_stale_seconds:.0f} s without progress" if quiet else None
+        if why is None:
             continue
         expires = ledger.lease_expires(record.request_id)
         if expires is not None and expires > at:
             continue  # an execution still holds it
-        why = f"closed by the reconciler after {stale:.0f} s without progress"
-        close_abandoned(ledger, record, why, at, restart_evidence)
+        if close_abandoned(ledger, record, why, at, restart_evidence):
+            ledger.note(record.request_id, **{CLOSED_BY: RECONCILER})
         report.closed.append(record.request_id)
     if report.resent or report.released_claims or report.finished or report.closed:
         log.warning(
@@ -97,6 +107,27 @@ def _finish_locks(ledger: Ledger, report: ReconcileReport) -> None:
             report.finished.append(owner)
         elif record is None:
             log.warning("a VM is locked by an unknown request", extra={"vm": vm_key, "request_id": owner})
+
+
+def _queued_abandoned(
+    ledger: Ledger, record: AuditRecord, at: dt.datetime, queued_stale: float, grace: float
+) -> str | None:
+    """Why a queued request is abandoned, or None while a copy of its message may still be delivered.
+
+    The message sent at acceptance lives `queued_stale - grace` seconds; a copy sent later records its expiry.
+    `grace` (a lock lifetime) covers a delivery that took a copy just before it expired.
+    """
+    if _last_activity(record) > at - dt.timedelta(seconds=queued_stale):
+        return None
+    expiry = ledger.request_fields(record.request_id, "MessageExpires").get("MessageExpires")
+    if isinstance(expiry, dt.datetime):
+        expiry = expiry if expiry.tzinfo else expiry.replace(tzinfo=dt.UTC)
+        if expiry > at - dt.timedelta(seconds=grace):
+            return None
+        last = f"its last queue message expired at {expiry.isoformat(timespec='seconds')}"
+    else:
+        last = f"its queue message expired (it lives {max(queued_stale - grace, 0):.0f} s)"
+    return f"closed by the reconciler: no delivery ran it and none can come any more ({last})"
 
 
 def _last_activity(record: AuditRecord) -> dt.datetime:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remediate import telemetry
 from remediate.engine.closing import RestartEvidence, close_abandoned
 from remediate.engine.evidence import activity_log_evidence
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
+from remediate.intake.reconcile import CLOSED_BY, RECONCILER
 from remediate.ledger import ExecutionConflict, Ledger, utcnow
 from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest, TransientError
 from remediate.settings import Settings
@@ -33,11 +34,14 @@ def handle_message(
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return None
-    refusal = _not_accepted(request, ledger)
+    row = ledger.request_fields(request.request_id, "Vm", "Trigger", "Options", CLOSED_BY, "LateDeliveries")
+    refusal = _not_accepted(request, row)
     if refusal is not None:
         # Whoever can write to the queue must not gain what the intake guards (app roles, storm guard, approval):
         # only a message for a request the intake recorded, as recorded, runs. Nothing is written for it.
         log.error("queue message refused", extra={**_fields(request, dequeue_count), "reason": refusal})
+        return None
+    if _closed_by_reconciler(request, row, ledger, dequeue_count):
         return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
@@ -61,23 +65,41 @@ def handle_message(
         raise
 
 
-def _not_accepted(request: RemediationRequest, ledger: Ledger) -> str | None:
+def _not_accepted(request: RemediationRequest, row: dict[str, Any]) -> str | None:
     """Why this message is not a request the intake accepted (None: it is). The intake writes the audit row
     before it sends the message (remediate/intake/queue.py), so a message without one, or one that differs
     from it in VM, trigger or options, was not written by the intake."""
-    record = ledger.get(request.request_id)
-    if record is None:
+    if not row.get("Vm"):
         return f"no accepted request {request.request_id} in the ledger"
     differs = [
         name
         for name, recorded, sent in (
-            ("vm", record.vm, str(request.vm)),
-            ("trigger", record.trigger, request.trigger.value),
-            ("options", record.options, request.options.to_json()),
+            ("vm", row.get("Vm"), str(request.vm)),
+            ("trigger", row.get("Trigger"), request.trigger.value),
+            ("options", json.loads(row.get("Options") or "{}"), request.options.to_json()),
         )
         if recorded != sent
     ]
     return f"the message differs from the accepted request in {', '.join(differs)}" if differs else None
+
+
+def _closed_by_reconciler(request: RemediationRequest, row: dict[str, Any], ledger: Ledger, dequeue_count: int) -> bool:
+    """A delivery of a request the reconciler already closed: its outcome stands and nothing runs, but the
+    delivery is recorded on the request row (`LateDeliveries`, `LateDeliveryAt`) and logged, never dropped
+    silently. The reconciler waits until no copy of the message can arrive, so this should not happen; when it
+    does (a clock far off, a message sent around the product), the row shows it."""
+    if row.get(CLOSED_BY) != RECONCILER:
+        return False
+    count = int(row.get("LateDeliveries") or 0) + 1
+    now = utcnow()
+    note = (
+        f"a delivery (dequeue count {dequeue_count}) arrived at {now.isoformat(timespec='seconds')} after the "
+        "reconciler had closed the request; nothing was run and the recorded outcome stands"
+    )
+    ledger.note(request.request_id, LateDeliveries=count, LateDeliveryAt=now, LateDeliveryNote=note)
+    telemetry.control_event("late delivery", request.request_id, note)
+    log.warning("delivery after the reconciler closed the request", extra=_fields(request, dequeue_count))
+    return True
 
 
 def _close(request: RemediationRequest, ledger: Ledger, why: str, evidence: RestartEvidence | None) -> None:

@@ -35,7 +35,11 @@ _report: list[str] = []  # lines for the terminal summary
 def audit(observed: Iterable[str], *, full_run: bool) -> list[str]:
     """The problems with `observed` operation names (empty when they agree with the permissions on record)."""
     seen = set(observed) - {UNROUTED}
-    known = set(permissions.OPERATION_ACTIONS) | set(permissions.WORKSPACE_OPERATION_ACTIONS)
+    known = (
+        set(permissions.OPERATION_ACTIONS)
+        | set(permissions.WORKSPACE_OPERATION_ACTIONS)
+        | set(permissions.SUBSCRIPTION_OPERATION_ACTIONS)
+    )
     problems = [
         f"operation {name!r} reached Azure but has no RBAC action in remediate/azure/permissions.py"
         for name in sorted(seen - known)

@@ -61,7 +61,35 @@ def test_log_reader_role_holds_exactly_the_workspace_query_actions() -> None:
     assert sorted(actions) == list(permissions.WORKSPACE_ROLE_ACTIONS)
 
 
-@pytest.mark.parametrize("role_name", ["RDP Remediation Operator", "RDP Remediation Log Reader"])
+def test_activity_log_reader_role_holds_exactly_the_activity_log_read() -> None:
+    actions = _role("RDP Remediation Activity Log Reader")["actions"]
+    assert (
+        sorted(actions) == list(permissions.SUBSCRIPTION_ROLE_ACTIONS) == ["Microsoft.Insights/eventtypes/values/read"]
+    )
+    # Not in the operator role, which may be assigned on a resource group only.
+    assert "Microsoft.Insights/eventtypes/values/read" not in _role("RDP Remediation Operator")["actions"]
+
+
+def test_activity_log_reader_role_is_assignable_at_and_assigned_on_every_target_subscription() -> None:
+    main = load("main.bicep")
+    modules = {module.symbol: module for module in main.modules()}
+    assert modules["roles"].body["params"]["targetSubscriptions"] == Expression("subscriptionList")
+    assert get(_role_definition("RDP Remediation Activity Log Reader"), "properties", "assignableScopes") == (
+        Expression("targetSubscriptions")
+    )
+    assignments = modules["activityLogAssignments"]
+    assert assignments.loop_over == "subscriptionList"
+    assert assignments.condition is None  # every target's subscription, resource-group targets included
+    assert assignments.body["params"]["roleDefinitionId"] == Expression("roles.outputs.activityLogReaderRoleId")
+    assert load(assignments.target).target_scope == "subscription"
+    # The subscription list is derived from every target scope (a group's subscription too).
+    derived = main.variables["subscriptionList"]
+    assert isinstance(derived, Expression) and "scopeList" in derived.text and "/subscriptions/" in derived.text
+
+
+@pytest.mark.parametrize(
+    "role_name", ["RDP Remediation Operator", "RDP Remediation Log Reader", "RDP Remediation Activity Log Reader"]
+)
 def test_custom_roles_have_no_wildcards_and_no_data_actions(role_name: str) -> None:
     block = _role(role_name)
     assert not any("*" in action for action in block["actions"])
@@ -159,6 +187,7 @@ def test_actions_for_maps_resource_manager_and_log_operations() -> None:
         "Microsoft.Compute/virtualMachines/restart/action",
     }
     assert permissions.actions_for(["logsQuery"]) == set(permissions.WORKSPACE_ROLE_ACTIONS)
+    assert permissions.actions_for(["activityLog"]) == {"Microsoft.Insights/eventtypes/values/read"}
     assert permissions.actions_for([]) == frozenset()
 
 
@@ -169,7 +198,11 @@ def test_actions_for_refuses_an_operation_without_a_permission_on_record() -> No
 
 # --- the request-log audit (tests/infra/rbac_audit.py) -------------------------------------------------------
 
-ALL_OPERATIONS = set(permissions.OPERATION_ACTIONS) | set(permissions.WORKSPACE_OPERATION_ACTIONS)
+ALL_OPERATIONS = (
+    set(permissions.OPERATION_ACTIONS)
+    | set(permissions.WORKSPACE_OPERATION_ACTIONS)
+    | set(permissions.SUBSCRIPTION_OPERATION_ACTIONS)
+)
 
 
 def test_the_audit_accepts_exactly_the_operations_on_record() -> None:
