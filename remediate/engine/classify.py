@@ -194,7 +194,7 @@ def _storm(obs: Observation, facts: Mapping[str, Any], status: str) -> Diagnosis
         Disposition.UNDER_ATTACK,
         (
             f"probe {status}: the listener did not serve the probe before TLS",
-            f"{rate} failed logons (event 4625, logon types 10 and 3) in the last hour",
+            f"{rate} failed logons (event 4625, logon types 10 and 3) in the last hour ({_logon_sources(obs, facts)})",
             "no event 1057, 1058 or 36870 and no certificate or key fault in the guest's facts",
         ),
         "restrict the source: close TCP 3389 to the internet with an NSG rule, or use just-in-time access or "
@@ -400,6 +400,14 @@ def _failed_logons(obs: Observation, facts: Mapping[str, Any]) -> int | None:
     if 4625 in obs.events:
         counts.append(int(obs.events[4625]))
     return max(counts) if counts else None
+
+
+def _logon_sources(obs: Observation, facts: Mapping[str, Any]) -> str:
+    guest = facts.get("failed_logons")
+    counts = [f"guest {int(guest.get('type10', 0)) + int(guest.get('type3', 0))}"] if isinstance(guest, Mapping) else []
+    if 4625 in obs.events:
+        counts.append(f"Log Analytics {int(obs.events[4625])}")
+    return ", ".join(counts)
 
 
 def _event_count(obs: Observation, facts: Mapping[str, Any], number: int) -> int:
