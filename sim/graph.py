@@ -34,6 +34,7 @@ _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _COMPUTER_NAME = r"'[A-Za-z0-9-]{1,15}'"
 PARAMETERS: dict[str, str] = {
     "names": rf"{_COMPUTER_NAME}(?:, ?{_COMPUTER_NAME})*",
+    "vm": r"/(?i:subscriptions)/[^'\\]+",  # one resource id inside single quotes (rdp_events_vm.kql)
 }
 
 Response = tuple[int, dict[str, Any]]

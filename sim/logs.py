@@ -1,8 +1,9 @@
 """Log Analytics, as far as the product uses it: `POST /v1/workspaces/{id}/query`.
 
 The workspace holds the System-log events of every simulated guest (`Guest.events`: event id and time).
-Like `sim.graph`, it answers only the query text the product ships (`remediate/azure/queries/rdp_events.kql`)
-and rejects anything else with 400 `BadArgumentError`. The request's `timespan` (ISO 8601 interval or
+Like `sim.graph`, it answers only the query texts the product ships (`remediate/azure/queries/rdp_events.kql`,
+and `rdp_events_vm.kql`, the same rows for one `_ResourceId`, compared without case as KQL's =~ does) and rejects
+anything else with 400 `BadArgumentError`. The request's `timespan` (ISO 8601 interval or
 duration, as `azure-monitor-query` sends it) bounds the events; rows are summarised per resource, computer
 and event id, with `_ResourceId` lower-cased as Log Analytics stores it.
 """
@@ -18,6 +19,7 @@ from sim.graph import Rejected, Response, error, match_template
 
 WORKSPACE_ID = "11111111-2222-4333-8444-555555555555"  # the emulator's only workspace (its customer id)
 QUERY = "rdp_events"
+QUERY_VM = "rdp_events_vm"  # the same query scoped to one VM: `| where _ResourceId =~ '{vm}'`
 # The sources the shipped query filters on, per event id (what a real Windows guest logs them under).
 EVENT_SOURCES = {
     **dict.fromkeys((1051, 1052, 1055, 1057, 1058, 1059, 1063, 1064, 1065), "TermService"),
@@ -63,6 +65,9 @@ def handle_logs_query(
     except Rejected as rejected:
         return rejected.response
     rows = _rows(fleet, *window) + (_foreign_rows(*window) if foreign_rows else [])
+    scoped = match_template(QUERY_VM, str(body.get("query")))
+    if scoped is not None:
+        rows = [row for row in rows if str(row[0]).lower() == scoped["vm"].lower()]
     answer: dict[str, Any] = {"tables": [{"name": "PrimaryResult", "columns": COLUMNS, "rows": rows}]}
     if partial_error:
         answer["error"] = {
@@ -101,11 +106,11 @@ def _check_request(workspace_id: str, body: object, now: dt.datetime) -> tuple[d
     others = body.get("workspaces") or []
     if not isinstance(others, list) or any(str(w).lower() != workspace_id.lower() for w in others):
         raise Rejected(400, "BadArgumentError", "Cross-workspace queries are not emulated.")
-    if match_template(QUERY, query) is None:
+    if match_template(QUERY, query) is None and match_template(QUERY_VM, query) is None:
         raise Rejected(
             400,
             "BadArgumentError",
-            "The query is not supported by the emulator: only the shipped rdp_events.kql is answered.",
+            "The query is not supported by the emulator: only the shipped rdp_events(_vm).kql are answered.",
         )
     window = parse_timespan(body.get("timespan"), now)
     if window is None:

@@ -48,13 +48,24 @@ def nsg_id(vm: VirtualMachine) -> str:
     )
 
 
+def _source_ports(ranges: list[str] | None) -> dict[str, Any]:
+    """A rule's source ports as effective rules show them: one range as `sourcePortRange` ("0-65535", or "456-456"
+    in azure-rest-api-specs' example NetworkInterfaceEffectiveNSGList.json), several as `sourcePortRanges` (the list
+    Learn's "Diagnose a virtual machine network traffic filter problem" shows beside `sourcePortRange`)."""
+    if not ranges:
+        return {"sourcePortRange": "0-65535"}
+    if len(ranges) == 1:
+        return {"sourcePortRange": ranges[0]}
+    return {"sourcePortRanges": list(ranges)}
+
+
 def _rule(name: str, priority: int, access: str, direction: str, **fields: Any) -> dict[str, Any]:
     source = fields.get("source", "*")
     expanded = {"VirtualNetwork": list(VNET_PREFIXES), "AzureLoadBalancer": [LOAD_BALANCER_PREFIX]}
     return {
         "name": name,
         "protocol": fields.get("protocol", "All"),
-        "sourcePortRange": "0-65535",
+        **_source_ports(fields.get("source_ports")),
         "destinationPortRange": fields.get("ports", "0-65535"),
         "sourceAddressPrefix": source,
         "destinationAddressPrefix": fields.get("destination", "*"),
@@ -91,6 +102,7 @@ def effective_groups(vm: VirtualMachine, rdp_port: int) -> dict[str, Any]:
             protocol=rule.get("protocol", "Tcp"),
             ports=f"{rdp_port}-{rdp_port}",
             source=rule.get("source", "*"),
+            source_ports=rule.get("source_ports"),
         )
         for rule in vm.nsg_rules
     ]
@@ -139,13 +151,29 @@ def jit_policy(vm: VirtualMachine, rdp_port: int) -> dict[str, Any]:
 PRODUCT_ADDRESS = ipaddress.ip_address("127.0.0.1")  # where the product calls from in the emulator
 
 
-def blocks_product(vm: VirtualMachine) -> bool:
-    """Whether the VM's own rules deny the product's address on 3389 before any allows it (priority order)."""
+def blocks_product(vm: VirtualMachine, source_port: int | None = None) -> bool:
+    """Whether the VM's own rules deny the product's connection on 3389 before any allows it (priority order).
+
+    A rule limited to source ports (`source_ports`, e.g. ["456"] or ["1024-2047"]) matches only a connection
+    from one of them, as NSGs match the source port (Learn, "Network security groups": source port range); the
+    probe's port is the ephemeral one the listener saw (None: unknown, so such a rule matches nothing)."""
     for rule in sorted(vm.nsg_rules, key=lambda r: int(r["priority"])):
         source = str(rule.get("source", "*"))
         covers = source == "*" or PRODUCT_ADDRESS in ipaddress.ip_network(source, strict=False)
-        if covers:
+        if covers and _port_in(source_port, rule.get("source_ports")):
             return str(rule["access"]).lower() == "deny"
+    return False
+
+
+def _port_in(port: int | None, ranges: list[str] | None) -> bool:
+    if not ranges:
+        return True
+    if port is None:
+        return False
+    for text in ranges:
+        low, _, high = str(text).partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
     return False
 
 

@@ -168,7 +168,8 @@ class RdpListeners:
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        snapshot = self._snapshot(key)
+        peer = writer.get_extra_info("peername")
+        snapshot = self._snapshot(key, peer[1] if isinstance(peer, tuple) else None)
         try:
             if not snapshot.reachable:
                 self._record(snapshot, "refused")
@@ -187,7 +188,7 @@ class RdpListeners:
             if task is not None:
                 self._connections.discard(task)
 
-    def _snapshot(self, key: str) -> _Snapshot:
+    def _snapshot(self, key: str, client_port: int | None = None) -> _Snapshot:
         with self.fleet.lock:
             vm = self.fleet.get(key)
             if vm is None:
@@ -200,7 +201,8 @@ class RdpListeners:
                 and guest.firewall_open
             )
             reachable = reachable and guest.lan_adapter == 0  # bound to another adapter: nothing on this address
-            return _Snapshot(vm.name, reachable, guest.key_usable, guest.tls12_enabled, guest.certificate, _mode(vm))
+            mode = _mode(vm, client_port)
+            return _Snapshot(vm.name, reachable, guest.key_usable, guest.tls12_enabled, guest.certificate, mode)
 
     async def _converse(self, snapshot: _Snapshot, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         requested = await _read_connection_request(reader)
@@ -264,12 +266,12 @@ async def _hold_silently(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         writer.transport.abort()
 
 
-def _mode(vm: VirtualMachine) -> str:
+def _mode(vm: VirtualMachine, client_port: int | None = None) -> str:
     """How the listener answers, from the guest and the VM's network rules (read under the fleet lock)."""
     from sim.network import blocks_product
 
     guest = vm.guest
-    if guest.listener_exhausted or blocks_product(vm):
+    if guest.listener_exhausted or blocks_product(vm, client_port):
         return "silent"
     if guest.port_owner:
         return "not-rdp"

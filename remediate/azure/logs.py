@@ -92,6 +92,21 @@ def query_rdp_events(clients: AzureClients, workspace_id: str, hours: int) -> li
     return sorted(evidence, key=lambda item: (item.computer.lower(), item.event_id))
 
 
+def query_vm_events(clients: AzureClients, workspace_id: str, vm: VmId, hours: int) -> list[EventEvidence]:
+    """The same evidence for one VM only (`queries/rdp_events_vm.kql`): what the engine reads before it names a
+    cause. Errors as `query_rdp_events`; a PARTIAL answer is used as it is."""
+    if not _WORKSPACE_ID.fullmatch(workspace_id or ""):
+        raise PermanentError(f"Log Analytics workspace id {workspace_id!r} is not a GUID (the workspace's customer id)")
+    from azure.monitor.query import LogsQueryPartialResult
+
+    text = str(VmId.parse(str(vm)))  # only an id that parses (no quote, no backslash) reaches the query text
+    query = load_query("rdp_events_vm").replace("{vm}", text)
+    with azure_errors(f"querying Log Analytics workspace {workspace_id} for {vm.name}"):
+        result = clients.logs().query_workspace(workspace_id, query, timespan=dt.timedelta(hours=hours))
+    tables = result.partial_data if isinstance(result, LogsQueryPartialResult) else result.tables
+    return [item for table in tables for item in _table_evidence(table) if item.vm == vm]
+
+
 def _table_evidence(table: LogsTable) -> list[EventEvidence]:
     missing = [name for name in _COLUMNS if name not in table.columns]
     if missing:

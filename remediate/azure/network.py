@@ -8,7 +8,8 @@ retry and transport policies, no extra package).
 `evaluate` is pure. Azure evaluates inbound traffic against the subnet's NSG, then the NIC's (Microsoft Learn,
 "How network security groups filter network traffic"): in each, rules in priority order, the first that matches
 protocol, source, destination and port decides; traffic gets through only if every NSG on the way allows it. A
-rule whose match cannot be told (a service tag Azure did not expand) leaves the path unknown, never blocked.
+rule whose match cannot be told (a service tag Azure did not expand, source ports that cover only part of the
+range the probe's port is drawn from) leaves the path unknown, never blocked and never open.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure.errors import azure_errors
@@ -32,6 +34,11 @@ log = logging.getLogger(__name__)
 JIT_API_VERSION = "2020-01-01"
 _ANY = frozenset({"*", "any", "0.0.0.0/0"})
 _TCP = frozenset({"tcp", "all", "*"})
+# The probe never picks its source port: the operating system draws it from its dynamic (ephemeral) range. Linux
+# (where the Functions Python worker runs) publishes its range in /proc; elsewhere, Windows' default dynamic port
+# range, which is IANA's (Microsoft Learn, "The default dynamic port range for TCP/IP has changed"): 49152-65535.
+LINUX_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_DYNAMIC_PORTS = (49152, 65535)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def read_path(
     except PermanentError as exc:  # e.g. a NIC not attached to a running VM: unknown, not blocked
         return NetworkPath(None, source=source, detail=f"effective security rules unreadable: {exc.reason}")
     jit_ports = _jit_ports(clients, vm)
-    path = evaluate(groups, source, destination, port)
+    path = evaluate(groups, source, destination, port, source_ports=local_source_ports())
     return NetworkPath(path.open, path.rule, path.nsg, port in jit_ports, source, path.detail)
 
 
@@ -141,11 +148,28 @@ def local_source(destination: str, port: int) -> str | None:
     return None
 
 
+def local_source_ports(proc_file: Path = LINUX_PORT_RANGE) -> tuple[int, int]:
+    """The range this machine draws outgoing TCP source ports from (inclusive)."""
+    with contextlib.suppress(OSError, ValueError):
+        low, high = (int(part) for part in proc_file.read_text(encoding="ascii").split())
+        if 0 < low <= high <= 65535:
+            return low, high
+    return DEFAULT_DYNAMIC_PORTS
+
+
 # --- the pure evaluation ---------------------------------------------------------------------------------------
 
 
-def evaluate(groups: Sequence[Mapping[str, Any]], source: str | None, destination: str, port: int) -> NetworkPath:
-    """Open, blocked (with the rule) or unknown, for inbound TCP from `source` to `destination`:`port`."""
+def evaluate(
+    groups: Sequence[Mapping[str, Any]],
+    source: str | None,
+    destination: str,
+    port: int,
+    *,
+    source_ports: tuple[int, int] = DEFAULT_DYNAMIC_PORTS,
+) -> NetworkPath:
+    """Open, blocked (with the rule) or unknown, for inbound TCP from `source` to `destination`:`port`, the
+    connection's source port being any of `source_ports` (inclusive: the probe cannot choose it)."""
     if source is None:
         return NetworkPath(None, detail="the local source address is unknown")
     if not groups:
@@ -153,7 +177,7 @@ def evaluate(groups: Sequence[Mapping[str, Any]], source: str | None, destinatio
     allowed: list[str] = []
     for group in _subnet_first(groups):
         nsg = str((group.get("networkSecurityGroup") or {}).get("id", "")).rsplit("/", 1)[-1] or None
-        verdict = _first_match(group.get("effectiveSecurityRules") or [], source, destination, port)
+        verdict = _first_match(group.get("effectiveSecurityRules") or [], source, destination, port, source_ports)
         if verdict is None:
             return NetworkPath(None, nsg=nsg, source=source, detail=f"no rule in {nsg} decides for {source}")
         access, rule = verdict
@@ -170,7 +194,7 @@ def _subnet_first(groups: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
 
 
 def _first_match(
-    rules: Iterable[Mapping[str, Any]], source: str, destination: str, port: int
+    rules: Iterable[Mapping[str, Any]], source: str, destination: str, port: int, source_ports: tuple[int, int]
 ) -> tuple[str | None, str] | None:
     inbound = [r for r in rules if str(r.get("direction", "")).lower() == "inbound"]
     for rule in sorted(inbound, key=lambda r: int(r.get("priority") or 0)):
@@ -178,10 +202,11 @@ def _first_match(
             continue
         source_match = _address_matches(rule, "source", source)
         destination_match = _address_matches(rule, "destination", destination)
-        if source_match is False or destination_match is False:
+        ports_match = _source_ports_match(rule, source_ports)
+        if False in (source_match, destination_match, ports_match):
             continue
         name = str(rule.get("name", "?"))
-        if source_match is None or destination_match is None:
+        if None in (source_match, destination_match, ports_match):
             return None, name
         return str(rule.get("access", "")).lower(), name
     return None
@@ -198,6 +223,42 @@ def _port_matches(rule: Mapping[str, Any], port: int) -> bool:
             if int(low) <= port <= int(high or low):
                 return True
     return False
+
+
+def _source_ports_match(rule: Mapping[str, Any], ephemeral: tuple[int, int]) -> bool | None:
+    """True when the rule's source ports cover every port the probe may get, False when they cover none of them,
+    None when some (or when a range cannot be read): whether it matches depends on the port the OS picks.
+
+    Effective rules carry `sourcePortRange` ("0-65535", "456-456" in azure-rest-api-specs' example
+    NetworkInterfaceEffectiveNSGList.json) and may carry `sourcePortRanges` (["0-65535"], as Learn's "Diagnose a
+    virtual machine network traffic filter problem" shows); a list, when present, is the rule's full set."""
+    items = list(rule.get("sourcePortRanges") or []) or [rule.get("sourcePortRange") or "*"]
+    spans = [_port_range(str(item)) for item in items]
+    if None in spans:
+        return None
+    low, high = ephemeral
+    known = sorted(span for span in spans if span is not None)
+    if not any(first <= high and last >= low for first, last in known):
+        return False
+    reached = low - 1  # the ranges may overlap each other: walk them in order, looking for a gap
+    for first, last in known:
+        if first > reached + 1:
+            break
+        reached = max(reached, last)
+    return True if reached >= high else None
+
+
+def _port_range(text: str) -> tuple[int, int] | None:
+    """A port range as inclusive bounds ("*", "456", "100-400"); None when it is none of these."""
+    text = text.strip()
+    if text in ("*", ""):
+        return 0, 65535
+    low, _, high = text.partition("-")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        return None
+    return bounds if 0 <= bounds[0] <= bounds[1] <= 65535 else None
 
 
 def _address_matches(rule: Mapping[str, Any], side: str, address: str) -> bool | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from remediate.azure.network import NetworkPath
@@ -40,22 +40,27 @@ class Disposition(enum.StrEnum):
 # Microsoft does not publish a number; one failed logon a second is far beyond any person mistyping a password
 # and well within what internet-wide RDP scanners send (Microsoft Security blog, "brute-force RDP attacks").
 STORM_PER_HOUR = 3600 // 4
-# Probe statuses that say the listener itself is not serving (not a certificate verdict).
-_LISTENER_STRUGGLES = frozenset({"no-answer", "timeout", "refused", "not-rdp", "tls-handshake-failed"})
+# Probe statuses of a listener that did not serve the probe at all, before any TLS: what an exhausted listener
+# shows (accepted and silent, refused, or no answer in time). A failure during or after the TLS handshake
+# (`tls-handshake-failed`, `no-certificate`, a certificate verdict) is the certificate's or key's, never a storm's.
+_BEFORE_TLS = frozenset({"no-answer", "timeout", "refused"})
+# Events that prove the listener's certificate or its private key at fault (Microsoft Learn, "Troubleshoot Azure
+# VM RDP connection issues by Event ID"): 1057 the self-signed certificate could not be created, 1058 the expired
+# one could not be replaced (both TerminalServices-RemoteConnectionManager), 36870 Schannel could not access the
+# TLS credential's private key (0x8009030D). A storm logs none of them: a brute-force logon attempt fails at
+# authentication, after a handshake the server could complete.
+KEY_FAULT_EVENTS = (1057, 1058, 36870)
+# The ladder's causes that a certificate or key fault names (a storm never shadows them).
+_KEY_FAULT_CAUSES = frozenset({"machinekeys", "listener-certificate"})
 # What the probe sees when another program holds the port, or when nothing listens on the address it reached.
 _NOT_THE_LISTENER = frozenset({"not-rdp", "no-answer"})
 _NOTHING_LISTENS = frozenset({"refused", "timeout", "no-answer"})
 # Statuses where TLS could not be agreed on, which a crypto policy explains.
 _TLS_FAILED = frozenset({"tls-handshake-failed", "negotiation-failed", "tls-not-offered"})
-# RDP_NEG_FAILURE codes (MS-RDPBCGR 2.2.1.2.2) that a security-layer or authentication policy sends.
-_POLICY_FAILURES = frozenset(
-    {
-        "SSL_REQUIRED_BY_SERVER",
-        "SSL_NOT_ALLOWED_BY_SERVER",
-        "HYBRID_REQUIRED_BY_SERVER",
-        "SSL_WITH_USER_AUTH_REQUIRED_BY_SERVER",
-    }
-)
+# SecurityLayer 0: "RDP Security Layer" (native RDP encryption, no TLS), the value diagnose reports from the
+# Group Policy key first, then RDP-Tcp (Learn, "Configure Server Authentication and Encryption Levels"; Group
+# Policy "Require use of specific security layer for remote (RDP) connections").
+RDP_SECURITY_LAYER = 0
 FIPS_ENCRYPTION_LEVEL = 4  # MinEncryptionLevel 4: "FIPS Compliant"
 _CAUSE_OF_ACTION: Mapping[Action, str] = {
     Action.REPAIR_FOLDER_ACL: "machinekeys",
@@ -72,12 +77,14 @@ _CAUSE_OF_ACTION: Mapping[Action, str] = {
 @dataclass(frozen=True)
 class Observation:
     """Everything classify reads. `facts` is the diagnose summary (None: not read, e.g. before Run Command);
-    `events` counts per event id from Log Analytics (4625 counts failed logons of the last hour)."""
+    `events` counts per event id from Log Analytics (4625 counts failed logons of the last hour), and
+    `event_source` says where they came from, or why there are none (no workspace configured, unreadable)."""
 
     probe: Mapping[str, Any]
     facts: Mapping[str, Any] | None = None
     path: NetworkPath | None = None
     events: Mapping[int, int] = field(default_factory=dict)
+    event_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class Diagnosis:
     evidence: tuple[str, ...]
     next_step: str
     decision: Decision | None = None  # the ladder's plan; only for REPAIR
+    event_source: str = ""  # where the Log Analytics evidence came from, or why there was none
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -105,21 +113,42 @@ class Diagnosis:
             "disposition": self.disposition.value,
             "evidence": list(self.evidence),
             "nextStep": self.next_step,
+            "eventSource": self.event_source,
         }
 
 
 def classify(observation: Observation, context: Context) -> Diagnosis:
     """The cause of what the probe saw, from the evidence; the ladder's plan only when a repair fixes it."""
+    return replace(_classify(observation, context), event_source=observation.event_source)
+
+
+def _classify(observation: Observation, context: Context) -> Diagnosis:
     outside = classify_outside(observation)
     if outside is not None or observation.facts is None:
         return outside or _unknown_without_facts(observation)
     facts = observation.facts.get("findings") or {}
     status = _status(observation)
-    for rule in (_storm, _clock, _port_taken, _lan_adapter, _security_policy, _crypto_policy):
+    ladder = decide(observation.facts, status, context)
+    # The facts that prove a certificate or key fault come first: failed logons alone (type 3 includes SMB and
+    # every other network logon) never explain away a listener that cannot use its key.
+    key_fault = key_fault_evidence(observation, facts, ladder)
+    storm = None if key_fault else _storm(observation, facts, status)
+    if storm is not None:
+        return storm
+    for rule in (_clock, _port_taken, _lan_adapter, _security_policy, _crypto_policy):
         found = rule(observation, facts, status, context.now)
         if found is not None:
             return found
-    return _ladder(observation, status, context)
+    return _ladder(observation, status, ladder, key_fault)
+
+
+def key_fault_evidence(obs: Observation, facts: Mapping[str, Any], ladder: Decision) -> tuple[str, ...]:
+    """What proves the listener's certificate or key at fault: events 1057 / 1058 / 36870 from the guest or Log
+    Analytics, or the guest's facts calling for a certificate or key-store repair (or its refusal)."""
+    events = tuple(text for number in KEY_FAULT_EVENTS if (text := _event_text(obs, facts, number)))
+    actions = [s.action for s in ladder.steps] + [r.action for r in ladder.refusals]
+    faulty = [a for a in actions if _CAUSE_OF_ACTION.get(a) in _KEY_FAULT_CAUSES]
+    return events + ((f"the guest's facts call for {faulty[0].value}",) if faulty else ())
 
 
 def classify_outside(observation: Observation) -> Diagnosis | None:
@@ -152,14 +181,21 @@ def classify_outside(observation: Observation) -> Diagnosis | None:
 # --- the causes no repair of ours fixes ----------------------------------------------------------------------
 
 
-def _storm(obs: Observation, facts: Mapping[str, Any], status: str, _now: dt.datetime) -> Diagnosis | None:
+def _storm(obs: Observation, facts: Mapping[str, Any], status: str) -> Diagnosis | None:
+    """A storm is named only on all of: the failed-logon rate at or above STORM_PER_HOUR, a listener that did not
+    serve the probe before TLS (silent, refused, timed out), and no fact proving a certificate or key fault (the
+    caller checks that: no event 1057 / 1058 / 36870, no certificate or key-store repair called for)."""
     rate = _failed_logons(obs, facts)
-    if rate is None or rate < STORM_PER_HOUR or status not in _LISTENER_STRUGGLES:
+    if rate is None or rate < STORM_PER_HOUR or status not in _BEFORE_TLS:
         return None
     return Diagnosis(
         "brute-force-storm",
         Disposition.UNDER_ATTACK,
-        (f"probe {status}", f"{rate} failed logons (event 4625, logon types 10 and 3) in the last hour"),
+        (
+            f"probe {status}: the listener did not serve the probe before TLS",
+            f"{rate} failed logons (event 4625, logon types 10 and 3) in the last hour ({_logon_sources(obs, facts)})",
+            "no event 1057, 1058 or 36870 and no certificate or key fault in the guest's facts",
+        ),
         "restrict the source: close TCP 3389 to the internet with an NSG rule, or use just-in-time access or "
         "Azure Bastion; a reboot would not help and is not done",
     )
@@ -214,13 +250,17 @@ def _lan_adapter(_obs: Observation, facts: Mapping[str, Any], status: str, _now:
 
 
 def _security_policy(obs: Observation, facts: Mapping[str, Any], status: str, _now: dt.datetime) -> Diagnosis | None:
+    """The server refused TLS (or offered only standard RDP security) and the guest proves why: SecurityLayer 0
+    in effect (Group Policy value first, then RDP-Tcp). Without that fact the probe alone names nothing: the
+    rules after this one, then `_unexplained`, say what is missing."""
     failure = obs.probe.get("negotiation_failure")
     config = facts.get("rdp_config") or {}
-    lowered = status == "tls-not-offered"
-    if failure not in _POLICY_FAILURES and not lowered:
+    if status != "tls-not-offered" or config.get("security_layer") != RDP_SECURITY_LAYER:
         return None
-    evidence = [f"probe {status}" + (f" ({failure})" if failure else "")]
-    evidence += [f"SecurityLayer {config['security_layer']}"] if config.get("security_layer") is not None else []
+    evidence = [
+        f"probe {status}" + (f" ({failure})" if failure else ""),
+        "SecurityLayer 0 (RDP Security Layer, no TLS) in effect for RDP-Tcp (Group Policy or the listener's key)",
+    ]
     level = config.get("min_encryption_level")
     if level == FIPS_ENCRYPTION_LEVEL or (facts.get("crypto") or {}).get("fips"):
         evidence.append(
@@ -263,9 +303,8 @@ def _crypto_policy(obs: Observation, facts: Mapping[str, Any], status: str, _now
 # --- the ladder, and what is left ----------------------------------------------------------------------------
 
 
-def _ladder(obs: Observation, status: str, context: Context) -> Diagnosis:
+def _ladder(obs: Observation, status: str, decision: Decision, key_fault: tuple[str, ...]) -> Diagnosis:
     assert obs.facts is not None
-    decision = decide(obs.facts, status, context)
     if decision.steps or decision.refusals:
         actions = [s.action for s in decision.steps] or [r.action for r in decision.refusals]
         cause = _CAUSE_OF_ACTION[actions[0]]
@@ -278,7 +317,7 @@ def _ladder(obs: Observation, status: str, context: Context) -> Diagnosis:
     if decision.reports:
         listener = (obs.facts.get("findings") or {}).get("listener") or {}
         cause = "policy-certificate" if listener.get("hash_type") == 2 else "owner-setting"
-        enterprise = [f"event {n} x{c}" for n in (1063, 1064, 1065) if (c := _event_count(obs, {}, n))]
+        enterprise = [text for n in (1064, 1065) if (text := _event_text(obs, {}, n))]
         evidence = (f"probe {status}", *decision.problems, *enterprise)
         return Diagnosis(cause, Disposition.REPORT_TO_OWNER, evidence, "; ".join(decision.reports), decision)
     if decision.unknown:
@@ -298,10 +337,10 @@ def _ladder(obs: Observation, status: str, context: Context) -> Diagnosis:
             "client's TLS policy, or its own network path; nothing on the server needs a change",
             decision,
         )
-    return _unexplained(obs, status, decision)
+    return _unexplained(obs, status, decision, key_fault)
 
 
-def _unexplained(obs: Observation, status: str, decision: Decision) -> Diagnosis:
+def _unexplained(obs: Observation, status: str, decision: Decision, key_fault: tuple[str, ...]) -> Diagnosis:
     if status in PROBE_NO_PATH:
         open_path = obs.path is not None and obs.path.open is True
         evidence = [f"probe {status}", "the in-guest check is clean"]
@@ -315,13 +354,26 @@ def _unexplained(obs: Observation, status: str, decision: Decision) -> Diagnosis
             "way) so that RDP can be tested; nothing is changed",
             decision,
         )
+    evidence = [f"probe {status}: {obs.probe.get('detail', '')}".rstrip(": "), "the in-guest check found nothing"]
+    evidence += [*key_fault, *_missing(obs, status)]
     return Diagnosis(
         "unexplained",
         Disposition.UNKNOWN,
-        (f"probe {status}: {obs.probe.get('detail', '')}".rstrip(": "), "the in-guest check found nothing"),
+        tuple(evidence),
         "an admin looks at the listener configuration and the client side; nothing is changed on a guess",
         decision,
     )
+
+
+def _missing(obs: Observation, status: str) -> list[str]:
+    """What a cause the probe points at would need and the guest's facts do not show."""
+    if status != "tls-not-offered":
+        return []
+    config = ((obs.facts or {}).get("findings") or {}).get("rdp_config") or {}
+    seen = config.get("security_layer")
+    read = "was not read" if seen is None else f"is {seen}"
+    needed = "missing for security-layer-policy: SecurityLayer 0 (RDP Security Layer) in RDP-Tcp or its Group Policy"
+    return [f"{needed}; the guest's SecurityLayer {read}"]
 
 
 def _unknown_without_facts(obs: Observation) -> Diagnosis:
@@ -349,9 +401,25 @@ def _failed_logons(obs: Observation, facts: Mapping[str, Any]) -> int | None:
     return max(counts) if counts else None
 
 
+def _logon_sources(obs: Observation, facts: Mapping[str, Any]) -> str:
+    guest = facts.get("failed_logons")
+    counts = [f"guest {int(guest.get('type10', 0)) + int(guest.get('type3', 0))}"] if isinstance(guest, Mapping) else []
+    if 4625 in obs.events:
+        counts.append(f"Log Analytics {int(obs.events[4625])}")
+    return ", ".join(counts)
+
+
 def _event_count(obs: Observation, facts: Mapping[str, Any], number: int) -> int:
     guest = ((facts.get("events") or {}).get(str(number)) or {}).get("count", 0)
     return max(int(guest or 0), int(obs.events.get(number, 0)))
+
+
+def _event_text(obs: Observation, facts: Mapping[str, Any], number: int) -> str | None:
+    """`event N xC` with where each count came from (the guest's System log, Log Analytics); None when none."""
+    guest = int(((facts.get("events") or {}).get(str(number)) or {}).get("count", 0) or 0)
+    logs = int(obs.events.get(number, 0))
+    sources = [f"guest x{guest}"] * bool(guest) + [f"Log Analytics x{logs}"] * bool(logs)
+    return f"event {number} x{max(guest, logs)} ({', '.join(sources)})" if sources else None
 
 
 def _certificate_dates(obs: Observation, facts: Mapping[str, Any]) -> tuple[dt.datetime, dt.datetime] | None:

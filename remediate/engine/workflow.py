@@ -415,7 +415,10 @@ class Workflow:
         """The cause, recorded as a step: the audit trail says why the VM was repaired or left alone."""
         options = self.request.options
         context = Context(self._now(), self.settings.expiry_warning_days, options.plan, options.force)
-        diagnosis = classify(Observation(self._probes["probe"], facts, path), context)
+        from remediate.engine.event_evidence import read_vm_events
+
+        events = read_vm_events(self.clients, self.settings, self.request.vm)  # optional: its source is recorded
+        diagnosis = classify(Observation(self._probes["probe"], facts, path, events.counts, events.source), context)
         self._step("classify", lambda: (diagnosis.explain()[:500], diagnosis.to_json()))
         self.diagnosis = diagnosis
         return diagnosis

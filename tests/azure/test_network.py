@@ -3,12 +3,13 @@ NIC's effective rules (a long-running POST) and the JIT policies from the emulat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from remediate.azure.clients import AzureClients
-from remediate.azure.network import evaluate, policy_ports, read_path
+from remediate.azure.network import evaluate, local_source_ports, policy_ports, read_path
 from remediate.model import TransientError, VmId
 from sim.server import Emulator
 
@@ -126,3 +127,80 @@ def test_a_throttled_rules_read_is_transient(emulator: Emulator, product_clients
     emulator.faults.add("effectiveNsgs", "503", count=10)
     with pytest.raises(TransientError):
         read_path(product_clients, VmId.parse(vm.resource_id), vm.nic_id, vm.private_ip, emulator.rdp_port)
+
+
+# --- source ports: the probe's is ephemeral, drawn by the operating system -------------------------------------
+
+LINUX_EPHEMERAL = (32768, 60999)
+
+
+def ported(name: str, priority: int, access: str, ranges: list[str], **fields: Any) -> dict[str, Any]:
+    """A rule limited to source ports: one range as `sourcePortRange` (the spec example's "456-456"), several as
+    `sourcePortRanges`."""
+    shaped = rule(name, priority, access, **fields)
+    if len(ranges) == 1:
+        shaped["sourcePortRange"] = ranges[0]
+    else:
+        del shaped["sourcePortRange"]
+        shaped["sourcePortRanges"] = ranges
+    return shaped
+
+
+def test_an_allow_rule_for_other_source_ports_does_not_let_the_probe_in() -> None:
+    rules = [
+        ported("securityRules/AllowRdpFromPort456", 100, "Allow", ["456-456"], source="10.1.0.0/24"),
+        rule("securityRules/DenyRdp", 200, "Deny"),
+        *DEFAULTS,
+    ]
+    for ports in (LINUX_EPHEMERAL, (49152, 65535)):
+        path = evaluate([group(rules)], SOURCE, VM_IP, PORT, source_ports=ports)
+        assert (path.open, path.rule) == (False, "securityRules/DenyRdp"), ports
+
+
+def test_source_port_ranges_that_cover_part_of_the_ephemeral_range_leave_the_path_unknown() -> None:
+    partial = ported("securityRules/AllowHighPorts", 100, "Allow", ["50000-65535"])
+    path = evaluate([group([partial, rule("securityRules/DenyRdp", 200, "Deny"), *DEFAULTS])], SOURCE, VM_IP, PORT,
+                    source_ports=LINUX_EPHEMERAL)  # fmt: skip
+    assert (path.open, path.rule) == (None, "securityRules/AllowHighPorts")
+    # A deny that may or may not catch the probe's port: unknown too, never blocked.
+    deny = ported("securityRules/DenyLowPorts", 100, "Deny", ["1024-40000"])
+    assert evaluate([group([deny, *DEFAULTS])], SOURCE, VM_IP, PORT, source_ports=LINUX_EPHEMERAL).open is None
+
+
+def test_source_port_ranges_that_together_cover_the_ephemeral_range_match() -> None:
+    split = ported("securityRules/AllowAll", 100, "Allow", ["1024-40000", "39000-65535"])
+    rules = [split, rule("securityRules/DenyRdp", 200, "Deny"), *DEFAULTS]
+    assert evaluate([group(rules)], SOURCE, VM_IP, PORT, source_ports=LINUX_EPHEMERAL).open is True
+    gap = ported("securityRules/AllowTwo", 100, "Allow", ["1024-40000", "40002-65535"])
+    assert evaluate([group([gap, *rules[1:]])], SOURCE, VM_IP, PORT, source_ports=LINUX_EPHEMERAL).open is None
+    star = ported("securityRules/AllowStar", 100, "Allow", ["*"])
+    assert evaluate([group([star, *rules[1:]])], SOURCE, VM_IP, PORT, source_ports=LINUX_EPHEMERAL).open is True
+
+
+def test_the_ephemeral_range_is_read_from_the_operating_system(tmp_path: Path) -> None:
+    proc = tmp_path / "ip_local_port_range"
+    proc.write_text("32768\t60999\n", encoding="ascii")
+    assert local_source_ports(proc) == (32768, 60999)
+    assert local_source_ports(tmp_path / "absent") == (49152, 65535)  # Windows' and IANA's dynamic range
+    proc.write_text("garbage\n", encoding="ascii")
+    assert local_source_ports(proc) == (49152, 65535)
+
+
+@pytest.mark.emulator
+def test_the_sdk_path_is_blocked_when_the_only_allow_is_for_other_source_ports(
+    emulator: Emulator, product_clients: AzureClients
+) -> None:
+    """Through the real SDK: the allow rule for the product's address names source port 456 only, so the probe
+    (an ephemeral port) meets the deny below it; the emulator's listener drops it the same way (silence)."""
+    vm = emulator.fleet.by_scenario("healthy")[0]
+    with emulator.fleet.lock:
+        vm.nsg_rules = [
+            {"name": "AllowRdpFromPort456", "priority": 100, "access": "Allow", "source": "127.0.0.1/32",
+             "source_ports": ["456"]},
+            {"name": "DenyRdpInbound", "priority": 110, "access": "Deny", "source": "*"},
+        ]  # fmt: skip
+    path = read_path(product_clients, VmId.parse(vm.resource_id), vm.nic_id, vm.private_ip, emulator.rdp_port)
+    assert (path.open, path.rule) == (False, "securityRules/DenyRdpInbound")
+    from remediate.probe import probe
+
+    assert probe(vm.private_ip, emulator.rdp_port, timeout=1.0).status == "no-answer"

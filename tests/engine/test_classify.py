@@ -98,6 +98,39 @@ def test_log_analytics_counts_the_storm_when_the_guest_cannot() -> None:
     assert run("timeout", facts, events={4625: STORM_PER_HOUR - 1}).cause != "brute-force-storm"
 
 
+def test_a_broken_key_store_under_a_storm_is_the_key_fault_not_the_storm() -> None:
+    """MachineKeys lost its ACL and thousands of failed logons arrive: the key fault is named and repaired, whatever
+    the probe saw, because failed logons (type 3 includes every network logon) never explain away a key."""
+    facts = healthy_facts()
+    facts["machinekeys"]["acl_ok"] = False
+    facts["failed_logons"] = {"type10": STORM_PER_HOUR * 3, "type3": 500}
+    for status in ("no-answer", "timeout", "refused", "tls-handshake-failed", "no-certificate"):
+        diagnosis = run(status, facts)
+        assert (diagnosis.cause, diagnosis.disposition) == ("machinekeys", Disposition.REPAIR), status
+        assert [s.action for s in diagnosis.steps] == [Action.REPAIR_FOLDER_ACL]
+
+
+@pytest.mark.parametrize("number", [1057, 1058, 36870])
+def test_a_key_fault_event_forbids_naming_a_storm_even_with_clean_facts(number: int) -> None:
+    facts = healthy_facts()
+    facts["failed_logons"] = {"type10": STORM_PER_HOUR * 3, "type3": 0}
+    diagnosis = run("no-answer", facts, events={number: 4})
+    assert diagnosis.cause != "brute-force-storm" and diagnosis.disposition is Disposition.UNKNOWN
+    assert f"event {number} x4 (Log Analytics x4)" in diagnosis.evidence and diagnosis.steps == ()
+    facts["events"] = {str(number): {"count": 2}}  # the guest's own System log says the same
+    assert run("no-answer", facts).cause != "brute-force-storm"
+
+
+def test_a_storm_is_named_only_when_the_listener_failed_before_tls() -> None:
+    facts = healthy_facts()
+    facts["failed_logons"] = {"type10": STORM_PER_HOUR * 3, "type3": 0}
+    storm = run("no-answer", facts)
+    assert storm.cause == "brute-force-storm"
+    assert any("no event 1057, 1058 or 36870" in e for e in storm.evidence)
+    # A handshake that failed is the certificate's or key's problem (or a policy's), never a storm's.
+    assert run("tls-handshake-failed", facts).cause != "brute-force-storm"
+
+
 def test_a_storm_does_not_hide_an_expired_certificate() -> None:
     facts = expired(healthy_facts())
     facts["failed_logons"] = {"type10": STORM_PER_HOUR * 2, "type3": 0}
@@ -147,6 +180,19 @@ def test_a_listener_bound_to_one_adapter_is_reported() -> None:
     assert run("certificate-expired", expired(facts)).cause == "listener-certificate"
 
 
+def test_tls_not_offered_without_securitylayer_0_is_unknown_and_says_what_is_missing() -> None:
+    """The probe alone does not prove a security-layer policy: the guest must show SecurityLayer 0."""
+    extra = {"probe_extra": {"negotiation_failure": "SSL_NOT_ALLOWED_BY_SERVER"}}
+    for layer, said in ((2, "is 2"), (1, "is 1"), (None, "was not read")):
+        facts = healthy_facts()
+        facts["rdp_config"]["security_layer"] = layer
+        diagnosis = run("tls-not-offered", facts, **extra)
+        assert diagnosis.cause == "unexplained" and diagnosis.disposition is Disposition.UNKNOWN, layer
+        assert diagnosis.steps == ()
+        missing = [e for e in diagnosis.evidence if e.startswith("missing for security-layer-policy")]
+        assert missing and "SecurityLayer 0" in missing[0] and missing[0].endswith(f"SecurityLayer {said}")
+
+
 def test_a_negotiation_failure_from_a_security_policy_is_named_and_reported() -> None:
     facts = healthy_facts()
     facts["rdp_config"].update(security_layer=0, min_encryption_level=4)
@@ -154,6 +200,7 @@ def test_a_negotiation_failure_from_a_security_policy_is_named_and_reported() ->
     diagnosis = run("tls-not-offered", facts, probe_extra={"negotiation_failure": "SSL_NOT_ALLOWED_BY_SERVER"})
     assert diagnosis.cause == "security-layer-policy" and diagnosis.disposition is Disposition.REPORT_TO_OWNER
     assert "SSL_NOT_ALLOWED_BY_SERVER" in diagnosis.evidence[0] and "FIPS on" in diagnosis.evidence[-1]
+    assert any(e.startswith("SecurityLayer 0 (RDP Security Layer") for e in diagnosis.evidence)
 
 
 def test_a_cipher_suite_policy_without_modern_suites_is_reported_not_repaired() -> None:
@@ -168,9 +215,11 @@ def test_a_cipher_suite_policy_without_modern_suites_is_reported_not_repaired() 
 def test_a_group_policy_certificate_is_reported_to_its_owner() -> None:
     facts = expired(healthy_facts())
     facts["listener"].update(hash_type=2, pin="policy", store="Cert:\\LocalMachine\\My")
-    diagnosis = run("certificate-expired", facts, events={1063: 2})
+    diagnosis = run("certificate-expired", facts, events={1065: 2, 1063: 1})
     assert diagnosis.cause == "policy-certificate" and diagnosis.disposition is Disposition.REPORT_TO_OWNER
-    assert "its owner renews it" in diagnosis.next_step and "event 1063 x2" in diagnosis.evidence
+    assert "its owner renews it" in diagnosis.next_step and "event 1065 x2 (Log Analytics x2)" in diagnosis.evidence
+    # 1063 is Windows reporting a template certificate installed (KB 2531138): information, never a fault.
+    assert not any("1063" in e for e in diagnosis.evidence)
 
 
 def test_a_server_that_answers_rdp_correctly_is_not_the_servers_problem() -> None:
@@ -210,7 +259,7 @@ def observations(draw: st.DrawFn) -> tuple[Observation, Context]:
     status = draw(st.sampled_from([status, "no-answer", "not-rdp", "tls-not-offered", "tls-handshake-failed"]))
     extra = {"negotiation_failure": draw(st.sampled_from([None, "SSL_NOT_ALLOWED_BY_SERVER"]))}
     path = draw(st.sampled_from([None, NetworkPath(True), NetworkPath(None), BLOCKED]))
-    events = draw(st.sampled_from([{}, {4625: 10_000}, {36874: 4}, {1063: 1}]))
+    events = draw(st.sampled_from([{}, {4625: 10_000}, {36874: 4}, {1065: 1}, {4625: 10_000, 36870: 3}]))
     summary = draw(st.sampled_from([summary_of(facts, errors), None]))
     return Observation(probe(status, **extra), summary, path, events), context
 
@@ -240,6 +289,9 @@ def test_a_storm_never_leads_to_a_change_unless_the_certificate_itself_is_shown_
     case: tuple[Observation, Context],
 ) -> None:
     observation, context = case
-    storm = observation.events.get(4625, 0) >= STORM_PER_HOUR
-    if storm and observation.probe["status"] in ("no-answer", "timeout", "refused", "not-rdp"):
-        assert classify(observation, context).steps == ()
+    diagnosis = classify(observation, context)
+    if diagnosis.steps and observation.events.get(4625, 0) >= STORM_PER_HOUR:
+        assert diagnosis.cause in ("machinekeys", "listener-certificate", "guest-firewall", "tls12-disabled")
+    if diagnosis.cause == "brute-force-storm":
+        assert observation.probe["status"] in ("no-answer", "timeout", "refused") and diagnosis.steps == ()
+        assert not any(observation.events.get(n) for n in (1057, 1058, 36870))

@@ -21,7 +21,13 @@ REPO = HERE.parent.parent
 CHECKER = HERE / "check.js"
 PACKAGE = REPO / "node_modules" / "@kusto" / "language-service-next"
 # The values a parameterised query is sent with (see remediate/azure/inventory.py).
-PARAMETERS = {"names": "'VM-A', 'VM-B'"}
+PARAMETERS = {
+    "names": "'VM-A', 'VM-B'",
+    "vm": (
+        "/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg"
+        "/providers/Microsoft.Compute/virtualMachines/vm1"
+    ),
+}
 _BICEP_STRING = re.compile(r"'''\n?(.*?)'''", re.DOTALL)
 _FENCE = re.compile(r"^[ \t]*```(?:kql|kusto)[ \t]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE | re.IGNORECASE)
 

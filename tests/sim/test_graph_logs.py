@@ -13,6 +13,7 @@ from remediate.azure.inventory import load_query
 from sim.fleet import OTHER_SUBSCRIPTION, SUBSCRIPTION, Fleet, demo_fleet, generated_fleet, make_vm
 from sim.graph import QUERIES, QUERY_DIR, handle_resource_graph
 from sim.logs import QUERY as LOGS_QUERY
+from sim.logs import QUERY_VM as LOGS_QUERY_VM
 from sim.logs import WORKSPACE_ID, handle_logs_query
 from sim.server import Emulator
 
@@ -310,7 +311,7 @@ def test_an_unknown_workspace_is_not_found(fleet: Fleet) -> None:
 def test_every_shipped_query_is_answered_by_one_emulator_handler() -> None:
     shipped = {path.stem for path in Path(QUERY_DIR).glob("*.kql")}
 
-    assert shipped == set(QUERIES) | {LOGS_QUERY}
+    assert shipped == set(QUERIES) | {LOGS_QUERY, LOGS_QUERY_VM}
 
 
 # --- Through the real SDK clients and the HTTPS server -------------------------------------------------
