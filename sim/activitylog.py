@@ -1,4 +1,4 @@
-"""The subscription's Activity Log, as far as the product reads it: restart calls on VMs.
+"""The subscription's Activity Log, as far as the product reads it: restart and Run Command calls on VMs.
 
 Sources:
 * REST: `GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/management/values?api-version=
@@ -90,6 +90,10 @@ class ActivityLog:
                 record.log("EndRequest", "Failed", "", at=ended)
         with self._lock:
             return list(self._events)
+
+    def events_of(self, operation: str) -> list[dict[str, Any]]:
+        """The events of one operation (e.g. `Microsoft.Compute/virtualMachines/restart/action`)."""
+        return [e for e in self.events() if e["operationName"]["value"].lower() == operation.lower()]
 
     def query(self, subscription: str, filter_text: str | None, select: str | None) -> dict[str, Any]:
         start, end, narrowing = _parse(filter_text)

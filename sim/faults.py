@@ -54,6 +54,9 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     "foreign-polling-host": frozenset({"runCommand", "restart"}),
     # The request is served (the VM restarts, the command runs) but the caller gets a 500: a lost answer.
     "lost-answer": frozenset({"restart", "runCommand"}),
+    # The caller may not read the subscription's Activity Log, and gets `200` with no events instead of `403`
+    # (reported in Azure/azure-sdk-for-java issue 2097): an absence that proves nothing.
+    "empty-answer": frozenset({"activityLog"}),
 }
 
 KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()

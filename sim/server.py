@@ -165,6 +165,7 @@ def not_found(resource_type: str, name: str, group: str) -> ArmError:
 
 
 RESTART_ACTION = "Microsoft.Compute/virtualMachines/restart/action"
+RUN_COMMAND_ACTION = "Microsoft.Compute/virtualMachines/runCommand/action"
 
 # --- Routing ---------------------------------------------------------------------------------------------
 
@@ -583,10 +584,23 @@ class Emulator:
                 f"Run command '{command_id}' is not supported on a {vm.os_type} VM; "
                 f"the emulator implements only '{expected}' for it.",
             )
+        # Every action (POST) is in the Activity Log, Run Commands included (Microsoft Learn, "Azure Monitor
+        # activity log": "every write operation (PUT, POST, DELETE)"; the operation is
+        # Microsoft.Compute/virtualMachines/runCommand/action, the action the caller's role must grant).
+        record = self.activity.action(
+            vm.resource_id,
+            vm.subscription_id,
+            vm.resource_group,
+            RUN_COMMAND_ACTION,
+            call.headers.get("x-ms-correlation-request-id"),
+        )
         try:
             op = self.operations.start_run_command(vm, script, parameters)
         except Refused as refused:
+            record.failed(409)
             raise ArmError(409, refused.code, refused.message) from None
+        record.accepted()
+        self.activity.follow(record, op)
         return self._accepted(call, op)
 
     def restart(self, call: Call, groups: tuple[str, ...]) -> Response:
@@ -609,6 +623,8 @@ class Emulator:
         return self._accepted(call, op)
 
     def activity_log(self, call: Call, subscription: str) -> Response:
+        if self.faults.take("activityLog", "empty-answer", None):
+            return json_response(200, {"value": []})  # see sim.faults: a reader without the grant
         try:
             body = self.activity.query(subscription, call.query.get("$filter"), call.query.get("$select"))
         except FilterError as exc:

@@ -83,5 +83,22 @@ def restarts_since(
     return sorted(records, key=lambda r: r.first_seen)
 
 
+def events_on(clients: AzureClients, vm: VmId, since: dt.datetime, until: dt.datetime) -> int:
+    """How many events of any kind the Activity Log shows for `vm` between `since` and `until` (up to 50).
+
+    An empty answer is not proof by itself: a caller without `Microsoft.Insights/eventtypes/values/read` at
+    the subscription has been seen to get `200` with no events instead of `403` (Azure/azure-sdk-for-java
+    issue 2097). The product's own Run Commands on the VM are write operations the log records, so a log that
+    shows none of them is not one to believe about a restart either."""
+    query = f"eventTimestamp ge '{_iso(since)}' and eventTimestamp le '{_iso(until)}' and resourceUri eq '{vm}'"
+    seen = 0
+    with azure_errors(f"reading the Activity Log of {vm.name}"):
+        for _event in clients.monitor(vm.subscription).activity_logs.list(filter=query, select="operationName"):
+            seen += 1
+            if seen >= 50:
+                break
+    return seen
+
+
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 # The worker's clock and Azure's may disagree; look this much further back than the step's start.
 CLOCK_SKEW_SECONDS = 120.0
+# How far back the log must show some event of the VM before an absence counts (a change-window wait may hold a
+# repaired VM's restart up to the queue's 7-day visibility limit after its diagnosis).
+BLIND_LOOKBACK_SECONDS = 8 * 24 * 3600.0
 
 
 def needs_resolving(summary: dict[str, Any]) -> bool:
@@ -112,6 +115,9 @@ def restart_fate(
             )
         waited = wall() - sent_after
         if waited >= evidence_seconds:
+            blind = _blind(clients, vm, sent_after, until)
+            if blind:
+                return RestartFate(None, blind)
             seen = f" (it shows {', '.join(records[0].statuses)})" if records else ""
             return RestartFate(
                 False, f"the Activity Log shows no accepted restart {correlation_id} in {waited:.0f} s{seen}"
@@ -119,6 +125,25 @@ def restart_fate(
         if monotonic() >= give_up:
             return RestartFate(None, "the Activity Log did not show the restart yet and the deadline came first")
         sleep(max(min(poll_seconds, evidence_seconds - waited, give_up - monotonic()), 0.05))
+
+
+def _blind(clients: AzureClients, vm: VmId, sent_after: float, until: dt.datetime) -> str:
+    """Why the log cannot be believed about an absence ('' when it can): it must show this VM's events from
+    before the restart, such as the product's own Run Commands of the same request (its diagnosis always runs
+    before a restart; a change-window wait can put up to 7 days between them)."""
+    from remediate.azure.activitylog import events_on
+
+    since = dt.datetime.fromtimestamp(sent_after - BLIND_LOOKBACK_SECONDS, dt.UTC)
+    try:
+        if events_on(clients, vm, since, until):
+            return ""
+    except RemediationError as exc:
+        return f"the Activity Log could not be read ({exc.reason})"
+    return (
+        f"the Activity Log shows no event at all for {vm.name} since {since.isoformat(timespec='seconds')}, not "
+        "even this product's Run Commands: an empty answer from a log we may not be allowed to read is no proof "
+        "that the restart was not accepted"
+    )
 
 
 def activity_log_evidence(clients: AzureClients, settings: Settings) -> RestartEvidence:

@@ -27,7 +27,7 @@ from remediate.model import RemediationRequest, Trigger, VmId
 from remediate.settings import Settings
 from sim.azurite import DEV_ACCOUNT, DEV_KEY, Azurite
 from sim.fleet import VirtualMachine
-from sim.server import Emulator
+from sim.server import RESTART_ACTION, Emulator
 from tests.crash.proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def accepted_restarts(emulator: Emulator) -> dict[str, int]:
     whose operation then failed or was canceled still counts: the VM may have restarted, and the product never
     sends it again (its `rebooted` says a restart was accepted, which is what it can know)."""
     calls: dict[str, tuple[str, set[str]]] = {}
-    for event in emulator.activity.events():
+    for event in emulator.activity.events_of(RESTART_ACTION):
         vm, statuses = calls.setdefault(event["correlationId"], (event["resourceId"].lower(), set()))
         statuses.add(event["status"]["value"])
     counts: dict[str, int] = {}

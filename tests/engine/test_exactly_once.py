@@ -13,6 +13,7 @@ from remediate.engine.journal import Journal
 from remediate.engine.workflow import WorkflowResult
 from remediate.ledger import ExecutionConflict, Ledger
 from remediate.model import Outcome, RemediationRequest, StepResult, TransientError
+from sim.server import RESTART_ACTION
 from tests.engine.conftest import Engine
 
 RESTART = "restart"
@@ -26,7 +27,7 @@ def accepted_restarts(engine: Engine, scenario: str) -> int:
     vm = engine.vm(scenario).resource_id.lower()
     return sum(
         1
-        for event in engine.emulator.activity.events()
+        for event in engine.emulator.activity.events_of(RESTART_ACTION)
         if event["resourceId"].lower() == vm and event["status"]["value"] == "Accepted"
     )
 

@@ -11,6 +11,7 @@ from remediate.azure import vm as azure_vm
 from remediate.engine import evidence
 from remediate.engine.journal import restart_correlation_id
 from remediate.model import Outcome, TransientError, VmId
+from sim.server import RESTART_ACTION
 from tests.engine.conftest import Engine
 
 
@@ -60,7 +61,8 @@ def test_a_second_rounds_refused_restart_is_not_counted_as_the_first_rounds(engi
     settings = engine.with_settings(retry_total=0, retry_backoff_seconds=0.0)
     request = engine.request("keystore-corrupt", force=True, force_keystore=True)
     result = engine.workflow(request, progress=arm, settings=settings).run()
-    accepted = [e for e in engine.emulator.activity.events() if e["status"]["value"] == "Accepted"]
+    restarts = engine.emulator.activity.events_of(RESTART_ACTION)
+    accepted = [e for e in restarts if e["status"]["value"] == "Accepted"]
     reboots = {s.name: s.status for s in result.steps if s.name.startswith("reboot")}
     assert len(accepted) == 1, accepted
     assert reboots.get("reboot") == "ok" and reboots.get("reboot-2") not in (None, "ok"), reboots
@@ -122,3 +124,17 @@ def test_a_repair_that_ran_more_than_once_counts_as_a_possible_change() -> None:
     twice = StepResult("renew-certificate", "ok", 1.0, 2.0, "refused", {**unresolved, "resumed": True})
     assert not may_have_changed([once])
     assert may_have_changed([twice])  # an earlier run may have changed the VM unseen: the cooldown starts
+
+
+def test_an_empty_log_that_does_not_even_show_our_run_commands_proves_nothing(engine: Engine) -> None:
+    """A caller without the read grant can get 200 and no events: with the VM's own Run Commands missing from
+    the answer, the absence of our restart is unknown, never "not accepted" (that would send it twice)."""
+    request = engine.request("expired-certificate")
+    engine.workflow(request).run()  # diagnosed, renewed, restarted: the log holds our Run Commands and restart
+    vm = request.vm
+    sent = time.time() - engine.settings.restart_evidence_seconds - 1  # long enough ago for an absence to count
+    missing = restart_correlation_id("request-never-sent", "reboot")
+    assert _fate(engine, vm, sent, missing, wait=False).accepted is False  # a log that sees the VM: believed
+    engine.emulator.faults.add("activityLog", "empty-answer", count=2)
+    fate = _fate(engine, vm, sent, missing, wait=False)
+    assert fate.accepted is None and "not even this product's Run Commands" in fate.detail

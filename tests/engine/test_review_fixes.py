@@ -6,6 +6,7 @@ import pytest
 
 from remediate.intake.queue import RequestQueue, queue_client
 from remediate.model import Outcome, RemediationRequest, TransientError, Trigger
+from sim.server import RESTART_ACTION
 from tests.engine.conftest import Engine
 
 RESTART = "restart"
@@ -29,10 +30,10 @@ def test_a_restart_azure_never_got_is_sent_once_on_redelivery(engine: Engine) ->
     engine.emulator.faults.add("restart", "503", count=1000)  # refused before Azure acted, every time
     with pytest.raises(TransientError):
         engine.workflow(request, settings=settings, retry_later=True, clients=clients).run()
-    assert engine.emulator.activity.events() == []  # Azure never accepted one
+    assert engine.emulator.activity.events_of(RESTART_ACTION) == []  # Azure never accepted one
     engine.emulator.faults.clear()
     result = engine.workflow(request).run()  # the redelivery establishes that, and sends it once
-    accepted = [e for e in engine.emulator.activity.events() if e["status"]["value"] == "Accepted"]
+    accepted = [e for e in engine.emulator.activity.events_of(RESTART_ACTION) if e["status"]["value"] == "Accepted"]
     assert len(accepted) == 1 and result.rebooted and result.outcome is Outcome.REMEDIATED
     clients.close()
 
