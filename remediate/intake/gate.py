@@ -62,7 +62,7 @@ class Gate:
         needs_slot = state != DONE and not (request.options.dry_run or self.settings.dry_run)
         lease = self.slots.try_acquire(request.vm, request.request_id) if needs_slot else None
         if needs_slot and lease is None:
-            self._wait_for_slot(request, body)
+            self._wait_for_slot(request, body, state)
             return
         try:
             handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)
@@ -102,9 +102,13 @@ class Gate:
             self.ledger.mark_waiting(request.request_id, QUEUED, "back from waiting for its change window")
         return False
 
-    def _wait_for_slot(self, request: RemediationRequest, body: str) -> None:
+    def _wait_for_slot(self, request: RemediationRequest, body: str, state: str | None) -> None:
         delay = self.settings.slot_retry_seconds
         self.queue.send_message(body, visibility_timeout=delay)  # nobody releases a slot wait early: no receipt kept
+        if state not in (None, QUEUED):
+            # A duplicate (or resumed) delivery of a request that started: its state is the running delivery's.
+            log.info("no slot free for a second delivery", extra={"request_id": request.request_id})
+            return
         self.ledger.mark_waiting(
             request.request_id,
             QUEUED,
