@@ -6,7 +6,8 @@
    A diagnosis that finds nothing to repair ends the request with that verdict: there is nothing to approve.
 2. `approve` records who (the authenticated principal) and why, and makes the message visible: the request then
    runs the whole workflow, which diagnoses the VM again first, so facts that changed since the plan are seen.
-   `reject` ends the request as skipped with who and why. Both refuse an unknown, finished or expired request.
+   `reject` ends the request as skipped with who and why. Both refuse an unknown, finished or expired request,
+   and each is one ETag-conditional write on the request row: of two decisions at once exactly one wins.
 3. A request nobody decided on expires: when its message comes back it ends as skipped with that reason.
 """
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from remediate import telemetry
 from remediate.engine.runner import remediate
-from remediate.ledger import AWAITING_APPROVAL, QUEUED, Ledger, utcnow
+from remediate.ledger import AWAITING_APPROVAL, DONE, QUEUED, REQUEST_ROW, Ledger, _storage_errors, utcnow
 from remediate.model import NotFound, Outcome, PermanentError, RemediationRequest
 from remediate.settings import Settings
 
@@ -96,37 +97,111 @@ def close_expired(ledger: Ledger, request_id: str) -> None:
 
 
 def decide(ledger: Ledger, queue: QueueClient, request_id: str, who: str, why: str, *, approve: bool) -> dict[str, Any]:
-    """Approve or reject a request waiting for approval; raises NotFound / NotAwaiting and changes nothing then."""
-    from azure.core.exceptions import HttpResponseError
+    """Approve or reject a request waiting for approval; raises NotFound / NotAwaiting and changes nothing then.
 
-    record = ledger.get(request_id)
-    if record is None:
+    The decision is one write conditional on the ETag of the request row as it was read and checked: of two
+    decisions at once (two approvers, or an approve and a reject) exactly one wins; the other finds the row
+    changed, changes nothing and is told the state the winner left.
+    """
+    head = _head(ledger, request_id)
+    if head is None:
         raise NotFound(f"request_id: no request {request_id} in the ledger")
-    if record.state != AWAITING_APPROVAL:
-        what = f"finished ({record.outcome})" if record.outcome else f"in state {record.state}"
-        raise NotAwaiting(f"request_id: request {request_id} is not awaiting approval: it is {what}", "NotAwaiting")
-    if expired(ledger, request_id):
-        raise NotAwaiting(f"request_id: the approval of request {request_id} has expired", "ApprovalExpired")
+    _require_awaiting(head, request_id)
     now = utcnow()
     stamp = now.isoformat(timespec="seconds")
+    fields = _approval(who, why, now) if approve else _rejection(who, why, now)
+    if not _write_if_unchanged(ledger, head, fields):
+        found = _head(ledger, request_id)
+        raise NotAwaiting(
+            f"request_id: request {request_id} was decided by someone else meanwhile: it is {_state_of(found)}",
+            "AlreadyDecided",
+        )
     if not approve:
-        ledger.note(request_id, RejectedBy=who, DecisionReason=why[:1000])
-        ledger.record_outcome(request_id, Outcome.SKIPPED, f"rejected by {who} at {stamp}: {why}; nothing was changed")
         telemetry.control_event("request rejected", request_id, f"by {who}: {why}")
         return {"requestId": request_id, "decision": "rejected", "by": who, "at": stamp}
-    ledger.mark_waiting(
-        request_id,
-        QUEUED,
-        f"approved by {who} at {stamp}: {why}",
-        ApprovedBy=who,
-        ApprovedAt=now,
-        DecisionReason=why[:1000],
-    )
+    _make_visible(ledger, queue, request_id)
+    telemetry.control_event("request approved", request_id, f"by {who}: {why}")
+    return {"requestId": request_id, "decision": "approved", "by": who, "at": stamp}
+
+
+def _head(ledger: Ledger, request_id: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        with _storage_errors("read a request"):
+            return ledger.audit.get_entity(request_id, REQUEST_ROW)
+    except ResourceNotFoundError:
+        return None
+
+
+def _state_of(head: Any) -> str:
+    if head is None:
+        return "gone"
+    if head.get("Outcome"):
+        return f"finished ({head['Outcome']})"
+    return f"in state {head.get('State')}"
+
+
+def _require_awaiting(head: Any, request_id: str) -> None:
+    if head.get("State") != AWAITING_APPROVAL:
+        raise NotAwaiting(
+            f"request_id: request {request_id} is not awaiting approval: it is {_state_of(head)}", "NotAwaiting"
+        )
+    until = head.get("ApprovalExpires")
+    if isinstance(until, dt.datetime) and utcnow() >= until:
+        raise NotAwaiting(f"request_id: the approval of request {request_id} has expired", "ApprovalExpired")
+
+
+def _approval(who: str, why: str, now: dt.datetime) -> dict[str, Any]:
+    stamp = now.isoformat(timespec="seconds")
+    return {
+        "State": QUEUED,
+        "OutcomeReason": f"approved by {who} at {stamp}: {why}",
+        "ApprovedBy": who,
+        "ApprovedAt": now,
+        "DecisionReason": why[:1000],
+    }
+
+
+def _rejection(who: str, why: str, now: dt.datetime) -> dict[str, Any]:
+    """The same outcome columns `Ledger.record_outcome` writes, with who rejected and why."""
+    stamp = now.isoformat(timespec="seconds")
+    return {
+        "State": DONE,
+        "Outcome": Outcome.SKIPPED.value,
+        "OutcomeReason": f"rejected by {who} at {stamp}: {why}; nothing was changed",
+        "FailedStep": "",
+        "Rebooted": False,
+        "Changed": False,
+        "FinishedAt": now,
+        "RejectedBy": who,
+        "DecisionReason": why[:1000],
+    }
+
+
+def _write_if_unchanged(ledger: Ledger, head: Any, fields: dict[str, Any]) -> bool:
+    """Merge `fields` into the request row if nobody wrote it since `head` was read; False when somebody did."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+    from azure.data.tables import UpdateMode
+
+    entity = {"PartitionKey": head["PartitionKey"], "RowKey": REQUEST_ROW, **fields}
+    try:
+        with _storage_errors("record a decision"):
+            ledger.audit.update_entity(
+                entity, mode=UpdateMode.MERGE, etag=head.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return False
+    return True
+
+
+def _make_visible(ledger: Ledger, queue: QueueClient, request_id: str) -> None:
+    from azure.core.exceptions import HttpResponseError
+
     message = ledger.request_fields(request_id, "MessageId", "PopReceipt")
     try:
         if message.get("MessageId") and message.get("PopReceipt"):
             queue.update_message(message["MessageId"], pop_receipt=message["PopReceipt"], visibility_timeout=0)
     except HttpResponseError:
         log.info("approved message not made visible; it runs at its next delivery", extra={"request_id": request_id})
-    telemetry.control_event("request approved", request_id, f"by {who}: {why}")
-    return {"requestId": request_id, "decision": "approved", "by": who, "at": stamp}

@@ -7,12 +7,14 @@ import base64
 import dataclasses
 import datetime as dt
 import json
+import threading
 from typing import Any
 
 import azure.functions as func
 import pytest
 
 from remediate.intake.app import reset_app
+from remediate.model import RemediationRequest, Trigger, VmId
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
 
@@ -154,3 +156,54 @@ def test_without_app_service_authentication_a_principal_header_is_no_identity(
     forged = decide(functions, "approve", request_id, {"reason": "ok"}, principal("mallory@contoso.com", APPROVER))
     assert forged.status_code == 401 and body(forged)["error"]["field"] == "caller"
     assert body(functions.get_status(request_id))["state"] == "awaiting-approval"  # nothing changed
+
+
+def _race(functions: Functions, request_id: str, deciders: list[tuple[str, str]]) -> dict[str, func.HttpResponse]:
+    """Every decider calls the handler at the same moment (a barrier), each on its own thread."""
+    start = threading.Barrier(len(deciders))
+    answers: dict[str, func.HttpResponse] = {}
+
+    def one(verb: str, who: str) -> None:
+        start.wait()
+        answers[who] = decide(functions, verb, request_id, {"reason": f"{verb} by {who}"}, principal(who, APPROVER))
+
+    threads = [threading.Thread(target=one, args=decider) for decider in deciders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_of_decisions_made_at_once_exactly_one_wins(approving: Functions) -> None:
+    """Approvers racing on the same requests (threads against Azurite through the real handler): one decision per
+    request stands, every other caller gets 409 naming the state the winner left, and the record names only the
+    winner."""
+    functions = approving
+    vm = VmId.parse(functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id)
+    ids = []
+    for _ in range(8):
+        request = RemediationRequest(vm, Trigger.ALERT, "test")
+        functions.app.ledger.record_accepted(request)
+        functions.app.ledger.mark_waiting(request.request_id, "awaiting-approval", "awaiting approval", Plan="renew")
+        ids.append(request.request_id)
+    deciders = [("approve", f"alice{i}@contoso.com") for i in range(3)] + [
+        ("reject", f"bob{i}@contoso.com") for i in range(3)
+    ]
+    for request_id in ids:
+        answers = _race(functions, request_id, deciders)
+        winners = [who for who, answer in answers.items() if answer.status_code == 200]
+        assert len(winners) == 1, {who: a.status_code for who, a in answers.items()}
+        winner = winners[0]
+        status = body(functions.get_status(request_id))
+        found = "in state queued" if winner.startswith("alice") else "finished (skipped)"
+        for who, answer in answers.items():
+            if who != winner:
+                assert answer.status_code == 409 and found in body(answer)["error"]["message"], body(answer)
+        recorded = status["approval"]
+        if winner.startswith("alice"):
+            assert status["state"] == "queued" and recorded["ApprovedBy"] == f"{winner} (aad)"
+            assert "RejectedBy" not in recorded and recorded["DecisionReason"] == f"approve by {winner}"
+        else:
+            assert status["outcome"] == "skipped" and recorded["RejectedBy"] == f"{winner} (aad)"
+            assert "ApprovedBy" not in recorded and recorded["DecisionReason"] == f"reject by {winner}"
