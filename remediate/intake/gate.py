@@ -92,6 +92,7 @@ class Gate:
             else:  # delivered early (a duplicate): back to waiting, until the approval expires
                 put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
             return True
+        approval.withdraw_if_stale(self.settings, self.ledger, request.request_id, state)
         if state != DONE and approval.needs_approval(self.settings, self.ledger, request):
             waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
             if waiting is not None:

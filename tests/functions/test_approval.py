@@ -207,3 +207,51 @@ def test_of_decisions_made_at_once_exactly_one_wins(approving: Functions) -> Non
         else:
             assert status["outcome"] == "skipped" and recorded["RejectedBy"] == f"{winner} (aad)"
             assert "ApprovedBy" not in recorded and recorded["DecisionReason"] == f"reject by {winner}"
+
+
+def test_a_run_whose_fresh_plan_goes_beyond_the_approved_one_changes_nothing(approving: Functions) -> None:
+    """The approval binds the exact steps approved: between approval and run the VM's key file lost NETWORK
+    SERVICE's read, so the fresh plan adds a step on that key file. The run stops before any change, recorded."""
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    waiting = body(functions.get_status(request_id))["approval"]
+    assert [step[0] for step in json.loads(waiting["PlanSteps"])] == ["renew-certificate"]
+    approved = decide(functions, "approve", request_id, {"reason": "CHG7"}, principal("alice@contoso.com", APPROVER))
+    assert approved.status_code == 200 and body(approved)["planFingerprint"] == waiting["PlanFingerprint"]
+    machine = functions.emulator.fleet.get(vm)
+    assert machine is not None and machine.guest.key is not None
+    machine.guest.key.readers.discard("S-1-5-20")  # NETWORK SERVICE lost its read on the listener's key file
+    functions.host.drain(timeout=60)
+    status = body(functions.get_status(request_id))
+    assert status["outcome"] == "skipped", status["outcomeReason"]
+    assert "the plan changed since it was approved" in status["outcomeReason"]
+    assert "grant-key-read was not approved" in status["outcomeReason"]
+    assert status["approval"]["ApprovedPlanFingerprint"] == waiting["PlanFingerprint"]
+    fresh = next(s for s in status["steps"] if s["name"] == "plan")["summary"]["steps"]
+    assert [s["action"] for s in fresh][:1] == ["grant-key-read"]  # the new plan is in the journal
+    assert _count(functions, "restart", vm) == 0 and _count(functions, "runCommand", vm) == 2  # two diagnoses
+
+
+def test_an_approval_gone_stale_before_its_run_starts_is_diagnosed_again_and_re_awaited(approving: Functions) -> None:
+    """Approved, then the run waited (slots, a hold, a window) past RDPR_APPROVAL_EXPIRY_MINUTES: the facts may
+    have changed, so the approval is withdrawn (recorded), the VM diagnosed again, and a new approval awaited."""
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    first = decide(functions, "approve", request_id, {"reason": "CHG8"}, principal("alice@contoso.com", APPROVER))
+    assert first.status_code == 200
+    # Time passes (Azurite cannot fast-forward): the approval is recorded as given longer ago than the expiry.
+    minutes = functions.app.settings.approval_expiry_minutes
+    functions.app.ledger.note(request_id, ApprovedAt=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes + 1))
+    functions.host.drain(timeout=60)
+    status = body(functions.get_status(request_id))
+    assert status["state"] == "awaiting-approval", status
+    assert status["approval"]["PlanRequest"] == f"{request_id}plan2"  # a fresh diagnosis, with its own journal
+    assert "alice@contoso.com (aad)" in status["approval"]["StaleApproval"]
+    assert body(functions.get_status(f"{request_id}plan2"))["outcome"] == "planned"
+    assert _count(functions, "restart", vm) == 0 and _count(functions, "runCommand", vm) == 2
+    again = decide(functions, "approve", request_id, {"reason": "CHG9"}, principal("carol@contoso.com", APPROVER))
+    assert again.status_code == 200
+    functions.host.drain(timeout=60)
+    done = body(functions.get_status(request_id))
+    assert done["outcome"] == "remediated" and done["approval"]["ApprovedBy"] == "carol@contoso.com (aad)"
+    assert _count(functions, "restart", vm) == 1
