@@ -48,6 +48,7 @@ FIELDS = (
     approved.APPROVED_FINGERPRINT,
     "DecisionReason",
     "RejectedBy",
+    "OnBehalfOf",
     "StaleApproval",
 )
 
@@ -130,7 +131,7 @@ def withdraw_if_stale(settings: Settings, ledger: Ledger, request_id: str, state
     if utcnow() - at < dt.timedelta(minutes=settings.approval_expiry_minutes) or ledger.steps(request_id):
         return False  # fresh, or its run started already (resumed): the approval was used in time
     stale = f"approved by {fields['ApprovedBy']} at {at.isoformat(timespec='seconds')}; expired before its run started"
-    ledger.note(request_id, ApprovedBy="", StaleApproval=stale[:1000], **{approved.APPROVED_PLAN: ""})
+    ledger.note(request_id, ApprovedBy="", OnBehalfOf="", StaleApproval=stale[:1000], **{approved.APPROVED_PLAN: ""})
     telemetry.control_event("approval expired", request_id, f"{stale}; diagnosed again")
     return True
 
@@ -158,12 +159,14 @@ def decide(
     why: str,
     *,
     approve: bool,
+    on_behalf_of: str = "",
 ) -> dict[str, Any]:
     """Approve or reject a request waiting for approval; raises NotFound / NotAwaiting and changes nothing then.
 
     The decision is one write conditional on the ETag of the request row as it was read and checked: of two
     decisions at once (two approvers, or an approve and a reject) exactly one wins; the other finds the row
-    changed, changes nothing and is told the state the winner left.
+    changed, changes nothing and is told the state the winner left. `who` is the authenticated identity;
+    `on_behalf_of` is the caller's own note, recorded apart from it and labelled as a claim, never as who decided.
     """
     head = _head(ledger, request_id)
     if head is None:
@@ -172,6 +175,8 @@ def decide(
     now = utcnow()
     stamp = now.isoformat(timespec="seconds")
     fields = _approval(head, who, why, now) if approve else _rejection(who, why, now)
+    if on_behalf_of:
+        fields["OnBehalfOf"] = f"on behalf of {on_behalf_of} (stated by {who}, not verified)"[:1000]
     if not _write_if_unchanged(ledger, head, fields):
         found = _head(ledger, request_id)
         raise NotAwaiting(
