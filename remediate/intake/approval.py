@@ -119,11 +119,12 @@ def _next_plan_request(ledger: Ledger, request_id: str) -> str:
     return f"{request_id}plan{int(number) + 1 if number.isdigit() else 2}"
 
 
-def withdraw_if_stale(settings: Settings, ledger: Ledger, request_id: str, state: str | None) -> bool:
+def withdraw_if_stale(settings: Settings, ledger: Ledger, request: RemediationRequest, state: str | None) -> bool:
     """An approval older than RDPR_APPROVAL_EXPIRY_MINUTES whose run has not started is withdrawn (recorded), so
     the request is diagnosed again and waits for a new approval: it never runs on facts that may have changed."""
-    if state != QUEUED:
-        return False  # not approved and waiting to run (running, waiting for its window, done)
+    if state != QUEUED or request.trigger.value not in settings.approval_triggers:
+        return False  # not approved and waiting to run (running, waiting for its window, done; no approval mode)
+    request_id = request.request_id
     fields = ledger.request_fields(request_id, "ApprovedBy", "ApprovedAt")
     at = fields.get("ApprovedAt")
     if not fields.get("ApprovedBy") or not isinstance(at, dt.datetime):
@@ -141,14 +142,20 @@ def expired(ledger: Ledger, request_id: str, now: dt.datetime | None = None) -> 
     return isinstance(until, dt.datetime) and (now or utcnow()) >= until
 
 
-def close_expired(ledger: Ledger, request_id: str) -> None:
-    ledger.record_outcome(
-        request_id,
-        Outcome.SKIPPED,
+def close_expired(ledger: Ledger, request_id: str) -> bool:
+    """End a request whose wait for approval ran out, conditional on the row still awaiting approval as read: an
+    approval (or rejection) that won a moment before the expiry stands. True when this call ended it."""
+    head = _head(ledger, request_id)
+    if head is None or head.get("State") != AWAITING_APPROVAL:
+        return False
+    reason = (
         "approval expired: nobody approved the plan in time (RDPR_APPROVAL_EXPIRY_MINUTES); nothing was changed, "
-        "and a new alert or request starts over with a fresh diagnosis",
+        "and a new alert or request starts over with a fresh diagnosis"
     )
+    if not _write_if_unchanged(ledger, head, _skipped(reason, utcnow())):
+        return False
     telemetry.control_event("approval expired", request_id, "nobody decided in time")
+    return True
 
 
 def decide(
@@ -237,18 +244,21 @@ def _approval(head: Any, who: str, why: str, now: dt.datetime) -> dict[str, Any]
 
 
 def _rejection(who: str, why: str, now: dt.datetime) -> dict[str, Any]:
-    """The same outcome columns `Ledger.record_outcome` writes, with who rejected and why."""
     stamp = now.isoformat(timespec="seconds")
+    reason = f"rejected by {who} at {stamp}: {why}; nothing was changed"
+    return {**_skipped(reason, now), "RejectedBy": who, "DecisionReason": why[:1000]}
+
+
+def _skipped(reason: str, now: dt.datetime) -> dict[str, Any]:
+    """The outcome columns `Ledger.record_outcome` writes, for a request that ends unchanged."""
     return {
         "State": DONE,
         "Outcome": Outcome.SKIPPED.value,
-        "OutcomeReason": f"rejected by {who} at {stamp}: {why}; nothing was changed",
+        "OutcomeReason": reason[:8000],
         "FailedStep": "",
         "Rebooted": False,
         "Changed": False,
         "FinishedAt": now,
-        "RejectedBy": who,
-        "DecisionReason": why[:1000],
     }
 
 

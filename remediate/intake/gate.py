@@ -87,12 +87,12 @@ class Gate:
             self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
             telemetry.control_event("request released", request.request_id, "storm budget has room")
         if state == AWAITING_APPROVAL:
-            if approval.expired(self.ledger, request.request_id):
-                approval.close_expired(self.ledger, request.request_id)
-            else:  # delivered early (a duplicate): back to waiting, until the approval expires
+            expired = approval.expired(self.ledger, request.request_id)
+            if not (expired and approval.close_expired(self.ledger, request.request_id)):
+                # Delivered early (a duplicate), or decided a moment before it expired: its message comes back.
                 put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
             return True
-        approval.withdraw_if_stale(self.settings, self.ledger, request.request_id, state)
+        approval.withdraw_if_stale(self.settings, self.ledger, request, state)
         if state != DONE and approval.needs_approval(self.settings, self.ledger, request):
             waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
             if waiting is not None:

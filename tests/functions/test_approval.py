@@ -13,6 +13,7 @@ from typing import Any
 import azure.functions as func
 import pytest
 
+from remediate.intake import approval
 from remediate.intake.app import reset_app
 from remediate.model import RemediationRequest, Trigger, VmId
 from tests.functions.conftest import Functions, body
@@ -254,4 +255,19 @@ def test_an_approval_gone_stale_before_its_run_starts_is_diagnosed_again_and_re_
     functions.host.drain(timeout=60)
     done = body(functions.get_status(request_id))
     assert done["outcome"] == "remediated" and done["approval"]["ApprovedBy"] == "carol@contoso.com (aad)"
+    assert _count(functions, "restart", vm) == 1
+
+
+def test_an_approval_given_just_before_the_expiry_is_not_overwritten_by_it(approving: Functions) -> None:
+    """The expiry closes a request only while it still awaits approval, by a write conditional on that: the
+    message that comes back at the expiry finds the approval and runs it."""
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    assert decide(functions, "approve", request_id, {"reason": "CHG10"}, principal("alice@contoso.com", APPROVER))
+    functions.app.ledger.note(request_id, ApprovalExpires=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    assert not approval.close_expired(functions.app.ledger, request_id)
+    status = body(functions.get_status(request_id))
+    assert status["state"] == "queued" and status["approval"]["ApprovedBy"] == "alice@contoso.com (aad)"
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(request_id))["outcome"] == "remediated"
     assert _count(functions, "restart", vm) == 1
