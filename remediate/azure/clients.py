@@ -16,11 +16,13 @@ service asked it to wait an hour.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from remediate.azure.urltrust import HostKey, host_key, looks_like_url
@@ -41,7 +43,29 @@ log = logging.getLogger(__name__)
 
 PUBLIC_LOGS_URL = "https://api.loganalytics.io/v1"
 LOGS_AUDIENCE = "https://api.loganalytics.io"
-EMULATOR_TOKEN = "rdp-remediate-emulator-token"  # noqa: S105 - a placeholder only the emulator accepts
+# The identity the emulator's token names: a user signed in with the Azure CLI, as a v1.0 access token for
+# Resource Manager carries it (Microsoft Learn, "Access token claims reference": aud, iss, iat, nbf, exp, appid,
+# appidacr, idtyp, name, oid, scp, sub, tid, unique_name, upn, ver). 04b07795-... is the Azure CLI's application id
+# (Microsoft Learn, "Verify first-party Microsoft applications in sign-in reports"). The tenant is the emulator's.
+EMULATOR_TENANT = "00000000-0000-4000-8000-0000000000aa"
+EMULATOR_CLAIMS: dict[str, Any] = {
+    "aud": "https://management.azure.com/",
+    "iss": f"https://sts.windows.net/{EMULATOR_TENANT}/",
+    "acr": "1",
+    "amr": ["pwd", "mfa"],
+    "appid": "04b07795-8ddb-461a-bbee-02f9e1bf7b46",
+    "appidacr": "0",
+    "idtyp": "user",
+    "name": "Emulator Operator",
+    "oid": "6f0c2a9e-3d1b-4c57-9e8a-2b4d7f1a0c53",
+    "scp": "user_impersonation",
+    "sub": "u7Qm2kVYl0cX9sWQm3o5n2bT8aZr4eH1jK6pL0dF2gE",
+    "tid": EMULATOR_TENANT,
+    "unique_name": "operator@contoso.example",
+    "upn": "operator@contoso.example",
+    "ver": "1.0",
+}
+
 
 _T = TypeVar("_T")
 
@@ -55,11 +79,27 @@ def _require_loopback(name: str, url: str) -> None:
 
 
 class StaticTokenCredential:
-    """The emulator's credential: the same opaque token for every scope, never expiring soon."""
+    """The emulator's credential: a JWT-shaped access token naming `claims` (an operator signed in with the Azure
+    CLI unless told otherwise), for every scope, re-issued when it nears its `exp`. Its signature is not a real
+    one: the emulator accepts any bearer token, and nothing in the product trusts a token's signature."""
 
-    def __init__(self, token: str = EMULATOR_TOKEN, lifetime_seconds: int = 3600) -> None:
-        self._token = token
+    def __init__(
+        self, claims: Mapping[str, Any] | None = None, lifetime_seconds: int = 3600, token: str | None = None
+    ) -> None:
+        self._claims = {**EMULATOR_CLAIMS, **(claims or {})}
         self._lifetime = lifetime_seconds
+        self._fixed = token
+        self._issued: tuple[str, int] | None = None
+
+    def _token(self) -> tuple[str, int]:
+        now = int(time.time())
+        if self._fixed is not None:
+            return self._fixed, now + self._lifetime
+        if self._issued is None or self._issued[1] - now < min(300, self._lifetime // 2):
+            expires = now + self._lifetime
+            payload = {**self._claims, "iat": now, "nbf": now, "exp": expires}
+            self._issued = (_jwt(payload), expires)
+        return self._issued
 
     def get_token(
         self,
@@ -72,16 +112,27 @@ class StaticTokenCredential:
         from azure.core.credentials import AccessToken  # lazy: cold start
 
         del scopes, claims, tenant_id, enable_cae, kwargs  # the emulator accepts any bearer token
-        return AccessToken(self._token, int(time.time()) + self._lifetime)
+        return AccessToken(*self._token())
 
     def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
         from azure.core.credentials import AccessTokenInfo  # lazy: cold start
 
         del scopes, options
-        return AccessTokenInfo(self._token, int(time.time()) + self._lifetime)
+        return AccessTokenInfo(*self._token())
 
     def close(self) -> None:
         """Nothing to release; present so callers can treat every credential alike."""
+
+
+def _jwt(payload: Mapping[str, Any]) -> str:
+    """header.payload.signature, each base64url without padding (RFC 7519); the signature is a placeholder."""
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+    header = {"typ": "JWT", "alg": "RS256", "kid": "emulator"}
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return ".".join((part(json.dumps(header).encode()), part(body), part(b"emulator: not signed")))
 
 
 @functools.cache

@@ -6,6 +6,11 @@ taken with an ETag-conditional write (create when the row does not exist yet, re
 lease has expired), so of two instances racing for the same row exactly one wins, on every instance and every
 CLI run alike. A lease lasts `RDPR_LOCK_MINUTES`, which the settings keep above the workflow deadline: a worker
 that dies holding a slot frees it by expiry, never by anyone's guess that it is dead.
+
+The holder is one delivery, not one request: each acquisition writes a fresh random token into the slot, and
+only a write that names that token (and the row's current ETag) frees or renews it. A second delivery of the
+same request (a duplicate message, or a redelivery while the first still runs) is another holder: it takes
+another slot or waits, and when it stops it frees its own slot, never the one the first delivery runs under.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,10 +45,11 @@ def control_table(service: TableServiceClient, prefix: str) -> TableClient:
 
 @dataclass(frozen=True)
 class Lease:
-    """The slots one request holds: a row key in each partition it needed."""
+    """The slots one delivery holds: a row key in each partition it needed, and the token that proves it."""
 
-    owner: str
+    owner: str  # the request id, shown in status
     rows: tuple[tuple[str, str], ...]  # (partition, row key)
+    token: str = ""  # this delivery's own: written into each slot it took
 
 
 @dataclass(frozen=True)
@@ -77,40 +84,59 @@ class Slots:
         return wanted
 
     def try_acquire(self, vm: VmId, owner: str) -> Lease | None:
-        """A slot in every partition `vm` needs, or None (and nothing held) when one of them is full.
+        """A slot in every partition `vm` needs, under a token of this call's own, or None (and nothing held)
+        when one of them is full.
 
-        Re-entrant: a request that already holds a slot (a redelivery after its worker died) gets it back.
+        Not re-entrant: a slot another delivery of the same request holds is that delivery's until it frees it
+        or its lease expires (a dead delivery's slot comes back by expiry, as any other's).
         """
+        token = secrets.token_hex(16)
         taken: list[tuple[str, str]] = []
         for partition, size in self.partitions(vm):
-            row = self._take_one(partition, size, owner)
+            row = self._take_one(partition, size, owner, token)
             if row is None:
-                self.release(Lease(owner, tuple(taken)))
+                self.release(Lease(owner, tuple(taken), token))
                 return None
             taken.append((partition, row))
-        return Lease(owner, tuple(taken))
+        return Lease(owner, tuple(taken), token)
 
     def release(self, lease: Lease) -> None:
-        """Free the slots if they are still ours; one taken over after expiry is the new owner's."""
+        """Free the slots this lease's token still holds; a slot with another token is another holder's."""
+        for partition, row in lease.rows:
+            self._rewrite_if_held(lease, partition, row, "", _EPOCH, "free a slot")
+
+    def renew(self, lease: Lease) -> bool:
+        """Extend the lease by `RDPR_LOCK_MINUTES` from now; False when a slot is no longer this holder's."""
+        expires = self._clock() + dt.timedelta(minutes=self.settings.lock_minutes)
+        return all(
+            self._rewrite_if_held(lease, partition, row, lease.token, expires, "renew a slot")
+            for partition, row in lease.rows
+        )
+
+    def _rewrite_if_held(
+        self, lease: Lease, partition: str, row: str, token: str, expires: dt.datetime, doing: str
+    ) -> bool:
+        """Rewrite a slot only if it still carries the lease's token, conditional on the ETag read with it."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        for partition, row in lease.rows:
-            try:
-                with _storage_errors("read a slot"):
-                    entity = self.table.get_entity(partition, row)
-                if entity.get("Owner") != lease.owner:
-                    continue
-                with _storage_errors("free a slot"):
-                    self.table.update_entity(
-                        _slot(partition, row, "", _EPOCH),
-                        mode=UpdateMode.REPLACE,
-                        etag=entity.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
-            except (ResourceNotFoundError, ResourceModifiedError):
-                continue  # gone, or taken over after expiry: not ours to free
+        try:
+            with _storage_errors("read a slot"):
+                entity = self.table.get_entity(partition, row)
+            if not lease.token or entity.get("Token") != lease.token:
+                return False  # taken over after expiry, or another delivery's: not ours
+            owner = lease.owner if token else ""
+            with _storage_errors(doing):
+                self.table.update_entity(
+                    _slot(partition, row, owner, expires, token),
+                    mode=UpdateMode.REPLACE,
+                    etag=entity.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceNotFoundError, ResourceModifiedError):
+            return False  # gone, or rewritten between our read and our write: not ours any more
+        return True
 
     def active(self, partition: str = GLOBAL) -> list[SlotView]:
         """The slots held now (unexpired leases), for status and tests."""
@@ -120,7 +146,7 @@ class Slots:
         views = [_view(row) for row in rows]
         return [v for v in views if v.owner and v.expires and v.expires > now]
 
-    def _take_one(self, partition: str, size: int, owner: str) -> str | None:
+    def _take_one(self, partition: str, size: int, owner: str, token: str) -> str | None:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.data.tables import UpdateMode
@@ -130,19 +156,18 @@ class Slots:
         with _storage_errors("read the slots"):
             found = self.table.query_entities("PartitionKey eq @pk", parameters={"pk": partition})
             rows = {row["RowKey"]: row for row in found}
-        mine = [str(key) for key, row in rows.items() if row.get("Owner") == owner and int(key) < size]
         keys = [f"{index:04d}" for index in range(size)]
         # Start at a random slot: racing instances then mostly try different rows instead of all the first one.
         start = self._random.randrange(size)
-        for key in mine + keys[start:] + keys[:start]:
+        for key in keys[start:] + keys[:start]:
             row = rows.get(key)
             try:
                 with _storage_errors("take a slot"):
                     if row is None:
-                        self.table.create_entity(_slot(partition, key, owner, expires))
-                    elif row.get("Owner") in ("", owner) or _expires(row) <= now:
+                        self.table.create_entity(_slot(partition, key, owner, expires, token))
+                    elif not row.get("Owner") or _expires(row) <= now:
                         self.table.update_entity(
-                            _slot(partition, key, owner, expires),
+                            _slot(partition, key, owner, expires, token),
                             mode=UpdateMode.REPLACE,
                             etag=row.metadata["etag"],
                             match_condition=MatchConditions.IfNotModified,
@@ -151,14 +176,14 @@ class Slots:
                         continue
             except (ResourceExistsError, ResourceModifiedError):
                 continue  # another instance took it between our read and our write
-            if row is not None and row.get("Owner") not in ("", owner):
+            if row is not None and row.get("Owner"):
                 log.warning("slot taken over after its lease expired", extra={"slot": key, "previous": row["Owner"]})
             return key
         return None
 
 
-def _slot(partition: str, row: str, owner: str, expires: dt.datetime) -> dict[str, Any]:
-    return {"PartitionKey": partition, "RowKey": row, "Owner": owner, "Expires": expires}
+def _slot(partition: str, row: str, owner: str, expires: dt.datetime, token: str) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": row, "Owner": owner, "Token": token, "Expires": expires}
 
 
 def _expires(row: Any) -> dt.datetime:

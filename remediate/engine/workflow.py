@@ -18,7 +18,7 @@ from remediate.azure import vm as azure_vm
 from remediate.azure.errors import sdk_first_use_race
 from remediate.azure.network import NetworkPath
 from remediate.azure.polling import Cadence
-from remediate.engine import evidence, plans, policy, windows
+from remediate.engine import approved, evidence, plans, policy, windows
 from remediate.engine.classify import Diagnosis, Disposition, Observation, classify, classify_outside
 from remediate.engine.decide import Context, Decision, decide
 from remediate.engine.decide import Step as PlannedStep
@@ -383,6 +383,7 @@ class Workflow:
         self.findings = [f"probe: {before}", *decision.problems, *decision.unknown]
         if options.diagnose_only or not decision.steps:
             return self._without_repairs(before, decision)
+        self._require_approved(decision)
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
         self._round_probe = before  # the probe the current plan was decided from
         return self._rounds(decision, ip)
@@ -483,7 +484,8 @@ class Workflow:
         done: frozenset[str] = frozenset()
         for number in range(1, plans.MAX_ROUNDS + 1):
             if number > 1:
-                refusal = self._attempts_refusal(number, decision)
+                refusal = approved.before_round(number, decision.steps, self._approved_plan())
+                refusal = refusal or self._attempts_refusal(number, decision)
                 if refusal:
                     return Outcome.FAILED, refusal
             verdict = self._round(number, decision, ip, done)
@@ -491,6 +493,17 @@ class Workflow:
                 return verdict
             done, decision = verdict.done, verdict.decision
         return Outcome.FAILED, f"still broken after {plans.MAX_ROUNDS} rounds: {decision.explain()}"
+
+    def _require_approved(self, decision: Decision) -> None:
+        """In approval mode, stop before any change when the fresh plan goes beyond the approved one."""
+        beyond = approved.before_any_change(decision.steps, self._approved_plan())
+        if beyond:
+            raise _Stop(Outcome.SKIPPED, beyond)
+
+    def _approved_plan(self) -> str | None:
+        """The plan a person approved for this request (approval mode), or None: no approval binds it."""
+        plan = self.ledger.request_fields(self.request.request_id, approved.APPROVED_PLAN).get(approved.APPROVED_PLAN)
+        return plan if isinstance(plan, str) and plan else None
 
     def _attempts_refusal(self, number: int, decision: Decision) -> str | None:
         state = self.ledger.vm_state(self.request.vm)
@@ -569,6 +582,7 @@ class Workflow:
             if decision.refusals:
                 return Outcome.SKIPPED, f"not renewed: {decision.explain()}"
             return Outcome.HEALTHY, "the certificate did not need renewal"
+        self._require_approved(decision)
         summaries = self._execute_until_refused(decision.steps, "", before, frozenset())
         refused = [f"{s['script']} refused: {s['refused']}" for s in summaries if s.get("refused")]
         if not any(s["changed"] for s in summaries):

@@ -63,7 +63,7 @@ class Gate:
         needs_slot = state != DONE and not (request.options.dry_run or self.settings.dry_run)
         lease = self.slots.try_acquire(request.vm, request.request_id) if needs_slot else None
         if needs_slot and lease is None:
-            self._wait_for_slot(request, body)
+            self._wait_for_slot(request, body, state)
             return
         try:
             handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)
@@ -88,11 +88,12 @@ class Gate:
             self.ledger.mark_waiting(request.request_id, QUEUED, "released: the storm guard's budget has room again")
             telemetry.control_event("request released", request.request_id, "storm budget has room")
         if state == AWAITING_APPROVAL:
-            if approval.expired(self.ledger, request.request_id):
-                approval.close_expired(self.ledger, request.request_id)
-            else:  # delivered early (a duplicate): back to waiting, until the approval expires
+            expired = approval.expired(self.ledger, request.request_id)
+            if not (expired and approval.close_expired(self.ledger, request.request_id)):
+                # Delivered early (a duplicate), or decided a moment before it expired: its message comes back.
                 put_back(self.queue, self.ledger, request.request_id, body, self.settings.slot_retry_seconds)
             return True
+        approval.withdraw_if_stale(self.settings, self.ledger, request, state)
         if state != DONE and approval.needs_approval(self.settings, self.ledger, request):
             waiting = approval.diagnose_and_wait(self.settings, self.ledger, self.clients, request)
             if waiting is not None:
@@ -103,13 +104,17 @@ class Gate:
             self.ledger.mark_waiting(request.request_id, QUEUED, "back from waiting for its change window")
         return False
 
-    def _wait_for_slot(self, request: RemediationRequest, body: str) -> None:
+    def _wait_for_slot(self, request: RemediationRequest, body: str, state: str | None) -> None:
         delay = self.settings.slot_retry_seconds
         # Nobody releases a slot wait early: no receipt kept. Its lifetime and expiry keep the reconciler from
         # closing the request while this copy can still arrive (remediate.intake.queue).
         sent = self.queue.send_message(
             body, visibility_timeout=delay, **lifetime(message_ttl_seconds(self.settings), delay)
         )
+        if state not in (None, QUEUED):
+            # A duplicate (or resumed) delivery of a request that started: its state is the running delivery's.
+            log.info("no slot free for a second delivery", extra={"request_id": request.request_id})
+            return
         self.ledger.mark_waiting(
             request.request_id,
             QUEUED,
