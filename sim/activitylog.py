@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 # A managed identity's object id stands in the `caller` field (the example shows a user principal name).
@@ -135,7 +136,10 @@ class ActionRecord:
         self.log("EndRequest", "Accepted", "Accepted (HTTP Status Code: 202)")
 
     def failed(self, http_status: int) -> None:
-        self.log("EndRequest", "Failed", f"HTTP Status Code: {http_status}")
+        # The sub-status names the answer as "<reason phrase> (HTTP Status Code: <status>)", as for "Accepted
+        # (HTTP Status Code: 202)" (Microsoft Learn, "Azure Activity Log event schema", subStatus).
+        phrase = HTTPStatus(http_status).phrase.replace(" ", "")
+        self.log("EndRequest", "Failed", f"{phrase} (HTTP Status Code: {http_status})")
 
     def log(self, event_name: str, status: str, sub_status: str, at: dt.datetime | None = None) -> None:
         now = at or dt.datetime.now(dt.UTC)

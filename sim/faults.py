@@ -57,6 +57,11 @@ BEHAVIOUR_KINDS: dict[str, frozenset[str]] = {
     # The caller may not read the subscription's Activity Log, and gets `200` with no events instead of `403`
     # (reported in Azure/azure-sdk-for-java issue 2097): an absence that proves nothing.
     "empty-answer": frozenset({"activityLog"}),
+    # ARM forwarded the restart and gave up waiting for Compute's answer: the caller gets 504 GatewayTimeout
+    # and the Activity Log `Started` then `Failed` (504), while Compute restarts the VM anyway (an RP's answer
+    # after ARM's timeout is lost, not undone: Azure/azure-resource-manager-rpc, v1.0/common-api-details.md,
+    # "Client Request Timeout"). Nothing in the log says whether the VM restarted.
+    "gateway-timeout": frozenset({"restart"}),
 }
 
 KINDS = HTTP_KINDS | BEHAVIOUR_KINDS.keys()

@@ -618,6 +618,9 @@ class Emulator:
         except Refused as refused:
             record.failed(409)
             raise ArmError(409, refused.code, refused.message) from None
+        if self.faults.take("restart", "gateway-timeout", vm.key):  # see sim.faults: the VM restarts anyway
+            record.failed(504)
+            raise ArmError(504, "GatewayTimeout", "The gateway did not receive a response within the specified time.")
         record.accepted()
         self.activity.follow(record, op)
         return self._accepted(call, op)

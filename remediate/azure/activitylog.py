@@ -14,8 +14,9 @@ time window and the resource), authorised by `Microsoft.Insights/eventtypes/valu
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remediate.azure.errors import azure_errors
 from remediate.model import VmId
@@ -29,6 +30,11 @@ RESTART_ACTION = "microsoft.compute/virtualmachines/restart/action"
 ACCEPTED_STATUSES = frozenset({"accepted", "succeeded"})
 
 
+# The HTTP status an event's sub-status names: "Conflict (HTTP Status Code: 409)" (Microsoft Learn, "Azure
+# Activity Log event schema", subStatus).
+_HTTP_STATUS = re.compile(r"HTTP Status Code: (\d{3})")
+
+
 @dataclass(frozen=True)
 class RestartRecord:
     """One restart call as the Activity Log tells it (its events grouped by correlation id)."""
@@ -37,6 +43,7 @@ class RestartRecord:
     first_seen: dt.datetime
     statuses: tuple[str, ...]  # lower-case, in the order the log returned them
     caller: str
+    http_statuses: tuple[int, ...] = ()  # the answers the sub-statuses name
 
     @property
     def accepted(self) -> bool:
@@ -46,8 +53,10 @@ class RestartRecord:
 
     @property
     def refused(self) -> bool:
-        """ARM answered the call itself with an error (it ended `Failed` and was never accepted)."""
-        return "failed" in self.statuses and not self.accepted
+        """The call was answered with a client error (4xx: throttled, in conflict, not allowed) and never
+        accepted: nothing was done. A `Failed` with a 5xx (a gateway timeout after ARM forwarded the call) or
+        `Started` alone says nothing about whether Compute acted."""
+        return not self.accepted and "failed" in self.statuses and any(400 <= s < 500 for s in self.http_statuses)
 
 
 def restarts_since(
@@ -61,8 +70,8 @@ def restarts_since(
         f"eventTimestamp ge '{_iso(since)}' and eventTimestamp le '{_iso(until)}' "
         f"and correlationId eq '{correlation_id}'"
     )
-    select = "operationName,status,eventTimestamp,correlationId,caller,resourceId"
-    grouped: dict[str, list[tuple[dt.datetime, str, str]]] = {}
+    select = "operationName,status,subStatus,eventTimestamp,correlationId,caller,resourceId"
+    grouped: dict[str, list[tuple[dt.datetime, str, str, int | None]]] = {}
     with azure_errors(f"reading the Activity Log of {vm.name}"):
         for event in clients.monitor(vm.subscription).activity_logs.list(filter=query, select=select):
             operation = (event.operation_name.value if event.operation_name else "") or ""
@@ -75,9 +84,15 @@ def restarts_since(
             if (event.correlation_id or "").lower() != correlation_id.lower():
                 continue
             key = event.correlation_id or ""
-            grouped.setdefault(key, []).append((when, status, event.caller or ""))
+            grouped.setdefault(key, []).append((when, status, event.caller or "", _http_status(event)))
     records = [
-        RestartRecord(key, min(e[0] for e in events), tuple(e[1] for e in events), events[0][2])
+        RestartRecord(
+            key,
+            min(e[0] for e in events),
+            tuple(e[1] for e in events),
+            events[0][2],
+            tuple(e[3] for e in events if e[3] is not None),
+        )
         for key, events in grouped.items()
     ]
     return sorted(records, key=lambda r: r.first_seen)
@@ -98,6 +113,12 @@ def events_on(clients: AzureClients, vm: VmId, since: dt.datetime, until: dt.dat
             if seen >= 50:
                 break
     return seen
+
+
+def _http_status(event: Any) -> int | None:
+    sub = event.sub_status
+    match = _HTTP_STATUS.search((sub.localized_value or sub.value or "") if sub is not None else "")
+    return int(match.group(1)) if match else None
 
 
 def _iso(moment: dt.datetime) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remediate.azure.errors import azure_errors
-from remediate.model import PermanentError, TransientError, VmId
+from remediate.model import PermanentError, RemediationError, TransientError, VmId
 
 if TYPE_CHECKING:
     from azure.core.polling import LROPoller
@@ -171,9 +171,10 @@ def finish_restart(poller: LROPoller[None], vm: VmId, timeout: float) -> None:
     try:
         with azure_errors(f"restarting {vm.name}"):
             poller.result(timeout=max(timeout, 1.0))
-    except TransientError as exc:
+    except RemediationError as exc:
         # azure-core ends the poll with an error for both terminal failures, `Failed` and `Canceled` (a
-        # preempted operation is canceled): both are the operation's verdict, not a failed status read.
+        # preempted operation is canceled): both are the operation's verdict, not a failed status read, whatever
+        # error code (or none) the operation carries. Only a status read that failed is not.
         if isinstance(exc.__cause__, HttpResponseError) and poller.status().lower() in ("failed", "canceled"):
             raise RestartFailed(f"the restart operation of {vm.name} failed: {exc.reason}") from exc
         raise

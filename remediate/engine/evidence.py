@@ -114,6 +114,11 @@ def restart_fate(
                 f"({', '.join(first.statuses)})",
             )
         waited = wall() - sent_after
+        undecided = [r for r in records if not r.refused]
+        if waited >= evidence_seconds and undecided:
+            # ARM received it (`Started`, or a 5xx after forwarding it) and nothing says Compute did not act.
+            shown = ", ".join(undecided[0].statuses)
+            return RestartFate(None, f"the Activity Log shows restart {correlation_id} only as {shown}")
         if waited >= evidence_seconds:
             blind = _blind(clients, vm, sent_after, until)
             if blind:

@@ -138,3 +138,18 @@ def test_an_empty_log_that_does_not_even_show_our_run_commands_proves_nothing(en
     engine.emulator.faults.add("activityLog", "empty-answer", count=2)
     fate = _fate(engine, vm, sent, missing, wait=False)
     assert fate.accepted is None and "not even this product's Run Commands" in fate.detail
+
+
+def test_a_restart_the_log_shows_only_as_started_and_timed_out_is_unknown_never_sent_again(engine: Engine) -> None:
+    """ARM forwarded it and timed out (504); Compute restarted the VM anyway. `Started` and a 5xx say nothing
+    about Compute, so the absence of `Accepted` is not "not accepted" even after the log's lag."""
+    vm = VmId.parse(engine.vm("healthy").resource_id)
+    correlation_id = restart_correlation_id("request-1", "reboot")
+    engine.emulator.faults.add("restart", "gateway-timeout", count=1, vm=str(vm))
+    sent = time.time()
+    with pytest.raises(TransientError):
+        azure_vm.begin_restart(engine.clients, vm, correlation_id)
+    fate = _fate(engine, vm, sent, correlation_id, wait=True)
+    assert fate.accepted is None and "only as" in fate.detail and "accepted" not in fate.detail, fate.detail
+    events = [e for e in engine.emulator.activity.events_of(RESTART_ACTION) if e["correlationId"] == correlation_id]
+    assert [e["subStatus"]["localizedValue"] for e in events][-1] == "GatewayTimeout (HTTP Status Code: 504)"
