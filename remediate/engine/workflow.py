@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from remediate.engine.journal import (
     may_have_changed,
     restart_correlation_id,
 )
-from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger
+from remediate.ledger import DONE, WAITING, AuditRecord, ExecutionConflict, Ledger, VmState
 from remediate.model import (
     NotFound,
     Outcome,
@@ -323,21 +324,51 @@ class Workflow:
         return Outcome.SKIPPED, f"nothing changed: {exc.reason}"
 
     def _await_window(self, reboot_step: str, *, before_changes: bool = False) -> None:
-        """Raise OutsideWindow while the VM's change window is closed, unless this reboot was already sent (a
-        resumed request never holds back a restart Azure may have accepted). The queue worker puts the message
-        back until the window opens; nothing waits in a worker."""
+        """Raise OutsideWindow while the VM's change window is closed (or too little of it is left for a
+        restart), unless this reboot was already sent (a resumed request never holds back a restart Azure may
+        have accepted). The queue worker puts the message back until the window opens; nothing waits in a
+        worker. A request that holds the VM's lock keeps it through the wait (`_reserve`)."""
         journal = self._require_journal()
         if self._window is None or journal.find(reboot_step) is not None:
             return
         if before_changes and any((step.summary or {}).get("changed") for step in journal.steps):
             return  # changes were made already: the check before the reboot itself decides
-        opens_at = self._window.opens_after(self._now())
-        if opens_at is not None:
-            raise windows.OutsideWindow(windows.wait_reason(self._window, opens_at), opens_at)
+        if before_changes:
+            self._refuse_if_reserved(self.ledger.vm_state(self.request.vm))
+        wait = windows.reboot_wait(self._window, self._now(), self.settings.window_margin_seconds)
+        if wait is not None:
+            if self._holds_lock:
+                self._reserve(wait.opens_at)
+            raise wait
+
+    def _reserve(self, opens_at: dt.datetime) -> None:
+        """Keep the VM's lock until the window opens plus the lock time: a repaired VM waiting for its reboot
+        belongs to this request, and no other request may start on it in between."""
+        minutes = math.ceil(max((opens_at - self._now()).total_seconds(), 0.0) / 60) + self.settings.lock_minutes
+        taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, minutes)
+        if not taken:  # the lock lapsed and another request took it: that one decides; this one still waits
+            log.warning("lost the VM's lock before its window", extra={**self._log_fields(), "owner": state.owner})
+
+    def _refuse_if_reserved(self, state: VmState) -> None:
+        """Refuse (recorded, not retried) when another request holds the VM through its change-window wait."""
+        if not state.owner or not state.locked_by_other(self.request.request_id, self._now()):
+            return
+        holder = self.ledger.request_fields(state.owner, "State", "WaitingUntil")
+        if holder.get("State") != WAITING:
+            return
+        until = holder.get("WaitingUntil")
+        when = until.isoformat(timespec="minutes") if isinstance(until, dt.datetime) else "its window"
+        self._locked_out = True
+        raise _Stop(
+            Outcome.SKIPPED,
+            f"locked: request {state.owner} changed this VM and holds it until its reboot in its change window "
+            f"(opens {when}); nothing was done by this request",
+        )
 
     def _lock(self) -> None:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
         if not taken:
+            self._refuse_if_reserved(state)
             expires = state.lock_expires.isoformat() if state.lock_expires else "?"
             reason = f"locked: request {state.owner} is remediating this VM (until {expires})"
             if self.retry_later:
