@@ -37,6 +37,7 @@ from remediate.engine.journal import (
     may_have_changed,
     restart_correlation_id,
 )
+from remediate.engine.storm import Held, StormGuard
 from remediate.ledger import DONE, WAITING, AuditRecord, ExecutionConflict, Ledger, VmState
 from remediate.model import (
     NotFound,
@@ -47,6 +48,7 @@ from remediate.model import (
     RemediationRequest,
     StepResult,
     TransientError,
+    Trigger,
 )
 from remediate.settings import Settings
 
@@ -123,6 +125,7 @@ class Workflow:
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         wall: Callable[[], float] = time.time,
+        storm: StormGuard | None = None,
     ) -> None:
         self.request = request
         self.settings = settings
@@ -148,6 +151,8 @@ class Workflow:
         self._probes: dict[str, dict[str, Any]] = {}  # what each probe step saw, by step name
         self.diagnosis: Diagnosis | None = None
         self._window: windows.Window | None = None  # the VM's change window for reboots (None: any time)
+        self._storm = storm  # the storm guard; made on first use when not given
+        self._admitted = False  # counted against the storm budget in this execution
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -188,10 +193,8 @@ class Workflow:
             raise  # another execution owns the request and records its outcome: record nothing here
         except TransientError as exc:
             if self.retry_later:
-                raise  # the message comes back (for OutsideWindow: when the window opens)
-            if isinstance(exc, windows.OutsideWindow):
-                return self._outside_window(exc)
-            return Outcome.FAILED, f"gave up after retries: {exc.reason}"
+                raise  # the message comes back (OutsideWindow: when the window opens; Held: when the budget frees)
+            return self._without_retry(exc)
         except RemediationError as exc:
             return Outcome.FAILED, exc.reason
         except Exception as exc:  # a bug must still end in a recorded outcome, never a lost request
@@ -317,6 +320,14 @@ class Workflow:
         self._step("preflight", check, rerun=True)
         return holder[0]
 
+    def _without_retry(self, exc: TransientError) -> tuple[Outcome, str]:
+        """The verdict of a run that cannot come back later (the CLI, a message's last delivery)."""
+        if isinstance(exc, windows.OutsideWindow):
+            return self._outside_window(exc)
+        if isinstance(exc, Held):
+            return Outcome.SKIPPED, f"{exc.reason}; nothing was changed"
+        return Outcome.FAILED, f"gave up after retries: {exc.reason}"
+
     def _outside_window(self, exc: windows.OutsideWindow) -> tuple[Outcome, str]:
         """The verdict of a run that cannot come back later (the CLI) when the window is closed."""
         if any((s.summary or {}).get("changed") for s in self._require_journal().steps):
@@ -364,6 +375,29 @@ class Workflow:
             f"locked: request {state.owner} changed this VM and holds it until its reboot in its change window "
             f"(opens {when}); nothing was done by this request",
         )
+
+    def _admit_change(self) -> None:
+        """Count this request against the storm budget as it is about to make its first change (once: a
+        resumed request whose journal shows a change was counted before it). Past the budget it stops here,
+        nothing changed and its VM unlocked, and comes back when the budget frees (`Held`). An operator's
+        release, or a person running it from the command line, is counted and never refused."""
+        journal = self._require_journal()
+        if self._admitted or may_have_changed(journal.steps):
+            return
+        released = self.ledger.request_fields(self.request.request_id, "StormReleased").get("StormReleased")
+        force = bool(released) or self.request.trigger is Trigger.CLI
+        hold = self._storm_guard().admit(self.request.request_id, force=force)
+        if hold is not None:
+            if self._holds_lock:  # nothing changed: the VM is not kept from other requests while this one waits
+                self.ledger.release(self.request.vm, self.request.request_id)
+                self._holds_lock = False
+            raise Held(hold)
+        self._admitted = True
+
+    def _storm_guard(self) -> StormGuard:
+        if self._storm is None:
+            self._storm = StormGuard.from_settings(self.settings)
+        return self._storm
 
     def _lock(self) -> None:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
@@ -414,6 +448,7 @@ class Workflow:
         self.findings = [f"probe: {before}", *decision.problems, *decision.unknown]
         if options.diagnose_only or not decision.steps:
             return self._without_repairs(before, decision)
+        self._admit_change()
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
         self._round_probe = before  # the probe the current plan was decided from
         return self._rounds(decision, ip)
@@ -568,6 +603,7 @@ class Workflow:
     ) -> list[dict[str, Any]]:
         """The planned steps in order, stopping at the first a script refuses: its re-check found the facts
         changed (a session appeared, the listener moved on), so the steps planned after it rest on stale facts."""
+        self._admit_change()
         summaries: list[dict[str, Any]] = []
         for step in steps:
             summaries.append(self._execute(step, suffix, probe, done))
