@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
+from remediate import changewindow
 from remediate.model import (
     ConfigurationError,
     azure_key,
@@ -138,6 +139,13 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _window(text: str) -> str:
+    """A change window in the documented format (checked now, not when a reboot needs it); empty: any time."""
+    if text.strip():
+        changewindow.parse(text)  # ValueError saying what is wrong, with the format and an example
+    return text.strip()
 
 
 def _https_url(text: str) -> str:
@@ -286,7 +294,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "reboot_window",
         "",
         "Default change window for reboots, e.g. `Sat 02:00-06:00 Europe/Berlin` (docs/operations.md); empty: any "
-        "time. A VM's `RDPR_WINDOW_TAG` tag overrides it.",
+        "time. A VM's `RDPR_WINDOW_TAG` tag overrides it. Checked at start: a malformed value stops the app.",
+        _window,
+    ),
+    SettingSpec(
+        "RDPR_WINDOW_MARGIN_SECONDS",
+        "window_margin_seconds",
+        "600",
+        "A reboot starts only while at least this much of its change window is left, so the VM is back before "
+        "the window ends (the default is `RDPR_BOOT_TIMEOUT_SECONDS`' default); otherwise it waits for the next.",
+        _non_negative_float,
     ),
     SettingSpec(
         "RDPR_WINDOW_TAG",
@@ -588,6 +605,7 @@ class Settings:
     approver_role: str
     operator_role: str
     reboot_window: str
+    window_margin_seconds: float
     window_tag: str
     reboot_policy: str
     lock_minutes: int
@@ -652,6 +670,11 @@ class Settings:
         if not self.table_prefix.isalnum():
             raise ConfigurationError("RDPR_TABLE_PREFIX: letters and digits only")
         self._check_retention()
+        if self.reboot_window and changewindow.parse(self.reboot_window).nominal_seconds < self.window_margin_seconds:
+            raise ConfigurationError(
+                f"RDPR_REBOOT_WINDOW={self.reboot_window!r} is shorter than RDPR_WINDOW_MARGIN_SECONDS="
+                f"{self.window_margin_seconds:g}: no reboot could ever start in it"
+            )
         if self.emulator:
             for name, url in (("RDPR_ARM_URL", self.arm_url), ("RDPR_LOGS_URL", self.logs_url)):
                 host = urlparse(url).hostname or ""

@@ -4,7 +4,9 @@ Source: azure-rest-api-specs, specification/alertsmanagement/resource-manager/Mi
 AlertsManagement/preview/2019-05-05-preview/examples/Alerts_ChangeState.json:
 `POST /subscriptions/{subscriptionId}/providers/Microsoft.AlertsManagement/alerts/{alertId}/changestate
 ?api-version=2019-05-05-preview&newState=Acknowledged` with body `{"comment": "..."}` answers 200 with the alert
-(`id`, `type` "Microsoft.AlertsManagement/alerts", `name`, `properties.essentials.alertState`, ...). The same
+(`id`, `type` "Microsoft.AlertsManagement/alerts", `name`, `properties.essentials` with the fields the example shows,
+`properties.egressConfig`, `properties.context`). The alert is subscription-scoped: there is no resource-group
+form of the path, so the emulator serves none (an unknown route is a 404 there as here). The same
 operation's `newState` is one of New, Acknowledged, Closed (AlertsManagement.json, parameter `newState`), and
 an error answers with the `errorResponse` definition: `{"error": {"code", "message"}}`.
 """
@@ -29,6 +31,7 @@ class FiredAlert:
     alert_id: str  # the full id, as the common alert schema's `essentials.alertId` carries it
     target: str
     state: str = "New"
+    fired: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     changes: list[tuple[str, str]] = field(default_factory=list)  # (new state, comment), oldest first
 
 
@@ -72,11 +75,15 @@ def change_state(emulator: Emulator, call: Call, groups: tuple[str, ...]) -> Res
     alert = emulator.alerts.change(alert_id, new_state, comment)
     if alert is None:
         raise ArmError(404, "ResourceNotFound", f"The alert '{groups[1]}' could not be found.")
+    return json_response(200, _alert_body(alert))
+
+
+def _alert_body(alert: FiredAlert) -> dict[str, Any]:
+    """The alert as Alerts_ChangeState.json's 200 answer shows it: every essentials field of the example, filled
+    in from the fired alert (the emulator fires metric alerts on VMs from the platform's monitor service)."""
+    target = alert.target.strip("/").split("/")
     now = dt.datetime.now(dt.UTC).isoformat()
-    payload: dict[str, Any] = {
-        "id": alert.alert_id,
-        "type": "Microsoft.AlertsManagement/alerts",
-        "name": "rdp-remediate test alert",
+    return {
         "properties": {
             "essentials": {
                 "severity": "Sev1",
@@ -85,12 +92,23 @@ def change_state(emulator: Emulator, call: Call, groups: tuple[str, ...]) -> Res
                 "monitorCondition": "Fired",
                 "monitorService": "Platform",
                 "targetResource": alert.target,
+                "targetResourceName": target[-1],
+                "targetResourceGroup": target[3] if len(target) > 3 else "",
+                "targetResourceType": target[-2] if len(target) > 1 else "",
+                "sourceCreatedId": alert.alert_id.rsplit("/", 1)[-1],
+                "smartGroupId": "",
+                "smartGroupingReason": "",
+                "alertRule": "rdp-remediate test alert",
+                "startDateTime": alert.fired.isoformat(),
                 "lastModifiedDateTime": now,
                 "lastModifiedUserName": "System",
                 "actionStatus": {"isSuppressed": False},
+                "description": "",
             },
             "egressConfig": {},
             "context": {},
         },
+        "id": alert.alert_id,
+        "type": "Microsoft.AlertsManagement/alerts",
+        "name": "rdp-remediate test alert",
     }
-    return json_response(200, payload)

@@ -119,6 +119,9 @@ def _configure(emulator: Any, azurite: Any, ingestion: Any) -> None:
             # expiring certificate is still renewed after them.
             "RDPR_SWEEP_MAX_VMS": "25",
             "RDPR_SWEEP_MAX_PERCENT": "100",
+            # The storm guard counts each remediation as it starts changing its VM, after the sweep has sized the
+            # fleet: 20 % of this one-VM-per-scenario fleet would hold the sweep's renewal behind the runbook's.
+            "RDPR_STORM_MAX_PERCENT": "100",
             "RDPR_CIRCUIT_MIN_OUTCOMES": "50",
         }
     )

@@ -18,6 +18,7 @@ from remediate.settings import Settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.engine.storm import StormGuard
 
 
 def remediate(
@@ -29,6 +30,7 @@ def remediate(
     progress: Progress | None = None,
     retry_later: bool = False,
     trace_context: Mapping[str, str] | None = None,
+    storm: StormGuard | None = None,
 ) -> WorkflowResult:
     """Run one request's workflow inside its trace (`trace_context`: the queue message's W3C fields)."""
     with telemetry.request_trace(request, trace_context) as trace:
@@ -39,6 +41,7 @@ def remediate(
             clients=clients,
             progress=trace.progress(progress),
             retry_later=retry_later,
+            storm=storm,
         ).run()
         trace.finish(result.outcome.value, result.reason, result.failed_step, result.rebooted, result.duration_seconds)
         close_the_loop(request, result, settings, ledger, clients)

@@ -1,31 +1,21 @@
-"""Change windows for reboots: when a VM may be restarted.
+"""Change windows for reboots: which window a VM has, and what a reboot outside it says.
 
 A VM's window comes from its tag (`RDPR_WINDOW_TAG`, default `rdp-remediate-window`) or, without one, from
-`RDPR_REBOOT_WINDOW` (empty: any time). The format, days then times then an IANA time zone:
-
-    Sat 02:00-06:00 Europe/Berlin
-    Mon-Fri 22:00-04:00 America/New_York      (ends the next morning)
-    Sat,Sun 00:00-24:00 UTC
-    daily 01:00-03:00 Asia/Tokyo
-
-A window that ends before it starts runs past midnight and belongs to the day it starts. Times are wall-clock
-times in the zone, so a window keeps its local hours across daylight-saving changes. Only the reboot waits for
-the window: a repair that needs no reboot runs whenever it is asked for.
+`RDPR_REBOOT_WINDOW` (empty: any time; validated when the settings are read). The format and the time math,
+daylight-saving changes included, are in `remediate.changewindow`. Only the reboot waits for the window: a repair
+that needs no reboot runs whenever it is asked for. A reboot also waits when less of the window is left than
+`RDPR_WINDOW_MARGIN_SECONDS` (the time a restart may take to come back): it would run past the window's end.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from remediate.changewindow import EXAMPLE, Window, parse
 from remediate.model import TransientError
 from remediate.settings import Settings
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-EXAMPLE = "Sat 02:00-06:00 Europe/Berlin"
-_FORMAT = re.compile(r"^\s*(?P<days>\S+)\s+(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})\s+(?P<zone>\S+)\s*$")
+__all__ = ["EXAMPLE", "OutsideWindow", "Window", "parse", "reboot_window", "wait_reason"]
 
 
 class OutsideWindow(TransientError):
@@ -34,73 +24,6 @@ class OutsideWindow(TransientError):
     def __init__(self, reason: str, opens_at: dt.datetime) -> None:
         super().__init__(reason)
         self.opens_at = opens_at
-
-
-@dataclass(frozen=True)
-class Window:
-    text: str
-    days: frozenset[int]  # 0 = Monday
-    start: int  # minutes after local midnight
-    end: int  # minutes after local midnight, 1440 for 24:00; below start: ends the next day
-    zone: ZoneInfo
-
-    def _spans(self, now: dt.datetime) -> list[tuple[dt.datetime, dt.datetime]]:
-        """The window's occurrences from yesterday to a week ahead, in UTC."""
-        today = now.astimezone(self.zone).date()
-        spans = []
-        for offset in range(-1, 9):
-            day = today + dt.timedelta(days=offset)
-            if day.weekday() not in self.days:
-                continue
-            length = (self.end - self.start) % 1440 or 1440
-            # Arithmetic on an aware datetime with the same tzinfo is wall-clock arithmetic: local hours hold.
-            start = dt.datetime.combine(day, dt.time(), self.zone) + dt.timedelta(minutes=self.start)
-            end = start + dt.timedelta(minutes=length)
-            spans.append((start.astimezone(dt.UTC), end.astimezone(dt.UTC)))
-        return spans
-
-    def opens_after(self, now: dt.datetime) -> dt.datetime | None:
-        """None while the window is open at `now`; otherwise when it next opens."""
-        spans = self._spans(now)
-        if any(start <= now < end for start, end in spans):
-            return None
-        return min(start for start, _ in spans if start > now)
-
-
-def parse(text: str) -> Window:
-    """A window from its text; ValueError saying what is wrong and showing the format."""
-    match = _FORMAT.match(text)
-    if match is None:
-        raise ValueError(f"expected DAYS HH:MM-HH:MM TIMEZONE, e.g. {EXAMPLE!r}")
-    try:
-        zone = ZoneInfo(match["zone"])
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {match['zone']!r} (use an IANA name such as Europe/Berlin)") from None
-    start, end = _minutes(match["start"]), _minutes(match["end"])
-    if start >= 1440 or start == end:
-        raise ValueError(f"the window {match['start']}-{match['end']} is empty or starts at 24:00 or later")
-    return Window(text.strip(), _days(match["days"]), start, end, zone)
-
-
-def _minutes(text: str) -> int:
-    hours, minutes = (int(part) for part in text.split(":"))
-    if hours > 24 or minutes > 59 or (hours == 24 and minutes):
-        raise ValueError(f"{text} is not a time of day (00:00 to 24:00)")
-    return hours * 60 + minutes
-
-
-def _days(text: str) -> frozenset[int]:
-    lowered = text.lower()
-    if lowered in ("daily", "*"):
-        return frozenset(range(7))
-    days: set[int] = set()
-    for part in lowered.split(","):
-        first, _, last = part.partition("-")
-        if first not in DAYS or (last and last not in DAYS):
-            raise ValueError(f"unknown day {part!r}: use Mon..Sun, ranges like Mon-Fri, lists like Sat,Sun, or daily")
-        a, b = DAYS.index(first), DAYS.index(last or first)
-        days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(b + 1)])
-    return frozenset(days)
 
 
 def reboot_window(settings: Settings, tags: dict[str, str]) -> tuple[Window | None, str | None]:
@@ -114,9 +37,36 @@ def reboot_window(settings: Settings, tags: dict[str, str]) -> tuple[Window | No
     else:
         return None, None
     try:
-        return parse(text), None
+        window = parse(text)
     except ValueError as exc:
         return None, f"malformed change window ({source}): {exc}; nothing was changed"
+    margin = settings.window_margin_seconds
+    if window.nominal_seconds < margin:
+        return None, (
+            f"change window too short ({source}): {window.nominal_seconds // 60} min, but a reboot needs "
+            f"RDPR_WINDOW_MARGIN_SECONDS={margin:g} s of it; nothing was changed"
+        )
+    return window, None
+
+
+def reboot_wait(window: Window, now: dt.datetime, margin_seconds: float) -> OutsideWindow | None:
+    """None when a reboot may start now: the window is open with at least `margin_seconds` left (the time a
+    restart may take to come back); otherwise the wait, saying until when and why."""
+    try:
+        opens_at = window.opens_after(now, margin_seconds)
+    except ValueError as exc:  # cannot happen for a window at least the margin long; asked again in a day
+        opens_at = now + dt.timedelta(days=1)
+        return OutsideWindow(f"{wait_reason(window, opens_at)} ({exc})", opens_at)
+    if opens_at is None:
+        return None
+    left = window.left_at(now)
+    reason = wait_reason(window, opens_at)
+    if left is not None:  # open, but the restart could run past its end
+        reason += (
+            f" (only {left / 60:.0f} min of the current window are left; a reboot needs "
+            f"RDPR_WINDOW_MARGIN_SECONDS={margin_seconds:g} s)"
+        )
+    return OutsideWindow(reason, opens_at)
 
 
 def wait_reason(window: Window, opens_at: dt.datetime) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from remediate.engine.journal import (
     may_have_changed,
     restart_correlation_id,
 )
-from remediate.ledger import DONE, AuditRecord, ExecutionConflict, Ledger
+from remediate.engine.storm import Held, StormGuard
+from remediate.ledger import DONE, WAITING, AuditRecord, ExecutionConflict, Ledger, VmState
 from remediate.model import (
     NotFound,
     Outcome,
@@ -46,6 +48,7 @@ from remediate.model import (
     RemediationRequest,
     StepResult,
     TransientError,
+    Trigger,
 )
 from remediate.settings import Settings
 
@@ -122,6 +125,7 @@ class Workflow:
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         wall: Callable[[], float] = time.time,
+        storm: StormGuard | None = None,
     ) -> None:
         self.request = request
         self.settings = settings
@@ -147,6 +151,8 @@ class Workflow:
         self._probes: dict[str, dict[str, Any]] = {}  # what each probe step saw, by step name
         self.diagnosis: Diagnosis | None = None
         self._window: windows.Window | None = None  # the VM's change window for reboots (None: any time)
+        self._storm = storm  # the storm guard; made on first use when not given
+        self._admitted = False  # counted against the storm budget in this execution
 
     # --- the public entry point -----------------------------------------------------------------------
 
@@ -187,10 +193,8 @@ class Workflow:
             raise  # another execution owns the request and records its outcome: record nothing here
         except TransientError as exc:
             if self.retry_later:
-                raise  # the message comes back (for OutsideWindow: when the window opens)
-            if isinstance(exc, windows.OutsideWindow):
-                return self._outside_window(exc)
-            return Outcome.FAILED, f"gave up after retries: {exc.reason}"
+                raise  # the message comes back (OutsideWindow: when the window opens; Held: when the budget frees)
+            return self._without_retry(exc)
         except RemediationError as exc:
             return Outcome.FAILED, exc.reason
         except Exception as exc:  # a bug must still end in a recorded outcome, never a lost request
@@ -316,6 +320,14 @@ class Workflow:
         self._step("preflight", check, rerun=True)
         return holder[0]
 
+    def _without_retry(self, exc: TransientError) -> tuple[Outcome, str]:
+        """The verdict of a run that cannot come back later (the CLI, a message's last delivery)."""
+        if isinstance(exc, windows.OutsideWindow):
+            return self._outside_window(exc)
+        if isinstance(exc, Held):
+            return Outcome.SKIPPED, f"{exc.reason}; nothing was changed"
+        return Outcome.FAILED, f"gave up after retries: {exc.reason}"
+
     def _outside_window(self, exc: windows.OutsideWindow) -> tuple[Outcome, str]:
         """The verdict of a run that cannot come back later (the CLI) when the window is closed."""
         if any((s.summary or {}).get("changed") for s in self._require_journal().steps):
@@ -323,21 +335,74 @@ class Workflow:
         return Outcome.SKIPPED, f"nothing changed: {exc.reason}"
 
     def _await_window(self, reboot_step: str, *, before_changes: bool = False) -> None:
-        """Raise OutsideWindow while the VM's change window is closed, unless this reboot was already sent (a
-        resumed request never holds back a restart Azure may have accepted). The queue worker puts the message
-        back until the window opens; nothing waits in a worker."""
+        """Raise OutsideWindow while the VM's change window is closed (or too little of it is left for a
+        restart), unless this reboot was already sent (a resumed request never holds back a restart Azure may
+        have accepted). The queue worker puts the message back until the window opens; nothing waits in a
+        worker. A request that holds the VM's lock keeps it through the wait (`_reserve`)."""
         journal = self._require_journal()
         if self._window is None or journal.find(reboot_step) is not None:
             return
         if before_changes and any((step.summary or {}).get("changed") for step in journal.steps):
             return  # changes were made already: the check before the reboot itself decides
-        opens_at = self._window.opens_after(self._now())
-        if opens_at is not None:
-            raise windows.OutsideWindow(windows.wait_reason(self._window, opens_at), opens_at)
+        if before_changes:
+            self._refuse_if_reserved(self.ledger.vm_state(self.request.vm))
+        wait = windows.reboot_wait(self._window, self._now(), self.settings.window_margin_seconds)
+        if wait is not None:
+            if self._holds_lock:
+                self._reserve(wait.opens_at)
+            raise wait
+
+    def _reserve(self, opens_at: dt.datetime) -> None:
+        """Keep the VM's lock until the window opens plus the lock time: a repaired VM waiting for its reboot
+        belongs to this request, and no other request may start on it in between."""
+        minutes = math.ceil(max((opens_at - self._now()).total_seconds(), 0.0) / 60) + self.settings.lock_minutes
+        taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, minutes)
+        if not taken:  # the lock lapsed and another request took it: that one decides; this one still waits
+            log.warning("lost the VM's lock before its window", extra={**self._log_fields(), "owner": state.owner})
+
+    def _refuse_if_reserved(self, state: VmState) -> None:
+        """Refuse (recorded, not retried) when another request holds the VM through its change-window wait."""
+        if not state.owner or not state.locked_by_other(self.request.request_id, self._now()):
+            return
+        holder = self.ledger.request_fields(state.owner, "State", "WaitingUntil")
+        if holder.get("State") != WAITING:
+            return
+        until = holder.get("WaitingUntil")
+        when = until.isoformat(timespec="minutes") if isinstance(until, dt.datetime) else "its window"
+        self._locked_out = True
+        raise _Stop(
+            Outcome.SKIPPED,
+            f"locked: request {state.owner} changed this VM and holds it until its reboot in its change window "
+            f"(opens {when}); nothing was done by this request",
+        )
+
+    def _admit_change(self) -> None:
+        """Count this request against the storm budget as it is about to make its first change (once: a
+        resumed request whose journal shows a change was counted before it). Past the budget it stops here,
+        nothing changed and its VM unlocked, and comes back when the budget frees (`Held`). An operator's
+        release, or a person running it from the command line, is counted and never refused."""
+        journal = self._require_journal()
+        if self._admitted or may_have_changed(journal.steps):
+            return
+        released = self.ledger.request_fields(self.request.request_id, "StormReleased").get("StormReleased")
+        force = bool(released) or self.request.trigger is Trigger.CLI
+        hold = self._storm_guard().admit(self.request.request_id, force=force)
+        if hold is not None:
+            if self._holds_lock:  # nothing changed: the VM is not kept from other requests while this one waits
+                self.ledger.release(self.request.vm, self.request.request_id)
+                self._holds_lock = False
+            raise Held(hold)
+        self._admitted = True
+
+    def _storm_guard(self) -> StormGuard:
+        if self._storm is None:
+            self._storm = StormGuard.from_settings(self.settings)
+        return self._storm
 
     def _lock(self) -> None:
         taken, state = self.ledger.acquire(self.request.vm, self.request.request_id, self.settings.lock_minutes)
         if not taken:
+            self._refuse_if_reserved(state)
             expires = state.lock_expires.isoformat() if state.lock_expires else "?"
             reason = f"locked: request {state.owner} is remediating this VM (until {expires})"
             if self.retry_later:
@@ -383,7 +448,8 @@ class Workflow:
         self.findings = [f"probe: {before}", *decision.problems, *decision.unknown]
         if options.diagnose_only or not decision.steps:
             return self._without_repairs(before, decision)
-        self._require_approved(decision)
+        self._require_approved(decision)  # an unapproved plan ends here, spending no storm budget
+        self._admit_change()
         self.ledger.record_attempt(self.request.vm, self.request.request_id)
         self._round_probe = before  # the probe the current plan was decided from
         return self._rounds(decision, ip)
@@ -553,6 +619,7 @@ class Workflow:
     ) -> list[dict[str, Any]]:
         """The planned steps in order, stopping at the first a script refuses: its re-check found the facts
         changed (a session appeared, the listener moved on), so the steps planned after it rest on stale facts."""
+        self._admit_change()
         summaries: list[dict[str, Any]] = []
         for step in steps:
             summaries.append(self._execute(step, suffix, probe, done))

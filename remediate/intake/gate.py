@@ -2,7 +2,8 @@
 
 A queue message comes back later, rather than waiting in a worker, whenever its request may not start yet:
 
-* held by the storm guard: it is re-sent invisible until the budget frees (`held` in the ledger, with the reason);
+* held by the storm guard (the workflow stopped before its first change, `Held`): it is re-sent invisible until
+  the budget frees (`held` in the ledger, with the reason); back, it runs only if the budget has room by then;
 * every slot taken (`RDPR_MAX_ACTIVE`): it is re-sent invisible for `RDPR_SLOT_RETRY_SECONDS`;
 * its reboot waits for the VM's change window: it is re-sent invisible until the window opens (`waiting`).
 
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from remediate import telemetry
 from remediate.engine.slots import Slots
-from remediate.engine.storm import Hold, StormGuard
+from remediate.engine.storm import Held, Hold, StormGuard
 from remediate.engine.windows import OutsideWindow
 from remediate.intake import approval
 from remediate.intake.queue import lifetime, message_ttl_seconds
@@ -66,7 +67,10 @@ class Gate:
             self._wait_for_slot(request, body, state)
             return
         try:
-            handle_message(body, dequeue_count, self.settings, self.ledger, self.clients)
+            handle_message(body, dequeue_count, self.settings, self.ledger, self.clients, self.guard)
+        except Held as held:
+            # Stopped before its first change, its VM untouched: back when the budget has room again.
+            hold_request(self.queue, self.ledger, request.request_id, body, held.hold)
         except OutsideWindow as wait:
             # Not a failure: the message comes back when the window opens (the queue allows 7 days at most).
             seconds = (wait.opens_at - utcnow()).total_seconds()
@@ -81,7 +85,8 @@ class Gate:
         """True when the request may not run yet (held, awaiting approval, just diagnosed): its message is back in
         the queue, or it ended (an expired approval, a diagnosis with nothing to approve)."""
         if state == HELD:
-            hold = self.guard.admit()
+            # Counted only when it reaches its first change again; while the budget is still full nothing runs.
+            hold = self.guard.check()
             if hold is not None:
                 hold_request(self.queue, self.ledger, request.request_id, body, hold)
                 return True
@@ -146,7 +151,8 @@ class NotHeld(PermanentError):
 
 
 def release(ledger: Ledger, queue: QueueClient, guard: StormGuard, request_id: str, who: str, why: str) -> dt.datetime:
-    """An operator releases a held request now: counted against the budget, never refused by it."""
+    """An operator releases a held request now: counted against the budget at its first change, never refused
+    by it (the request row says who released it)."""
     from azure.core.exceptions import HttpResponseError
 
     record = ledger.get(request_id)
@@ -154,9 +160,11 @@ def release(ledger: Ledger, queue: QueueClient, guard: StormGuard, request_id: s
         raise NotFound(f"request_id: no request {request_id} in the ledger")
     if record.state != HELD:
         raise NotHeld(f"request_id: request {request_id} is not held (state {record.state})")
-    guard.admit(force=True)
+    del guard  # counted by the workflow, at the change the release lets through
     now = utcnow()
-    ledger.mark_waiting(request_id, QUEUED, f"released by {who} at {now.isoformat(timespec='seconds')}: {why}")
+    ledger.mark_waiting(
+        request_id, QUEUED, f"released by {who} at {now.isoformat(timespec='seconds')}: {why}", StormReleased=who
+    )
     message = ledger.request_fields(request_id, "MessageId", "PopReceipt")
     try:
         if message.get("MessageId") and message.get("PopReceipt"):

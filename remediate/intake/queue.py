@@ -68,7 +68,7 @@ class RequestQueue:
         # An intake answers within seconds (an action group waits at most 10 s): a claim older than this that
         # never prepared its message belongs to an intake that died.
         self.claim_stale_seconds = claim_stale_seconds
-        self.guard = guard  # the storm guard: every trigger's requests count against its budget
+        self.guard = guard  # the storm guard the gate and the workflow share (counted at a request's first change)
         self.message_ttl = message_ttl  # seconds; None: Azure's default (seven days)
 
     @classmethod
@@ -138,14 +138,9 @@ class RequestQueue:
             if request.dedup_key:
                 self.ledger.prepare_claim(request.dedup_key, request.request_id, message)
             self.ledger.record_accepted(request)
-            hold = self.guard.admit() if self.guard is not None else None
-            if hold is None:
-                # Sent right after the request row: its acceptance time stands for the message's (reconcile.py).
-                self.queue.send_message(message, **lifetime(self.message_ttl))
-            else:  # accepted and kept, not dropped: its message comes back when the budget frees
-                from remediate.intake.gate import hold_request
-
-                hold_request(self.queue, self.ledger, request.request_id, message, hold)
+            # Not counted against the storm budget here: a request counts when it is about to change its VM.
+            # Sent right after the request row: its acceptance time stands for the message's (reconcile.py).
+            self.queue.send_message(message, **lifetime(self.message_ttl))
         except Exception as exc:
             self._undo(request, exc)
             raise TransientError(f"the request could not be queued: {exc}") from exc

@@ -18,12 +18,18 @@ from remediate.settings import Settings
 
 if TYPE_CHECKING:
     from remediate.azure.clients import AzureClients
+    from remediate.engine.storm import StormGuard
 
 log = logging.getLogger(__name__)
 
 
 def handle_message(
-    body: str, dequeue_count: int, settings: Settings, ledger: Ledger, clients: AzureClients
+    body: str,
+    dequeue_count: int,
+    settings: Settings,
+    ledger: Ledger,
+    clients: AzureClients,
+    storm: StormGuard | None = None,
 ) -> WorkflowResult | None:
     """Run the request in `body`. Raises to have the host redeliver; returns None for a message that no
     retry can help (recorded in the ledger when it names a request, logged as an error either way).
@@ -46,7 +52,13 @@ def handle_message(
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
         return remediate(
-            request, settings, ledger, clients, retry_later=not last_delivery, trace_context=telemetry.carrier_of(data)
+            request,
+            settings,
+            ledger,
+            clients,
+            retry_later=not last_delivery,
+            trace_context=telemetry.carrier_of(data),
+            storm=storm,
         )
     except ExecutionConflict as exc:
         # Another delivery of the same request is running it: that one records the outcome (or, if it dies,

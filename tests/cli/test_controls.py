@@ -54,7 +54,9 @@ def test_release_runs_a_held_request_and_records_who(app: App, capsys: pytest.Ca
     record = app.ledger.get(request_id)
     assert record is not None and record.state == "queued"
     assert record.outcome_reason.startswith("released by ops@contoso at ") and "storm checked" in record.outcome_reason
-    assert app.storm.started_last_hour() == 1  # counted against the budget
+    # Counted against the budget when it reaches its first change, and never refused there: the row says who.
+    assert app.ledger.request_fields(request_id, "StormReleased") == {"StormReleased": "ops@contoso"}
+    assert app.storm.started_last_hour() == 0
     # Released twice: refused, nothing changed.
     assert main(["release", request_id, "--reason", "again"]) == EXIT_REFUSED
     assert "is not held (state queued)" in capsys.readouterr().err

@@ -54,3 +54,48 @@ def test_an_alert_the_api_cannot_find_leaves_the_outcome_alone(functions: Functi
     status = body(functions.get_status(request_id))
     assert status["outcome"] == "remediated"
     assert status["alert"]["AlertState"] == "not updated" and "404" in status["alert"]["AlertNote"]
+
+
+def _fire_many(functions: Functions, scenarios: list[str]) -> tuple[str, list[str]]:
+    """One alert naming several VMs (`alertTargetIDs`), as a metric alert on a resource group's VMs does."""
+    targets = [functions.emulator.fleet.by_scenario(s)[0].resource_id for s in scenarios]
+    alert_id = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}"
+    functions.emulator.alerts.fire(alert_id, targets[0])
+    payload = metric_alert(targets[0], alert_id=alert_id)
+    payload["data"]["essentials"]["alertTargetIDs"] = [t.lower() for t in targets]
+    answer = functions.post("alerts", payload)
+    assert answer.status_code == 202
+    ids = body(answer)["requestIds"]
+    assert len(ids) == len(scenarios)
+    return alert_id, ids
+
+
+def test_an_alert_naming_several_vms_is_closed_only_when_every_one_is_fixed(functions: Functions) -> None:
+    alert_id, ids = _fire_many(functions, ["expired-certificate", "firewall-closed"])
+    functions.host.drain(timeout=120)
+    assert [body(functions.get_status(i))["outcome"] for i in ids] == ["remediated", "remediated"]
+    alert = functions.emulator.alerts.get(alert_id)
+    assert alert is not None and alert.state == "Closed"
+    closing = [comment for state, comment in alert.changes if state == "Closed"]
+    assert closing and all(ids[0] in c and ids[1] in c for c in closing)  # the closing comment names both
+    assert "Every VM this alert named is fixed and verified" in closing[-1]
+    # Whichever finished first while the other was still open left the alert open, saying which is not done.
+    early = [comment for state, comment in alert.changes if state != "Closed"]
+    assert all("1 of 2 VMs this alert named are fixed and verified" in c and "not yet" in c for c in early)
+
+
+def test_an_alert_naming_several_vms_stays_open_while_one_of_them_failed(functions: Functions) -> None:
+    alert_id, ids = _fire_many(functions, ["expired-certificate", "cached-session"])
+    functions.host.drain(timeout=120)
+    outcomes = [body(functions.get_status(i))["outcome"] for i in ids]
+    assert outcomes == ["remediated", "failed"]
+    alert = functions.emulator.alerts.get(alert_id)
+    assert alert is not None and alert.state == "Acknowledged"
+    assert all(state != "Closed" for state, _ in alert.changes)  # never closed, not even for a moment
+    fixed_vm = functions.emulator.fleet.by_scenario("expired-certificate")[0].name
+    failed_vm = functions.emulator.fleet.by_scenario("cached-session")[0].name
+    last = alert.changes[-1][1]
+    assert "1 of 2 VMs this alert named are fixed and verified" in last
+    assert fixed_vm in last and failed_vm in last  # which VM is done and which is not
+    for request_id in ids:
+        assert body(functions.get_status(request_id))["alert"]["AlertState"] == "Acknowledged"

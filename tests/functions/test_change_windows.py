@@ -79,3 +79,44 @@ def test_a_malformed_window_tag_is_a_clear_reason_and_nothing_changes(functions:
     assert "Sat 02:00-06:00 Europe/Berlin" in status["outcomeReason"]  # the format, shown
     assert _restarts(functions, vm.resource_id) == 0 and _repairs(functions) == 0
     assert VmId.parse(vm.resource_id)  # the VM id itself was fine
+
+
+def test_a_repaired_vm_stays_reserved_through_its_window_wait(functions: Functions) -> None:
+    """The repair ran, the reboot waits for the window: the VM's lock is kept for that request until the window
+    opens (plus the lock time), so a second request for the VM during the wait is refused with its reason."""
+    functions.app = reset_app(dataclasses.replace(functions.app.settings, reboot_policy="when-required"))
+    vm = functions.emulator.fleet.by_scenario("keystore-acl")[0]  # its ACL repair needs a reboot
+    vm.tags[TAG] = _closed_now()
+    first = body(functions.post("alerts", metric_alert(vm.resource_id)))["requestIds"][0]
+    functions.host.drain(timeout=60)
+    assert body(functions.get_status(first))["state"] == "waiting"
+    repairs = _repairs(functions)
+    assert repairs >= 2 and _restarts(functions, vm.resource_id) == 0  # diagnose + repair, no restart yet
+    ledger = functions.app.ledger
+    vm_id = VmId.parse(vm.resource_id)
+    state = ledger.vm_state(vm_id)
+    opens = ledger.request_fields(first, "WaitingUntil")["WaitingUntil"]
+    assert state.owner == first and state.lock_expires is not None and state.lock_expires > opens
+
+    # Well past RDPR_LOCK_MINUTES later (the window is still a day or more away), another request arrives.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=functions.app.settings.lock_minutes + 10)
+    ledger._clock = lambda: later
+    second = body(functions.post("remediations", {"vms": [vm.resource_id]}))["requestIds"][0]
+    functions.host.drain(timeout=60)
+    refused = body(functions.get_status(second))
+    assert refused["outcome"] == "skipped"
+    assert f"locked: request {first} changed this VM and holds it until its reboot" in refused["outcomeReason"]
+    assert _repairs(functions) == repairs  # the second request ran nothing on the VM
+    assert ledger.vm_state(vm_id).owner == first
+
+    # The window opens: the first request reboots and verifies, and gives the VM back.
+    ledger._clock = lambda: dt.datetime.now(dt.UTC)
+    vm.tags[TAG] = "daily 00:00-24:00 UTC"
+    message = ledger.request_fields(first, "MessageId", "PopReceipt")
+    functions.app.queue.queue.update_message(
+        message["MessageId"], pop_receipt=message["PopReceipt"], visibility_timeout=0
+    )
+    functions.host.drain(timeout=60)
+    done = body(functions.get_status(first))
+    assert done["outcome"] == "remediated" and done["rebooted"] is True
+    assert _restarts(functions, vm.resource_id) == 1 and ledger.vm_state(vm_id).owner is None

@@ -187,20 +187,22 @@ def test_the_storm_guard_holds_what_exceeds_the_budget_and_releases_it(
     answers = [functions.post("alerts", metric_alert(vm.resource_id)) for vm in fleet]
     assert [a.status_code for a in answers] == [202] * 5  # accepted, every one: held is not dropped
     ids = [body(a)["requestIds"][0] for a in answers]
-    states = [body(functions.get_status(i)) for i in ids]
-    held = [s["requestId"] for s in states if s["state"] == "held"]
-    assert len(held) == 2
-    assert all("RDPR_STORM_MAX_PER_HOUR=3" in s["outcomeReason"] for s in states if s["state"] == "held")
+    # Nothing is counted at acceptance: a request counts when it is about to change its VM.
+    assert [body(functions.get_status(i))["state"] for i in ids] == ["queued"] * 5
+    functions.host.drain(timeout=60, idle_seconds=1)
+    after = {i: body(functions.get_status(i)) for i in ids}
+    held = [i for i in ids if after[i]["state"] == "held"]
+    assert sorted(a["outcome"] or a["state"] for a in after.values()) == ["held", "held"] + ["remediated"] * 3
+    assert all("RDPR_STORM_MAX_PER_HOUR=3" in after[i]["outcomeReason"] for i in held)
+    assert all(after[i]["steps"][-1]["name"] == "plan" for i in held)  # stopped before the first change
     events = [r.__dict__ for r in caplog.records if getattr(r, "event", None) == "remediation.control"]
     assert sorted(e["requestId"] for e in events if e["action"] == "request held") == sorted(held)  # telemetry
     from remediate.cli.fleet import held_requests
 
     shown = held_requests(functions.app.settings)  # what `rdp-remediate fleet` lists
     assert sorted(h["requestId"] for h in shown) == sorted(held) and all("storm guard" in h["reason"] for h in shown)
-    functions.host.drain(timeout=60, idle_seconds=1)
-    after = {i: body(functions.get_status(i)) for i in ids}
-    assert sorted(a["outcome"] or a["state"] for a in after.values()) == ["held", "held"] + ["remediated"] * 3
     assert sum(1 for e in functions.emulator.log.entries() if e.operation == "restart") == 3
+    assert all(functions.app.ledger.vm_state(VmId.parse(after[i]["vm"])).owner is None for i in held)  # not locked
 
     # Bad input changes nothing: an unknown id, a request that is not held, a reason that is not text.
     assert _release(functions, "0" * 32, b"{}").status_code == 404
@@ -242,8 +244,9 @@ def test_the_storm_budget_is_also_a_share_of_the_fleet_in_scope(product_settings
     table.create_table()
     guard = StormGuard(table.table, product_settings, fleet_size=lambda: 40)  # 20 % of 40: 8 an hour
     assert guard.limit() == (8, "RDPR_STORM_MAX_PERCENT=20 of 40 VMs in scope")
-    assert [guard.admit() for _ in range(8)] == [None] * 8
-    hold = guard.admit()
+    assert [guard.admit(f"request{n}") for n in range(8)] == [None] * 8
+    hold = guard.admit("request8")
     assert hold is not None and "RDPR_STORM_MAX_PERCENT=20 of 40 VMs in scope" in hold.reason
-    assert guard.started_last_hour() == 8
-    assert guard.admit(force=True) is None and guard.started_last_hour() == 9
+    assert guard.check() is not None and guard.started_last_hour() == 8
+    assert guard.admit("request3") is None and guard.started_last_hour() == 8  # counted once, however often asked
+    assert guard.admit("request8", force=True) is None and guard.started_last_hour() == 9

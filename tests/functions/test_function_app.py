@@ -150,7 +150,13 @@ def test_the_sweep_in_remediate_mode_renews_the_expiring_certificate_without_a_r
 
     from remediate.intake.app import reset_app
 
-    settings = dataclasses.replace(product_settings, sweep_mode="remediate", sweep_max_vms=50, sweep_max_percent=100.0)
+    settings = dataclasses.replace(
+        product_settings,
+        sweep_mode="remediate",
+        sweep_max_vms=50,
+        sweep_max_percent=100.0,
+        storm_max_percent=100.0,  # every VM the sweep enqueues may change: the storm guard is not under test here
+    )
     functions.app = reset_app(settings)
     functions.sweep()
     functions.host.drain(timeout=90)

@@ -20,6 +20,7 @@ LEFT_TO_DEFAULT: dict[str, str] = {
     "RDPR_STORM_MAX_PER_HOUR": _SAFETY + " (storm guard)",
     "RDPR_STORM_MAX_PERCENT": _SAFETY + " (storm guard)",
     "RDPR_REBOOT_WINDOW": _SAFETY + " (reboot any time unless a VM's tag names its window)",
+    "RDPR_WINDOW_MARGIN_SECONDS": _SAFETY + " (equal to the boot timeout: a restart ends inside its window)",
     "RDPR_WINDOW_TAG": "the documented tag name; change it only to match an existing tagging convention",
     "RDPR_APPROVAL_TRIGGERS": _SAFETY + " (approval off by default; turn it on per trigger)",
     "RDPR_APPROVAL_EXPIRY_MINUTES": _SAFETY + " (how long a plan may wait for a person)",
