@@ -46,6 +46,8 @@ def handle_message(
         # Whoever can write to the queue must not gain what the intake guards (app roles, storm guard, approval):
         # only a message for a request the intake recorded, as recorded, runs. Nothing is written for it.
         log.error("queue message refused", extra={**_fields(request, dequeue_count), "reason": refusal})
+        if row.get("Vm"):  # the request exists: its record says a message for it was refused, and why
+            ledger.note(request.request_id, RefusedMessageAt=utcnow(), RefusedMessage=refusal[:500])
         return None
     if _closed_by_reconciler(request, row, ledger, dequeue_count):
         return None

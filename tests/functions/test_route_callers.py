@@ -103,3 +103,5 @@ def test_a_message_the_intake_did_not_write_runs_nothing(functions: Functions) -
     assert vm.guest.certificate is not None and vm.guest.certificate.not_after < dt.datetime.now(dt.UTC)
     done = functions.app.ledger.get(request_id)
     assert done is not None and done.options.get("dryRun") is True and done.outcome is not None
+    refused = functions.app.ledger.request_fields(request_id, "RefusedMessage")["RefusedMessage"]
+    assert refused == "the message differs from the accepted request in options"
