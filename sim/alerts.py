@@ -78,19 +78,33 @@ def change_state(emulator: Emulator, call: Call, groups: tuple[str, ...]) -> Res
     return json_response(200, _alert_body(alert))
 
 
+def get_alert(emulator: Emulator, call: Call, groups: tuple[str, ...]) -> Response:
+    """`GET /subscriptions/{id}/providers/Microsoft.AlertsManagement/alerts/{alertId}` (the specification's
+    `Alerts_GetById` operation): the alert in the same shape as the changestate answer, or 404."""
+    from sim.server import ArmError, json_response
+
+    if call.api_version not in API_VERSIONS:
+        raise ArmError(400, "InvalidApiVersionParameter", f"The api-version '{call.api_version}' is invalid.")
+    alert = emulator.alerts.get(f"/subscriptions/{groups[0]}/providers/Microsoft.AlertsManagement/alerts/{groups[1]}")
+    if alert is None:
+        raise ArmError(404, "ResourceNotFound", f"The alert '{groups[1]}' could not be found.")
+    return json_response(200, _alert_body(alert))
+
+
 def _alert_body(alert: FiredAlert) -> dict[str, Any]:
     """The alert as Alerts_ChangeState.json's 200 answer shows it: every essentials field of the example, filled
     in from the fired alert (the emulator fires metric alerts on VMs from the platform's monitor service)."""
     target = alert.target.strip("/").split("/")
     now = dt.datetime.now(dt.UTC).isoformat()
+    logs = "/microsoft.operationalinsights/workspaces/" in alert.target.lower()  # a log search alert's target
     return {
         "properties": {
             "essentials": {
                 "severity": "Sev1",
-                "signalType": "Metric",
+                "signalType": "Log" if logs else "Metric",
                 "alertState": alert.state,
                 "monitorCondition": "Fired",
-                "monitorService": "Platform",
+                "monitorService": "Log Alerts V2" if logs else "Platform",
                 "targetResource": alert.target,
                 "targetResourceName": target[-1],
                 "targetResourceGroup": target[3] if len(target) > 3 else "",

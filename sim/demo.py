@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         Ingestion() as ingestion,
     ):
         _configure(emulator, azurite, ingestion)
-        report = _run(fleet)
+        report = _run(fleet, emulator)
         _telemetry_summary(ingestion)
     Path(args.report).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     _print_table(report)
@@ -152,7 +152,7 @@ def _telemetry_summary(ingestion: Any) -> None:
     )
 
 
-def _run(fleet: Any) -> list[dict[str, Any]]:
+def _run(fleet: Any, emulator: Any) -> list[dict[str, Any]]:
     import azure.functions as func
     from azure.functions.timer import TimerRequest
 
@@ -171,7 +171,10 @@ def _run(fleet: Any) -> list[dict[str, Any]]:
     )
 
     say(f"\n1. Azure Monitor fires a log alert for {vms[ALERTED].name} (event 1058: certificate not replaced)")
-    alert = _post(func, function_app.alerts, "/api/alerts", _alert_payload(vms[ALERTED].resource_id))
+    payload = _alert_payload(vms[ALERTED].resource_id)
+    essentials = payload["data"]["essentials"]
+    emulator.alerts.fire(essentials["alertId"], essentials["alertTargetIDs"][0])  # Azure Monitor raised it
+    alert = _post(func, function_app.alerts, "/api/alerts", payload)
     say(f"   -> HTTP {alert.status_code}: {alert.get_body().decode()[:160]}")
 
     runbook_vms = [vms[s].resource_id for s in SCENARIO_ORDER if s not in (ALERTED, SWEPT)]

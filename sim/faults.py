@@ -25,6 +25,7 @@ OPERATIONS = frozenset(
         "logsQuery",
         "operationStatus",
         "activityLog",
+        "getAlert",
         "effectiveNsgs",
         "listJitPolicies",
     }

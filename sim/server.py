@@ -221,6 +221,12 @@ def _routes() -> list[Route]:
             "resourceGraph",
             lambda emu, call, _g: emu.resource_graph(call),
         ),
+        (  # Alerts Management: read the alert a request names (Alerts_GetById), before acting on it
+            "GET",
+            rf"/subscriptions/{_S}/providers/microsoft\.alertsmanagement/alerts/{_S}",
+            "getAlert",
+            alerts.get_alert,
+        ),
         (  # Alerts Management: close or comment the alert that started a request (sim/alerts.py cites the spec)
             "POST",
             rf"/subscriptions/{_S}/providers/microsoft\.alertsmanagement/alerts/{_S}/changestate",

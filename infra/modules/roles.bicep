@@ -32,6 +32,7 @@ param targetSubscriptions array
 
 var operatorActions = [
   'Microsoft.AlertsManagement/alerts/changestate/action'
+  'Microsoft.AlertsManagement/alerts/read'
   'Microsoft.Compute/locations/operations/read'
   'Microsoft.Compute/virtualMachines/instanceView/read'
   'Microsoft.Compute/virtualMachines/read'

@@ -1,4 +1,8 @@
-"""The Alerts Management API: close (or comment on) the Azure Monitor alert that started a request.
+"""The Alerts Management API: read back the Azure Monitor alert that started a request, and close (or comment on)
+it when the request ends.
+
+`GET {alertId}?api-version=2019-05-05-preview` answers the alert (`Alerts_GetById` in the same specification;
+the object's shape is the one Alerts_ChangeState.json shows: `properties.essentials.targetResource`, ...).
 
 `POST {alertId}/changestate?api-version=2019-05-05-preview&newState=Closed` with `{"comment": "..."}`, where
 `alertId` is the common alert schema's `essentials.alertId`
@@ -10,7 +14,7 @@ The call goes through the Compute client's pipeline: the same credential, retry 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from remediate.azure.errors import azure_errors
 
@@ -50,3 +54,27 @@ def change_state(clients: AzureClients, alert_id: str, new_state: str, comment: 
         response.raise_for_status()
         body = response.json()
     return str(body.get("properties", {}).get("essentials", {}).get("alertState", new_state))
+
+
+def get_alert(clients: AzureClients, alert_id: str) -> dict[str, Any] | None:
+    """The alert's `essentials`, or None when Azure Monitor has no such alert (404). Raises the classified error
+    otherwise (a 403 names the missing `Microsoft.AlertsManagement/alerts/read`)."""
+    from azure.core.rest import HttpRequest
+
+    parsed = parse_alert_id(alert_id)
+    if parsed is None:
+        return None
+    subscription, guid = parsed
+    request = HttpRequest(
+        "GET",
+        f"/subscriptions/{subscription}/providers/Microsoft.AlertsManagement/alerts/{guid}",
+        params={"api-version": API_VERSION},
+    )
+    with azure_errors(f"read alert {guid}"):
+        response = clients.compute(subscription).send_request(request)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        body = response.json()
+    essentials = body.get("properties", {}).get("essentials", {}) if isinstance(body, dict) else {}
+    return essentials if isinstance(essentials, dict) else {}

@@ -40,6 +40,8 @@ OPERATION_ACTIONS: dict[str, str] = {
     "resourceGraph": "Microsoft.ResourceGraph/resources/read",
     # Closing (or commenting on) the alert that started a request: Alerts Management `changestate`.
     "alertChangeState": "Microsoft.AlertsManagement/alerts/changestate/action",
+    # Before acting on an alert, the worker reads it back: an alert Azure Monitor never raised runs nothing.
+    "getAlert": "Microsoft.AlertsManagement/alerts/read",
 }
 
 # The custom role's `actions`: sorted, each once.

@@ -7,12 +7,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from remediate import telemetry
+from remediate.engine.alert_check import alert_refusal
 from remediate.engine.closing import RestartEvidence, close_abandoned
 from remediate.engine.evidence import activity_log_evidence
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
 from remediate.intake.reconcile import CLOSED_BY, RECONCILER
-from remediate.ledger import ExecutionConflict, Ledger, utcnow
+from remediate.ledger import DONE, ExecutionConflict, Ledger, utcnow
 from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest, TransientError
 from remediate.settings import Settings
 
@@ -40,7 +41,7 @@ def handle_message(
     except (ValueError, PermanentError) as exc:
         _drop_unreadable(body, exc, ledger)
         return None
-    row = ledger.request_fields(request.request_id, "Vm", "Trigger", "Options", CLOSED_BY, "LateDeliveries")
+    row = ledger.request_fields(request.request_id, "Vm", "Trigger", "Options", "State", CLOSED_BY, "LateDeliveries")
     refusal = _not_accepted(request, row)
     if refusal is not None:
         # Whoever can write to the queue must not gain what the intake guards (app roles, storm guard, approval):
@@ -53,6 +54,12 @@ def handle_message(
         return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
+        if row.get("State") != DONE:
+            refusal = alert_refusal(request, clients)
+            if refusal is not None:
+                ledger.record_outcome(request.request_id, Outcome.SKIPPED, refusal)
+                log.warning("alert not acted on", extra={**_fields(request, dequeue_count), "reason": refusal})
+                return None
         return remediate(
             request,
             settings,

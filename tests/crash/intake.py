@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from typing import Any
 
 from azure.storage.queue import QueueClient
@@ -22,8 +23,15 @@ from remediate.settings import Settings
 from tests.functions.test_function_app import metric_alert
 
 
+def alert_id_for(vm_id: str) -> str:
+    """One alert per VM, the same id on every post (the action group's retry resends the same alert)."""
+    subscription = vm_id.split("/")[2]
+    guid = uuid.uuid5(uuid.NAMESPACE_URL, vm_id.lower())
+    return f"/subscriptions/{subscription}/providers/Microsoft.AlertsManagement/alerts/{guid}"
+
+
 def alert_body(vm_id: str) -> bytes:
-    return json.dumps(metric_alert(vm_id, alert_id=f"/alerts/crash-{vm_id.rsplit('/', 1)[-1]}")).encode()
+    return json.dumps(metric_alert(vm_id, alert_id=alert_id_for(vm_id))).encode()
 
 
 def _die() -> None:

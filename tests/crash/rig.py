@@ -126,6 +126,9 @@ class Rig:
         return process
 
     def spawn_intake(self, vm_id: str, point: str) -> subprocess.Popen[bytes]:
+        from tests.crash.intake import alert_id_for
+
+        self.emulator.alerts.fire(alert_id_for(vm_id), vm_id)  # Azure Monitor raised the alert being posted
         env = {**os.environ, **self.env(), "PYTHONPATH": str(ROOT)}
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.crash.intake", vm_id, point],

@@ -40,12 +40,20 @@ class Functions:
     host: LocalQueueHost
 
     def post(
-        self, route: str, body: bytes | dict[str, Any] | list[Any], headers: dict[str, str] | None = None
+        self,
+        route: str,
+        body: bytes | dict[str, Any] | list[Any],
+        headers: dict[str, str] | None = None,
+        *,
+        forged: bool = False,
     ) -> func.HttpResponse:
         """POST to a route; the runbook route's caller is an operator App Service authenticated unless `headers`
-        says otherwise (the alert route carries only the function key, which the host checked)."""
+        says otherwise (the alert route carries only the function key, which the host checked). An alert is one
+        Azure Monitor raised (the emulator can read it back), unless `forged`."""
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         handler = self.module.alerts if route == "alerts" else self.module.remediations
+        if route == "alerts" and not forged:
+            self._fire(data)
         if headers is None:
             headers = {} if route == "alerts" else operator_headers()
         request = func.HttpRequest(
@@ -53,6 +61,15 @@ class Functions:
         )
         response: func.HttpResponse = handler(request)
         return response
+
+    def _fire(self, data: bytes) -> None:
+        try:
+            essentials = json.loads(data)["data"]["essentials"]
+            alert_id, targets = essentials["alertId"], essentials.get("alertTargetIDs") or [""]
+        except (ValueError, KeyError, TypeError):
+            return  # not an alert Azure Monitor could have raised: the intake answers it
+        if isinstance(alert_id, str) and isinstance(targets, list) and targets and isinstance(targets[0], str):
+            self.emulator.alerts.fire(alert_id, targets[0])
 
     def get_status(self, request_id: str) -> func.HttpResponse:
         request = func.HttpRequest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from remediate.model import VmId
 from sim.fleet import SUBSCRIPTION
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
@@ -46,21 +47,25 @@ def test_after_a_failure_the_alert_gets_a_comment_and_stays_open(functions: Func
     assert "failed" in comment
 
 
-def test_an_alert_the_api_cannot_find_leaves_the_outcome_alone(functions: Functions) -> None:
+def test_an_alert_the_api_cannot_find_is_not_acted_on(functions: Functions) -> None:
+    """Read back before the VM is touched: an alert Azure Monitor has no record of ends `skipped`, unchanged."""
     target = functions.emulator.fleet.by_scenario("expired-certificate")[0].resource_id
     alert_id = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}"
-    request_id = body(functions.post("alerts", metric_alert(target, alert_id=alert_id)))["requestIds"][0]
+    answer = functions.post("alerts", metric_alert(target, alert_id=alert_id), forged=True)
+    request_id = body(answer)["requestIds"][0]
     functions.host.drain(timeout=60)
     status = body(functions.get_status(request_id))
-    assert status["outcome"] == "remediated"
-    assert status["alert"]["AlertState"] == "not updated" and "404" in status["alert"]["AlertNote"]
+    assert status["outcome"] == "skipped" and "Azure Monitor has no alert" in status["outcomeReason"]
+    assert not [e for e in functions.emulator.log.entries() if e.operation in ("runCommand", "restart")]
+    assert [e.operation for e in functions.emulator.log.entries() if "alert" in e.operation.lower()] == ["getAlert"]
 
 
 def _fire_many(functions: Functions, scenarios: list[str]) -> tuple[str, list[str]]:
     """One alert naming several VMs (`alertTargetIDs`), as a metric alert on a resource group's VMs does."""
     targets = [functions.emulator.fleet.by_scenario(s)[0].resource_id for s in scenarios]
     alert_id = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}"
-    functions.emulator.alerts.fire(alert_id, targets[0])
+    # An alert over several resources names their scope as its target (the VMs are in alertTargetIDs).
+    functions.emulator.alerts.fire(alert_id, VmId.parse(targets[0]).resource_group_id)
     payload = metric_alert(targets[0], alert_id=alert_id)
     payload["data"]["essentials"]["alertTargetIDs"] = [t.lower() for t in targets]
     answer = functions.post("alerts", payload)

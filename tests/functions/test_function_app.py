@@ -16,12 +16,19 @@ def vm_id(functions: Functions, scenario: str) -> str:
     return functions.emulator.fleet.by_scenario(scenario)[0].resource_id
 
 
+def _alert_id(target: str) -> str:
+    """An Alerts Management alert id in the target's subscription (the shape `essentials.alertId` has)."""
+    parts = target.split("/")
+    subscription = parts[2] if len(parts) > 2 and parts[1].lower() == "subscriptions" else str(uuid.UUID(int=1))
+    return f"/subscriptions/{subscription}/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}"
+
+
 def metric_alert(target: str, condition: str = "Fired", alert_id: str | None = None) -> dict[str, Any]:
     return {
         "schemaId": "azureMonitorCommonAlertSchema",
         "data": {
             "essentials": {
-                "alertId": alert_id or f"/subscriptions/x/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}",
+                "alertId": alert_id or _alert_id(target),
                 "alertRule": "vm-availability",
                 "severity": "Sev1",
                 "signalType": "Metric",

@@ -105,3 +105,26 @@ def test_a_message_the_intake_did_not_write_runs_nothing(functions: Functions) -
     assert done is not None and done.options.get("dryRun") is True and done.outcome is not None
     refused = functions.app.ledger.request_fields(request_id, "RefusedMessage")["RefusedMessage"]
     assert refused == "the message differs from the accepted request in options"
+
+
+def test_an_alert_azure_monitor_did_not_raise_or_raised_for_another_vm_runs_nothing(functions: Functions) -> None:
+    """The action group's key lets anyone who can read the action group post alerts: the worker reads each alert
+    back from Alerts Management before touching the VM."""
+    fleet = functions.emulator.fleet
+    broken = [fleet.by_scenario(s)[0] for s in ("expired-certificate", "firewall-closed", "key-corrupt")]
+    forged = functions.post("alerts", metric_alert(broken[0].resource_id), forged=True)
+    real = metric_alert(broken[1].resource_id)
+    assert functions.post("alerts", real).status_code == 202  # raised by Azure Monitor for broken[1]
+    borrowed = metric_alert(broken[2].resource_id, alert_id=real["data"]["essentials"]["alertId"])
+    borrowed_answer = functions.post("alerts", borrowed, forged=True)  # a real alert id, another VM
+    functions.host.drain(timeout=60)
+
+    forged_record = functions.app.ledger.get(body(forged)["requestIds"][0])
+    assert forged_record is not None and forged_record.outcome == "skipped"
+    assert "Azure Monitor has no alert" in forged_record.outcome_reason
+    borrowed_record = functions.app.ledger.get(body(borrowed_answer)["requestIds"][0])
+    assert borrowed_record is not None and borrowed_record.outcome == "skipped"
+    assert "not this VM" in borrowed_record.outcome_reason
+    acted = [e.path.lower() for e in functions.emulator.log.entries() if e.operation in ("runCommand", "restart")]
+    assert not [p for p in acted for vm in (broken[0], broken[2]) if f"/virtualmachines/{vm.name.lower()}/" in p]
+    assert any(f"/virtualmachines/{broken[1].name.lower()}/" in p for p in acted)  # the real one was remediated
