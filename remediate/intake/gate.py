@@ -116,6 +116,12 @@ class Gate:
         sent = self.queue.send_message(
             body, visibility_timeout=delay, **lifetime(message_ttl_seconds(self.settings), delay)
         )
+        if state == WAITING:
+            # Back from its change window with a repaired VM and no slot yet: the VM stays reserved for it while
+            # it waits for a slot too, or another request could start on it before its reboot.
+            taken, _vm = self.ledger.acquire(request.vm, request.request_id, self.settings.lock_minutes)
+            if not taken:
+                log.warning("lost the VM's lock while waiting for a slot", extra={"request_id": request.request_id})
         if state not in (None, QUEUED):
             # A duplicate (or resumed) delivery of a request that started: its state is the running delivery's.
             log.info("no slot free for a second delivery", extra={"request_id": request.request_id})

@@ -4,14 +4,16 @@ slot the first one runs under, so the bound holds even when the queue delivers a
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import threading
 import time
 
 from azure.functions.queue import QueueMessage as TriggerMessage
 
 from remediate.engine.slots import Slots
-from remediate.ledger import RUNNING
-from remediate.model import VmId
+from remediate.ledger import RUNNING, WAITING
+from remediate.model import RemediationRequest, Trigger, VmId
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
 from tests.functions.test_fleet_controls import Sampler, _controlled, _host
@@ -101,3 +103,25 @@ def test_only_the_holder_frees_or_renews_its_slot(functions: Functions, emulator
     assert len(slots.active()) == 1
     slots.release(first)
     assert slots.active() == []
+
+
+def test_a_repaired_vm_back_from_its_window_stays_reserved_while_it_waits_for_a_slot(
+    functions: Functions, emulator_factory: EmulatorFactory
+) -> None:
+    """Its window opened, every slot is busy: each slot retry keeps the VM's lock, so no other request starts on a
+    VM whose reboot is still to come."""
+    fleet = _controlled(functions, emulator_factory, 2, RDPR_MAX_ACTIVE="1", RDPR_STORM_MAX_PER_HOUR="1000")
+    waiting_vm, other_vm = (VmId.parse(vm.resource_id) for vm in fleet)
+    app = functions.app
+    request = RemediationRequest(waiting_vm, Trigger.RUNBOOK, "repaired, back from its change window")
+    app.queue.enqueue(request)
+    app.ledger.mark_waiting(request.request_id, WAITING, "waiting for its change window")
+    assert app.ledger.acquire(waiting_vm, request.request_id, 1)[0]  # the reservation, about to lapse
+    busy = app.slots.try_acquire(other_vm, "another-request")  # the only slot
+    assert busy is not None
+    app.gate.deliver(json.dumps(request.to_message()), 1)
+    state = app.ledger.vm_state(waiting_vm)
+    lock_minutes = app.settings.lock_minutes
+    assert state.owner == request.request_id and state.lock_expires is not None
+    assert state.lock_expires - dt.datetime.now(dt.UTC) > dt.timedelta(minutes=lock_minutes - 1)
+    app.slots.release(busy)
