@@ -69,7 +69,7 @@ class Functions:
         except (ValueError, KeyError, TypeError):
             return  # not an alert Azure Monitor could have raised: the intake answers it
         if isinstance(alert_id, str) and isinstance(targets, list) and targets and isinstance(targets[0], str):
-            self.emulator.alerts.fire(alert_id, targets[0])
+            self.emulator.alerts.fire(alert_id, _target_of(targets))
 
     def get_status(self, request_id: str) -> func.HttpResponse:
         request = func.HttpRequest(
@@ -89,6 +89,16 @@ class Functions:
     def queued(self) -> int:
         props = self.app.queue.queue.get_queue_properties()
         return int(props.approximate_message_count or 0)
+
+
+def _target_of(targets: list[Any]) -> str:
+    """The alert's target as Azure Monitor records it: the one resource, or for several their common scope (the
+    resource group they share, else the subscription)."""
+    names = [t for t in targets if isinstance(t, str)]
+    if len(names) == 1:
+        return names[0]
+    groups = {"/".join(t.split("/")[:5]).lower() for t in names}
+    return groups.pop() if len(groups) == 1 else "/".join(names[0].split("/")[:3])
 
 
 @pytest.fixture(autouse=True)

@@ -107,7 +107,7 @@ def test_the_report_renders_in_chromium_with_no_console_error(
     assert "Listener certificates expiring, by week" in text and text.count("<svg") == 2
     assert text.count('class="card"') == 4  # one evidence card per request
     assert "probe before" in text and "certificate-expired" in text  # the expired VM's probe before the repair
-    assert "Windows made" in text  # the undo of the certificate renewal, naming the new certificate
+    assert "Windows makes a new one" in text and "listener now" in text  # the renewal's undo, the new certificate
     assert "a restart: nothing to undo" in text
     shutil.copy(page, ARTIFACTS / "report.html")
 
@@ -121,7 +121,7 @@ def test_a_report_of_one_request_and_of_an_unknown_one(
     assert main(["report", "--request", request_id, "--html", str(page)]) == 0
     html = page.read_text()
     assert html.count('class="card"') == 1 and f"request {request_id}" in html
-    assert "disable &#x27;Remote Desktop - User Mode (TCP-In)&#x27; again" in html  # the firewall change's undo
+    assert "Disable-NetFirewallRule -Name RemoteDesktop-UserMode-In-TCP" in html  # the firewall change's undo
     assert "Listener certificates expiring" not in html  # no sweep recorded: no forecast pretended
     assert main(["report", "--request", "0" * 32, "--html", str(tmp_path / "none.html")]) == 2
     assert "no request" in capsys.readouterr().err
