@@ -14,7 +14,7 @@ from remediate.settings import Settings
 from sim.fleet import Fleet, make_vm
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
-from tests.functions.test_function_app import metric_alert
+from tests.functions.test_function_app import alert_id_for, metric_alert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def test_an_alert_storm_for_ten_vms_remediates_each_once(
     functions.emulator = storm_emulator
     env = {**_env(functions.app.settings), **storm_emulator.settings_env()}
     functions.app = reset_app(Settings.from_env(env))
-    alerts = [metric_alert(vm.resource_id, alert_id=f"alert-{vm.name}") for vm in fleet]
+    alerts = [metric_alert(vm.resource_id, alert_id=alert_id_for(vm.resource_id, vm.name)) for vm in fleet]
     rng = random.Random(42)
     deliveries: list[dict[str, Any]] = []
     for _ in range(1000):

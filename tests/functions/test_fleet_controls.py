@@ -21,7 +21,7 @@ from sim.fleet import Fleet, make_vm
 from sim.host import LocalQueueHost
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
-from tests.functions.test_function_app import metric_alert
+from tests.functions.test_function_app import alert_id_for, metric_alert
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +122,12 @@ def test_two_hundred_vms_alerted_at_once_never_have_more_than_the_bound_active(
         RDPR_STORM_MAX_PER_HOUR="1000",
     )
     for vm in fleet:
-        assert functions.post("alerts", metric_alert(vm.resource_id, alert_id=f"alert-{vm.name}")).status_code == 202
+        assert (
+            functions.post(
+                "alerts", metric_alert(vm.resource_id, alert_id=alert_id_for(vm.resource_id, vm.name))
+            ).status_code
+            == 202
+        )
     # Three instances of 12 concurrent invocations each: 36 workers at once, far above the bound of 10.
     hosts = [_host(functions, 12) for _ in range(3)]
     with Sampler(functions.app) as sampler:

@@ -16,11 +16,13 @@ def vm_id(functions: Functions, scenario: str) -> str:
     return functions.emulator.fleet.by_scenario(scenario)[0].resource_id
 
 
-def _alert_id(target: str) -> str:
-    """An Alerts Management alert id in the target's subscription (the shape `essentials.alertId` has)."""
+def alert_id_for(target: str, name: str | None = None) -> str:
+    """An Alerts Management alert id in the target's subscription (the shape `essentials.alertId` has): a new
+    one, or the same one for the same `name` (an action group's retry carries the same alert)."""
     parts = target.split("/")
     subscription = parts[2] if len(parts) > 2 and parts[1].lower() == "subscriptions" else str(uuid.UUID(int=1))
-    return f"/subscriptions/{subscription}/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}"
+    guid = uuid.uuid5(uuid.NAMESPACE_URL, name) if name else uuid.uuid4()
+    return f"/subscriptions/{subscription}/providers/Microsoft.AlertsManagement/alerts/{guid}"
 
 
 def metric_alert(target: str, condition: str = "Fired", alert_id: str | None = None) -> dict[str, Any]:
@@ -28,7 +30,7 @@ def metric_alert(target: str, condition: str = "Fired", alert_id: str | None = N
         "schemaId": "azureMonitorCommonAlertSchema",
         "data": {
             "essentials": {
-                "alertId": alert_id or _alert_id(target),
+                "alertId": alert_id or alert_id_for(target),
                 "alertRule": "vm-availability",
                 "severity": "Sev1",
                 "signalType": "Metric",

@@ -17,7 +17,7 @@ from remediate.model import RemediationRequest, Trigger, VmId
 from tests.fixtures.emulator import EmulatorFactory
 from tests.functions.conftest import Functions, body
 from tests.functions.test_fleet_controls import Sampler, _controlled, _host
-from tests.functions.test_function_app import metric_alert
+from tests.functions.test_function_app import alert_id_for, metric_alert
 
 
 def _message(functions: Functions) -> bytes:
@@ -60,7 +60,9 @@ def test_a_duplicate_delivery_never_frees_the_slot_the_first_delivery_runs_under
             RDPR_BOOT_TIMEOUT_SECONDS="120",
         )
     )
-    request_id = body(functions.post("alerts", metric_alert(first_vm.resource_id, alert_id="a1")))["requestIds"][0]
+    request_id = body(
+        functions.post("alerts", metric_alert(first_vm.resource_id, alert_id=alert_id_for(first_vm.resource_id, "a1")))
+    )["requestIds"][0]
     message = _message(functions)
     first = threading.Thread(target=_deliver, args=(functions, message))
     with Sampler(functions.app) as sampler:
@@ -72,7 +74,11 @@ def test_a_duplicate_delivery_never_frees_the_slot_the_first_delivery_runs_under
         assert still_running is not None and still_running.state == RUNNING, "the first run must still be going"
         assert [slot.owner for slot in held] == [request_id], "the first delivery's slot must stay held"
         # Another VM's request now finds the bound full: it waits instead of running beside the first.
-        other = body(functions.post("alerts", metric_alert(other_vm.resource_id, alert_id="a2")))["requestIds"][0]
+        other = body(
+            functions.post(
+                "alerts", metric_alert(other_vm.resource_id, alert_id=alert_id_for(other_vm.resource_id, "a2"))
+            )
+        )["requestIds"][0]
         _deliver(functions, _message(functions))
         waiting = functions.app.ledger.get(other)
         assert waiting is not None and waiting.state == "queued" and "waiting for a slot" in waiting.outcome_reason

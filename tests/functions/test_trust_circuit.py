@@ -8,7 +8,6 @@ alert is still repaired.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from remediate.ledger import Ledger
@@ -18,7 +17,7 @@ from tests.functions.test_function_app import metric_alert
 
 
 def _alert(target: str) -> dict[str, Any]:
-    return metric_alert(target, alert_id=f"/subscriptions/x/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}")
+    return metric_alert(target)
 
 
 def _posts_to(functions: Functions, vm: str) -> list[str]:

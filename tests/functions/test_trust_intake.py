@@ -9,7 +9,6 @@ worker alike.
 from __future__ import annotations
 
 import threading
-import uuid
 from typing import Any
 
 import pytest
@@ -27,7 +26,7 @@ def _vm(functions: Functions, scenario: str) -> str:
 
 
 def _alert(target: str) -> dict[str, Any]:
-    return metric_alert(target, alert_id=f"/subscriptions/x/providers/Microsoft.AlertsManagement/alerts/{uuid.uuid4()}")
+    return metric_alert(target)
 
 
 def _arm_calls(functions: Functions) -> list[str]:
