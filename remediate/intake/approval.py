@@ -27,7 +27,17 @@ from typing import TYPE_CHECKING, Any
 from remediate import telemetry
 from remediate.engine import approved
 from remediate.engine.runner import remediate
-from remediate.ledger import AWAITING_APPROVAL, DONE, QUEUED, REQUEST_ROW, Ledger, _storage_errors, utcnow
+from remediate.ledger import (
+    AWAITING_APPROVAL,
+    DONE,
+    HELD,
+    QUEUED,
+    REQUEST_ROW,
+    WAITING,
+    Ledger,
+    _storage_errors,
+    utcnow,
+)
 from remediate.model import NotFound, Outcome, PermanentError, RemediationRequest, StepResult
 from remediate.settings import Settings
 
@@ -122,19 +132,26 @@ def _next_plan_request(ledger: Ledger, request_id: str) -> str:
 def withdraw_if_stale(settings: Settings, ledger: Ledger, request: RemediationRequest, state: str | None) -> bool:
     """An approval older than RDPR_APPROVAL_EXPIRY_MINUTES whose run has not started is withdrawn (recorded), so
     the request is diagnosed again and waits for a new approval: it never runs on facts that may have changed."""
-    if state != QUEUED or request.trigger.value not in settings.approval_triggers:
-        return False  # not approved and waiting to run (running, waiting for its window, done; no approval mode)
+    if state not in (QUEUED, HELD, WAITING) or request.trigger.value not in settings.approval_triggers:
+        return False  # not approved and waiting to run (awaiting, running, done; no approval mode)
     request_id = request.request_id
     fields = ledger.request_fields(request_id, "ApprovedBy", "ApprovedAt")
     at = fields.get("ApprovedAt")
     if not fields.get("ApprovedBy") or not isinstance(at, dt.datetime):
         return False
-    if utcnow() - at < dt.timedelta(minutes=settings.approval_expiry_minutes) or ledger.steps(request_id):
-        return False  # fresh, or its run started already (resumed): the approval was used in time
+    if utcnow() - at < dt.timedelta(minutes=settings.approval_expiry_minutes) or _changed(ledger.steps(request_id)):
+        # Fresh, or its run changed the VM already: the approval was used in time. A run that only read (its
+        # preflight and diagnosis journaled before a storm hold or a window wait) has not used it yet.
+        return False
     stale = f"approved by {fields['ApprovedBy']} at {at.isoformat(timespec='seconds')}; expired before its run started"
     ledger.note(request_id, ApprovedBy="", OnBehalfOf="", StaleApproval=stale[:1000], **{approved.APPROVED_PLAN: ""})
     telemetry.control_event("approval expired", request_id, f"{stale}; diagnosed again")
     return True
+
+
+def _changed(steps: list[StepResult]) -> bool:
+    """Whether any journaled step may have changed the VM (a script that said so, or a restart sent)."""
+    return any((step.summary or {}).get("changed") or step.name.startswith("reboot") for step in steps)
 
 
 def expired(ledger: Ledger, request_id: str, now: dt.datetime | None = None) -> bool:

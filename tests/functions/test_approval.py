@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import threading
+import time
 from typing import Any
 
 import azure.functions as func
@@ -15,7 +16,7 @@ import pytest
 
 from remediate.intake import approval
 from remediate.intake.app import reset_app
-from remediate.model import RemediationRequest, Trigger, VmId
+from remediate.model import RemediationRequest, StepResult, Trigger, VmId
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
 
@@ -257,6 +258,29 @@ def test_an_approval_gone_stale_before_its_run_starts_is_diagnosed_again_and_re_
     done = body(functions.get_status(request_id))
     assert done["outcome"] == "remediated" and done["approval"]["ApprovedBy"] == "carol@contoso.com (aad)"
     assert _count(functions, "restart", vm) == 1
+
+
+@pytest.mark.parametrize("parked", ["held", "waiting"])
+def test_an_approval_that_went_stale_while_its_run_had_only_read_is_withdrawn(
+    approving: Functions, parked: str
+) -> None:
+    """The run journaled its preflight and diagnosis, then was held by the storm guard (or waited for its window)
+    past the expiry before changing anything: the approval was not used yet, so it is withdrawn and awaited again."""
+    functions = approving
+    vm, request_id = _awaiting(functions, "expired-certificate")
+    assert decide(functions, "approve", request_id, {"reason": "CHG11"}, principal("alice@contoso.com", APPROVER))
+    ledger = functions.app.ledger
+    now = time.time()
+    for index, name in enumerate(("preflight", "probe", "diagnose")):  # read-only steps, nothing changed
+        ledger.record_step(request_id, index, StepResult(name, "ok", now, now, "read", {"changed": False}))
+    ledger.mark_waiting(request_id, parked, "parked before its first change")
+    minutes = functions.app.settings.approval_expiry_minutes
+    ledger.note(request_id, ApprovedAt=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes + 1))
+    functions.host.drain(timeout=60)
+    status = body(functions.get_status(request_id))
+    assert status["state"] == "awaiting-approval", status
+    assert "alice@contoso.com (aad)" in status["approval"]["StaleApproval"]
+    assert _count(functions, "restart", vm) == 0
 
 
 def test_an_approval_given_just_before_the_expiry_is_not_overwritten_by_it(approving: Functions) -> None:
