@@ -62,9 +62,10 @@ CODES: dict[str, CodeRule] = {
     ),
     # "Wait for concurrent operation to complete."
     "anotheroperationinprogress": CodeRule(ErrorKind.CONFLICT, _DEPLOY_ERRORS),
-    # "You're requesting an operation that isn't allowed in the resource's current state"; Run Command's own
-    # 409 "Run command extension execution is in progress" carries it (Azure/azure-cli issue 19137).
-    "conflict": CodeRule(ErrorKind.CONFLICT, f"{_DEPLOY_ERRORS}; Azure/azure-cli issue 19137"),
+    # "You're requesting an operation that isn't allowed in the resource's current state": a state conflict, not
+    # worth retrying; only Run Command's own 409 "Run command extension execution is in progress" (Azure/azure-cli
+    # issue 19137) ends by itself, so `classify` makes a conflict whose message says "in progress" retryable.
+    "conflict": CodeRule(ErrorKind.PERMANENT, f"{_DEPLOY_ERRORS}; Azure/azure-cli issue 19137"),
     # A VM operation canceled because a newer one on the same VM took over: Code="OperationPreempted" Message=
     # "Operation execution has been preempted by a more recent operation." (kubernetes-sigs/cloud-provider-azure,
     # pkg/consts and its VM scale set VM client tests). Whatever preempted it has to end first.
@@ -121,6 +122,8 @@ def classify(chain: list[tuple[str, str]], status: int | None) -> Verdict:
             continue
         kind = rule.kind
         if code.lower() == "operationnotallowed" and any(m in message.lower() for m in IN_PROGRESS_MESSAGES):
+            kind = ErrorKind.CONFLICT
+        if code.lower() == "conflict" and "in progress" in message.lower():
             kind = ErrorKind.CONFLICT
         return Verdict(kind, code, message)
     message = chain[-1][1] if chain else ""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
+from remediate.azure.errors import ErrorKind, classify_error
 from remediate.azure.polling import cadence_polling
 from remediate.guest.contract import PARAMETERS, parse_output, script_text
 from remediate.model import PermanentError, TransientError, VmId
@@ -38,8 +39,6 @@ COMMAND_ID = "RunPowerShellScript"
 RETRY_MIN_SECONDS = 1.0
 RETRY_MULTIPLIER_SECONDS = 2.0
 RETRY_MAX_SECONDS = 60.0
-# Statuses left after azure-core's own retries that are still worth another attempt later.
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # The operation failed because the VM agent did not answer (Microsoft Learn, "Understand common error messages
 # when you manage virtual machines": VMAgentStatusCommunicationError).
 AGENT_UNRESPONSIVE = "VMAgentStatusCommunicationError"
@@ -204,9 +203,10 @@ def _refusal(exc: HttpResponseError, vm: VmId, script: str) -> Exception:
     status = exc.status_code or 0
     code, message = _error_detail(exc)
     text = f"Run Command of {script} on {vm.name} refused ({status} {code}: {message})"
-    if status == 409 and ("in progress" in message.lower() or code == "Conflict"):
-        return TransientError(f"{text}; another Run Command is still executing")
-    if status in TRANSIENT_STATUS:
+    verdict = classify_error(exc)  # the innermost code decides (remediate.azure.errors)
+    if verdict.kind is ErrorKind.CONFLICT:
+        return TransientError(f"{text}; another operation on the VM is still executing")
+    if verdict.kind is ErrorKind.TRANSIENT:
         return TransientError(text)
     return PermanentError(text)
 

@@ -102,3 +102,11 @@ def test_compute_throttling_is_transient_and_names_the_inner_code(
         get_vm(azure_clients, vm)
 
     assert "OperationNotAllowed" in caught.value.reason
+
+
+def test_a_state_conflict_is_final_and_only_an_in_progress_conflict_waits() -> None:
+    """`Conflict` is the deployment-errors table's "not allowed in the resource's current state" (final); only the
+    Run Command 409 "execution is in progress" (Azure/azure-cli issue 19137) ends by itself."""
+    state = classify([("Conflict", "Disk resizing is allowed only when creating a VM or when it is deallocated.")], 409)
+    busy = classify([("Conflict", "Run command extension execution is in progress. Please wait.")], 409)
+    assert state.kind is ErrorKind.PERMANENT and busy.kind is ErrorKind.CONFLICT
