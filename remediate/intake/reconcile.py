@@ -36,6 +36,8 @@ PARKED = frozenset({HELD, WAITING, AWAITING_APPROVAL})
 # Who closed a request, on its row: a delivery that finds it done reads this (remediate.intake.worker).
 CLOSED_BY = "ClosedBy"
 RECONCILER = "reconciler"
+# How long the reconciler holds a request while it closes it (a few storage calls and an Activity Log read).
+RECONCILER_LEASE_SECONDS = 120.0
 
 
 @dataclass
@@ -70,12 +72,20 @@ def reconcile(
             why = f"closed by the reconciler after {running_stale_seconds:.0f} s without progress" if quiet else None
         if why is None:
             continue
-        expires = ledger.lease_expires(record.request_id)
-        if expires is not None and expires > at:
+        # Closing takes the request's execution lease, as a delivery does: a delivery that comes now finds it
+        # held (and later the outcome), instead of running beside a close that says nothing ran it.
+        taken, _holder = ledger.take_lease(record.request_id, RECONCILER, RECONCILER_LEASE_SECONDS)
+        if not taken:
             continue  # an execution still holds it
-        if close_abandoned(ledger, record, why, at, restart_evidence):
-            ledger.note(record.request_id, **{CLOSED_BY: RECONCILER})
-        report.closed.append(record.request_id)
+        try:
+            current = ledger.get(record.request_id)  # as it is under the lease: a delivery may have moved it on
+            if current is None or current.state == DONE or _last_activity(current) > _last_activity(record):
+                continue
+            if close_abandoned(ledger, current, why, at, restart_evidence):
+                ledger.note(record.request_id, **{CLOSED_BY: RECONCILER})
+            report.closed.append(record.request_id)
+        finally:
+            ledger.drop_lease(record.request_id, RECONCILER)
     if report.resent or report.released_claims or report.finished or report.closed:
         log.warning(
             "reconciler completed unfinished work",

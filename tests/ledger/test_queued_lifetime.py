@@ -112,3 +112,28 @@ def test_a_delivery_after_the_reconciler_closed_its_request_is_recorded_and_runs
     after = product_ledger.get(request.request_id)
     assert after is not None and (after.outcome, after.outcome_reason) == (verdict.outcome, verdict.outcome_reason)
     assert emulator.log.entries() == []  # no Azure call at all: the VM was not touched
+
+
+def test_a_delivery_arriving_while_the_reconciler_closes_finds_the_request_held(
+    storage_env: dict[str, str], ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler closes under the request's execution lease: a delivery that comes in the middle cannot
+    start running a request that is being recorded as never run."""
+    settings = Settings.from_env(storage_env)
+    queue = request_queue(settings, ledger)
+    request = RemediationRequest(VM, Trigger.RUNBOOK, "its message expired long ago")
+    ledger_at(settings, utcnow() - dt.timedelta(hours=HOURS_AGO)).record_accepted(request)
+    seen: list[bool] = []
+
+    from remediate.engine.closing import close_abandoned as closing
+
+    def delivery_in_the_middle(*args: object, **kwargs: object) -> bool:
+        taken, holder = ledger.take_lease(request.request_id, "a-delivery", 60)
+        seen.append(taken)
+        assert holder == "reconciler"
+        return closing(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("remediate.intake.reconcile.close_abandoned", delivery_in_the_middle)
+    assert reconcile_now(settings, ledger, queue) == [request.request_id]
+    assert seen == [False]  # the delivery found the request held
+    assert ledger.lease_expires(request.request_id) is None or ledger.take_lease(request.request_id, "later", 60)[0]
