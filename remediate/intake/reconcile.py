@@ -64,8 +64,10 @@ def reconcile(
     _finish_locks(ledger, report)
     for record in ledger.open_requests():
         if record.state in PARKED:
-            continue  # its message comes back by itself (budget, window) or it expires by its own rule (approval)
-        if record.state == QUEUED:
+            # Its message comes back by itself (budget, window, approval expiry); only once that message has
+            # expired unseen (a put-back records when) can nothing finish it but this.
+            why = _parked_abandoned(ledger, record, at, running_stale_seconds)
+        elif record.state == QUEUED:
             why = _queued_abandoned(ledger, record, at, queued_stale_seconds, running_stale_seconds)
         else:
             quiet = _last_activity(record) <= at - dt.timedelta(seconds=running_stale_seconds)
@@ -138,6 +140,21 @@ def _queued_abandoned(
     else:
         last = f"its queue message expired (it lives {max(queued_stale - grace, 0):.0f} s)"
     return f"closed by the reconciler: no delivery ran it and none can come any more ({last})"
+
+
+def _parked_abandoned(ledger: Ledger, record: AuditRecord, at: dt.datetime, grace: float) -> str | None:
+    """Why a held, waiting or approval-awaiting request is abandoned: the message that was to bring it back
+    expired more than `grace` (a lock lifetime) ago. None while it may still come (or no expiry is recorded)."""
+    expiry = ledger.request_fields(record.request_id, "MessageExpires").get("MessageExpires")
+    if not isinstance(expiry, dt.datetime):
+        return None
+    expiry = expiry if expiry.tzinfo else expiry.replace(tzinfo=dt.UTC)
+    if expiry > at - dt.timedelta(seconds=grace):
+        return None
+    return (
+        f"closed by the reconciler: it was {record.state} and the queue message that was to bring it back "
+        f"expired at {expiry.isoformat(timespec='seconds')} unseen"
+    )
 
 
 def _last_activity(record: AuditRecord) -> dt.datetime:

@@ -137,3 +137,20 @@ def test_a_delivery_arriving_while_the_reconciler_closes_finds_the_request_held(
     assert reconcile_now(settings, ledger, queue) == [request.request_id]
     assert seen == [False]  # the delivery found the request held
     assert ledger.lease_expires(request.request_id) is None or ledger.take_lease(request.request_id, "later", 60)[0]
+
+
+def test_a_held_request_whose_message_expired_unseen_is_closed_and_one_still_coming_is_not(
+    storage_env: dict[str, str], ledger: Ledger
+) -> None:
+    settings = Settings.from_env(storage_env)
+    queue = request_queue(settings, ledger)
+    gone, coming = (RemediationRequest(VM, Trigger.ALERT, name) for name in ("message gone", "message coming"))
+    for request, expires in ((gone, utcnow() - dt.timedelta(hours=2)), (coming, utcnow() + dt.timedelta(hours=2))):
+        ledger.record_accepted(request)
+        ledger.mark_waiting(request.request_id, "held", "storm guard", MessageExpires=expires)
+
+    assert reconcile_now(settings, ledger, queue) == [gone.request_id]
+    closed = ledger.get(gone.request_id)
+    assert closed is not None and closed.state == DONE and "expired" in closed.outcome_reason
+    still = ledger.get(coming.request_id)
+    assert still is not None and still.state == "held"
