@@ -186,6 +186,7 @@ def poison(msg: func.QueueMessage) -> None:
         msg.dequeue_count or 1,
         current.settings.max_dequeue_count,
         activity_log_evidence(current.clients, current.settings),
+        requeue=current.queue.queue.send_message,
     )
 
 

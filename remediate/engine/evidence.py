@@ -31,6 +31,7 @@ CLOCK_SKEW_SECONDS = 120.0
 # How far back the log must show some event of the VM before an absence counts (a change-window wait may hold a
 # repaired VM's restart up to the queue's 7-day visibility limit after its diagnosis).
 BLIND_LOOKBACK_SECONDS = 8 * 24 * 3600.0
+UNREAD = "the Activity Log could not be read"
 
 
 def needs_resolving(summary: dict[str, Any]) -> bool:
@@ -74,6 +75,7 @@ def resolve_repair(summary: dict[str, Any], step: Step, now: Decision) -> dict[s
 class RestartFate:
     accepted: bool | None  # None: could not be established
     detail: str
+    unread: bool = False  # None because the log could not be read now: asking again later may settle it
 
 
 def restart_fate(
@@ -104,7 +106,7 @@ def restart_fate(
         try:
             records = restarts_since(clients, vm, since, until, correlation_id)
         except RemediationError as exc:
-            return RestartFate(None, f"the Activity Log could not be read ({exc.reason})")
+            return RestartFate(None, f"the Activity Log could not be read ({exc.reason})", unread=True)
         accepted = [r for r in records if r.accepted]
         if accepted:
             first = accepted[0]
@@ -122,7 +124,7 @@ def restart_fate(
         if waited >= evidence_seconds:
             blind = _blind(clients, vm, sent_after, until)
             if blind:
-                return RestartFate(None, blind)
+                return RestartFate(None, blind, unread=blind.startswith(UNREAD))
             seen = f" (it shows {', '.join(records[0].statuses)})" if records else ""
             return RestartFate(
                 False, f"the Activity Log shows no accepted restart {correlation_id} in {waited:.0f} s{seen}"
@@ -143,7 +145,7 @@ def _blind(clients: AzureClients, vm: VmId, sent_after: float, until: dt.datetim
         if events_on(clients, vm, since, until):
             return ""
     except RemediationError as exc:
-        return f"the Activity Log could not be read ({exc.reason})"
+        return f"{UNREAD} ({exc.reason})"
     return (
         f"the Activity Log shows no event at all for {vm.name} since {since.isoformat(timespec='seconds')}, not "
         "even this product's Run Commands: an empty answer from a log we may not be allowed to read is no proof "

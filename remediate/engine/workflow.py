@@ -272,6 +272,10 @@ class Workflow:
         """The fate of a restart step with no recorded end, from the Activity Log; None: not accepted."""
         fate = self._restart_fate(previous.started_at, previous.name)
         journal = self._require_journal()
+        if fate.accepted is None and fate.unread:
+            # A failed read settles nothing: the step stays open and the next delivery asks again (the last one
+            # closes the request with what the log says then).
+            raise TransientError(f"whether Azure accepted the restart is not known yet: {fate.detail}")
         if fate.accepted is None:
             return journal.finish(
                 previous, UNKNOWN, f"not sent again: whether Azure accepted the restart is unknown ({fate.detail})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from remediate import telemetry
@@ -72,9 +73,9 @@ def handle_message(
     except ExecutionConflict as exc:
         # Another delivery of the same request is running it: that one records the outcome (or, if it dies,
         # the next delivery or the reconciler does). This copy is done.
+        # Raised even on the last delivery: the message then goes to the poison queue, whose handler waits for
+        # that execution and resumes the request if it died (a dropped copy could be the last one there is).
         log.warning("duplicate delivery while the request runs elsewhere", extra=_fields(request, dequeue_count))
-        if last_delivery:
-            return None
         raise TransientError(exc.reason) from exc
     except Exception as exc:
         if last_delivery:
@@ -132,6 +133,9 @@ def _close(request: RemediationRequest, ledger: Ledger, why: str, evidence: Rest
         close_abandoned(ledger, record, why, restart_evidence=evidence)
 
 
+REQUEUED = "Requeued"  # when the poison path sent a started request back to the queue (once per request)
+
+
 def _fields(request: RemediationRequest, dequeue_count: int) -> dict[str, object]:
     return {"vm": str(request.vm), "request_id": request.request_id, "dequeue_count": dequeue_count}
 
@@ -157,6 +161,7 @@ def handle_poison(
     dequeue_count: int = 1,
     max_dequeue_count: int = 1,
     restart_evidence: RestartEvidence | None = None,
+    requeue: Callable[[str], object] | None = None,
 ) -> None:
     """A message the host gave up on. If its request still has no outcome (the worker died or timed out on the
     last delivery, so it could not record one), record it now from the journal and free the VM's lock.
@@ -173,7 +178,7 @@ def handle_poison(
         _drop_unreadable(body, exc, ledger)
         return
     try:
-        _close_poisoned(request, ledger, restart_evidence)
+        _close_poisoned(request, body, ledger, restart_evidence, requeue)
     except Exception:
         if dequeue_count < max_dequeue_count:
             raise  # the host retries the poison message later
@@ -183,14 +188,34 @@ def handle_poison(
         )
 
 
-def _close_poisoned(request: RemediationRequest, ledger: Ledger, evidence: RestartEvidence | None) -> None:
+def _close_poisoned(
+    request: RemediationRequest,
+    body: str,
+    ledger: Ledger,
+    evidence: RestartEvidence | None,
+    requeue: Callable[[str], object] | None,
+) -> None:
     record = ledger.get(request.request_id)
     if record is not None and record.state == "done":
         ledger.complete_finish(record)  # the worker recorded the failure; finish what a crash may have left
         return
     expires = ledger.lease_expires(request.request_id)
     if expires is not None and expires > utcnow():
-        return  # an execution still runs the request (a duplicate message was poisoned): it records the outcome
+        # An execution still runs it (this copy met it on every delivery): ask again later; if that execution
+        # dies, its lease runs out and this message finds the request to resume or close.
+        raise ExecutionConflict(f"request {request.request_id} is still running elsewhere")
+    if (
+        record is not None
+        and record.steps
+        and requeue is not None
+        and not ledger.request_fields(request.request_id, REQUEUED).get(REQUEUED)
+    ):
+        # Started, and its execution died with every copy of its message used up: resumed once from its
+        # journal (a step with no recorded end is resolved from evidence, never simply repeated).
+        ledger.note(request.request_id, **{REQUEUED: utcnow()})
+        requeue(body)
+        log.warning("a started request whose worker died was sent back once", extra=_fields(request, 0))
+        return
     _close(
         request,
         ledger,

@@ -148,7 +148,9 @@ class Host:
                     handle_message(body, count, self.settings, self.ledger, self.clients)
                 else:
                     evidence = activity_log_evidence(self.clients, self.settings)
-                    handle_poison(body, self.ledger, count, self.settings.max_dequeue_count, evidence)
+                    handle_poison(
+                        body, self.ledger, count, self.settings.max_dequeue_count, evidence, self.main.send_message
+                    )
                 failed = False
             except Exception:
                 failed = True

@@ -154,3 +154,32 @@ def test_a_held_request_whose_message_expired_unseen_is_closed_and_one_still_com
     assert closed is not None and closed.state == DONE and "expired" in closed.outcome_reason
     still = ledger.get(coming.request_id)
     assert still is not None and still.state == "held"
+
+
+def test_a_started_request_whose_worker_died_is_resumed_once_from_the_poison_queue(
+    storage_env: dict[str, str], ledger: Ledger
+) -> None:
+    """Every copy of its message was used up meeting an execution that then died: the poison handler waits while
+    a lease lives, then sends the started request back once; a second time it closes it from its journal."""
+    import time
+
+    from remediate.intake.worker import handle_poison
+    from remediate.ledger import ExecutionConflict
+    from remediate.model import StepResult
+
+    request = RemediationRequest(VM, Trigger.RUNBOOK, "its worker died")
+    ledger.record_accepted(request)
+    now = time.time()
+    ledger.record_step(request.request_id, 0, StepResult("preflight", "ok", now, now, "ok"))
+    body = json.dumps(request.to_message())
+    sent: list[str] = []
+    assert ledger.take_lease(request.request_id, "a-worker", 60)[0]
+    with pytest.raises(ExecutionConflict):  # it still runs somewhere: asked again later
+        handle_poison(body, ledger, 1, 5, None, sent.append)
+    ledger.drop_lease(request.request_id, "a-worker")  # that worker died; its lease is gone
+    handle_poison(body, ledger, 2, 5, None, sent.append)
+    still = ledger.get(request.request_id)
+    assert sent == [body] and still is not None and still.state != DONE
+    handle_poison(body, ledger, 3, 5, None, sent.append)  # resumed once already: now it is closed
+    closed = ledger.get(request.request_id)
+    assert sent == [body] and closed is not None and closed.state == DONE
