@@ -119,7 +119,9 @@ var storageLayout = {
 // to deploy rather than silently grant nothing.
 var scopeList = filter(split(replace(targetScopes, ' ', ''), ','), target => !empty(target))
 // The subscription of each target scope, each once: the Activity Log is listed per subscription (roles.bicep).
-var subscriptionList = union(map(scopeList, target => '/subscriptions/${split(target, '/')[2]}'), [])
+// (A for-expression of its own, then union() to keep each once: the offline checks' parser reads no map().)
+var subscriptionEach = [for target in scopeList: '/subscriptions/${split(target, '/')[2]}']
+var subscriptionList = union(subscriptionEach, [])
 
 var ownWorkspaceId = resourceId(subscription().subscriptionId, groupName, 'Microsoft.OperationalInsights/workspaces', names.workspace)
 var eventsWorkspace = empty(eventsWorkspaceId) ? ownWorkspaceId : eventsWorkspaceId

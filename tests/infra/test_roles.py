@@ -83,8 +83,9 @@ def test_activity_log_reader_role_is_assignable_at_and_assigned_on_every_target_
     assert assignments.body["params"]["roleDefinitionId"] == Expression("roles.outputs.activityLogReaderRoleId")
     assert load(assignments.target).target_scope == "subscription"
     # The subscription list is derived from every target scope (a group's subscription too).
-    derived = main.variables["subscriptionList"]
-    assert isinstance(derived, Expression) and "scopeList" in derived.text and "/subscriptions/" in derived.text
+    derived, each = main.variables["subscriptionList"], main.variables["subscriptionEach"]
+    assert isinstance(derived, Expression) and derived.text == "union(subscriptionEach, [])"  # each once
+    assert isinstance(each, Expression) and "in scopeList" in each.text and "/subscriptions/" in each.text
 
 
 @pytest.mark.parametrize(
