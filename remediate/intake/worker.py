@@ -14,7 +14,7 @@ from remediate.engine.evidence import activity_log_evidence
 from remediate.engine.runner import remediate
 from remediate.engine.workflow import WorkflowResult
 from remediate.intake.reconcile import CLOSED_BY, RECONCILER
-from remediate.ledger import DONE, ExecutionConflict, Ledger, utcnow
+from remediate.ledger import DONE, RUNNING, ExecutionConflict, Ledger, utcnow
 from remediate.model import Outcome, PermanentError, RemediationError, RemediationRequest, TransientError
 from remediate.settings import Settings
 
@@ -55,7 +55,7 @@ def handle_message(
         return None
     last_delivery = dequeue_count >= settings.max_dequeue_count
     try:
-        if row.get("State") != DONE:
+        if row.get("State") not in (DONE, RUNNING):  # a resumed request passed this check when it started
             refusal = alert_refusal(request, clients)
             if refusal is not None:
                 ledger.record_outcome(request.request_id, Outcome.SKIPPED, refusal)

@@ -3,7 +3,6 @@ with the principal App Service authentication vouches for, and bad decisions ref
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import json
@@ -17,18 +16,11 @@ import pytest
 from remediate.intake import approval
 from remediate.intake.app import reset_app
 from remediate.model import RemediationRequest, StepResult, Trigger, VmId
+from sim.appservice import client_principal as principal
 from tests.functions.conftest import Functions, body
 from tests.functions.test_function_app import metric_alert
 
 APPROVER = "Remediation.Approver"
-
-
-def principal(name: str, *roles: str) -> str:
-    """The header App Service injects: Base64 JSON with auth_typ, name_typ, role_typ and claims (Microsoft Learn,
-    "Work with user identities in Azure App Service authentication")."""
-    claims = [{"typ": "name", "val": name}, *({"typ": "roles", "val": role} for role in roles)]
-    data = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": claims}
-    return base64.b64encode(json.dumps(data).encode()).decode()
 
 
 def decide(functions: Functions, verb: str, request_id: str, payload: Any, header: str | None) -> func.HttpResponse:
